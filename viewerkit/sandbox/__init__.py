@@ -1,0 +1,1 @@
+"""A local Avara Viewer API server (FastAPI + SQLite) for demos, tests and rehearsals."""
