@@ -13,7 +13,7 @@ False
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import pyarrow as pa
 
@@ -38,6 +38,9 @@ __all__ = [
     "is_dicom_uid",
     "metadata_problems",
     "meta_column",
+    "NOT_GIVEN",
+    "NotGiven",
+    "list_query_params",
 ]
 
 Severity = Literal["normal", "high", "stat"]
@@ -96,7 +99,7 @@ def metadata_problems(metadata: object) -> list[str]:
     >>> metadata_problems({"site": "North"})
     []
     >>> metadata_problems({"": "x"})
-    ['key \\'\\' must be 1-100 characters']
+    ["key '' must be 1-100 characters"]
     """
     if not isinstance(metadata, dict):
         return [f"must be an object of string keys and string values, not {type(metadata).__name__}"]
@@ -169,3 +172,103 @@ STUDY_SCHEMA: Final = pa.schema(
         pa.field("express_customer_name", pa.string()),
     ]
 )
+
+
+class NotGiven:
+    """Sentinel for "argument not given", distinct from ``None`` (which means the API's null).
+
+    >>> NOT_GIVEN
+    NOT_GIVEN
+    """
+
+    _instance: NotGiven | None = None
+
+    def __new__(cls) -> NotGiven:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Final = NotGiven()
+
+
+def list_query_params(
+    *,
+    assigned_to: str | None | NotGiven = NOT_GIVEN,
+    express_customer_id: str | None | NotGiven = NOT_GIVEN,
+    is_cancelled: bool | NotGiven = NOT_GIVEN,
+    severity: str | NotGiven = NOT_GIVEN,
+    study_description: str | NotGiven = NOT_GIVEN,
+    study_viewer_status: str | NotGiven = NOT_GIVEN,
+    limit: int | NotGiven = NOT_GIVEN,
+    cursor: str | NotGiven = NOT_GIVEN,
+) -> dict[str, str]:
+    """Validate list filters and encode them as the API's query parameters.
+
+    ``None`` for ``assigned_to`` / ``express_customer_id`` selects studies with no assignee /
+    no customer (the API's literal ``null``); ``NOT_GIVEN`` leaves the filter off. Every bad
+    value is reported at once, as a ``ValidationError`` naming the field, before any request.
+
+    >>> list_query_params(assigned_to=None, is_cancelled=False, severity="stat")
+    {'assignedTo': 'null', 'isCancelled': 'false', 'severity': 'stat'}
+    """
+    from viewerkit.errors import ValidationError
+
+    cases: list[dict[str, Any]] = []
+    params: dict[str, str] = {}
+
+    def bad(field: str, value: object, reason: str) -> None:
+        cases.append({"row": None, "field": field, "value": value, "reason": reason})
+
+    for field, wire, check, fmt in (
+        ("assigned_to", "assignedTo", is_user_id, "usr_ + 32 lowercase hex"),
+        ("express_customer_id", "expressCustomerId", is_customer_id, "cus_ + 32 lowercase hex"),
+    ):
+        value = assigned_to if field == "assigned_to" else express_customer_id
+        if value is NOT_GIVEN:
+            continue
+        if value is None:
+            params[wire] = "null"
+        elif check(value):
+            params[wire] = str(value)
+        else:
+            bad(field, value, f"must be {fmt}, or None for none")
+    if not isinstance(is_cancelled, NotGiven):
+        if isinstance(is_cancelled, bool):
+            params["isCancelled"] = "true" if is_cancelled else "false"
+        else:
+            bad("is_cancelled", is_cancelled, "must be True or False")
+    if not isinstance(severity, NotGiven):
+        if severity in SEVERITIES:
+            params["severity"] = severity
+        else:
+            bad("severity", severity, f"must be one of {', '.join(SEVERITIES)}")
+    if not isinstance(study_description, NotGiven):
+        if isinstance(study_description, str) and study_description:
+            params["studyDescription"] = study_description
+        else:
+            bad("study_description", study_description, "must be a non-empty string")
+    if not isinstance(study_viewer_status, NotGiven):
+        if study_viewer_status in VIEWER_STATUSES:
+            params["studyViewerStatus"] = study_viewer_status
+        else:
+            bad("study_viewer_status", study_viewer_status, f"must be one of {', '.join(VIEWER_STATUSES)}")
+    if not isinstance(limit, NotGiven):
+        if isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= MAX_PAGE_LIMIT:
+            params["limit"] = str(limit)
+        else:
+            bad("limit", limit, f"must be a whole number from 1 to {MAX_PAGE_LIMIT}")
+    if not isinstance(cursor, NotGiven):
+        if isinstance(cursor, str) and cursor:
+            params["cursor"] = cursor
+        else:
+            bad("cursor", cursor, "must be the non-empty cursor of a previous page")
+    if cases:
+        raise ValidationError.from_cases("bad study list filters", cases)
+    return params
