@@ -1,0 +1,737 @@
+"""``Client``: the synchronous, thread-safe Avara Viewer Studies API client.
+
+One method per endpoint, snake_case keyword arguments, plain dicts back (a small result
+object for cancel / uncancel / reroute URL). Every argument is validated before anything is
+sent; failures raise the ``viewerkit.errors`` tree with a message naming the call and the
+study, never the API key.
+
+Inside the request path, shared by every thread using the client: a concurrency cap
+(``max_concurrency``), an optional client-side rate limit (``rate_limit`` requests per
+second, a token bucket) and the retry policy (:func:`retry_delay`).
+
+>>> client = Client(api_key="sk-example", base_url="http://127.0.0.1:9")
+>>> client
+Client(base_url='http://127.0.0.1:9', key_fingerprint='f2d4b279b82a')
+>>> client.retrieve_study("")
+Traceback (most recent call last):
+...
+viewerkit.errors.ValidationError: retrieve_study: 1 problem
+  field study_id: must not be empty (got '')
+>>> client.close()
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any
+
+import httpx
+import orjson
+
+from viewerkit.errors import (
+    ApiConnectionError,
+    ApiError,
+    ConfigurationError,
+    Conflict,
+    ValidationError,
+    error_for_status,
+)
+from viewerkit.schema import (
+    NOT_GIVEN,
+    SEVERITIES,
+    VIEWER_STATUSES,
+    NotGiven,
+    is_customer_id,
+    is_dicom_uid,
+    is_study_id,
+    is_user_id,
+    list_query_params,
+    metadata_problems,
+)
+
+__all__ = ["Client", "CancelResult", "RerouteUrl", "retry_delay", "DEFAULT_BASE_URL"]
+
+log = logging.getLogger(__name__)
+
+#: The hosted API, used when neither ``base_url=`` nor ``AVARA_BASE_URL`` is given.
+DEFAULT_BASE_URL = "https://api.avarasoftware.com"
+
+_STUDIES = "/v1/viewer/studies"
+_INITIAL_RETRY_DELAY = 0.5  # seconds; doubles per attempt
+_MAX_BACKOFF = 8.0  # cap of our own exponential backoff
+_MAX_RETRY_AFTER = 60.0  # cap of a server's Retry-After hint
+_REDACTED = "<redacted>"
+
+
+def _version() -> str:
+    from viewerkit import __version__
+
+    return __version__
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """The answer to cancel / uncancel.
+
+    >>> CancelResult(success=True, message="already cancelled", changed=False).changed
+    False
+    """
+
+    #: True when the study is now in the asked state (also when it already was).
+    success: bool
+    #: The API's message, if it gave one (e.g. ``"already cancelled"``).
+    message: str | None = None
+    #: False when the study was already in that state (the call was a no-op).
+    changed: bool = True
+
+
+@dataclass(frozen=True)
+class RerouteUrl:
+    """A secret, time-limited link into the viewer. Its repr and str never show it.
+
+    >>> link = RerouteUrl("https://viewer.example/s/secret-token")
+    >>> link, str(link)
+    (RerouteUrl(<redacted>), 'RerouteUrl(<redacted>)')
+    >>> link.reveal() == link.url
+    True
+    """
+
+    #: The link itself: handle it like a password.
+    url: str = field(repr=False)
+
+    def reveal(self) -> str:
+        """The link itself."""
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"RerouteUrl({_REDACTED})"
+
+    __str__ = __repr__
+
+
+# --- retry policy -------------------------------------------------------------------------
+
+
+def _retry_after_hint(headers: httpx.Headers | None) -> float | None:
+    """The server's wait hint in seconds: ``retry-after-ms``, then ``Retry-After`` (seconds
+    or an HTTP date). None when absent or unreadable."""
+    if headers is None:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(float(raw_ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
+
+
+def retry_delay(
+    attempt: int,
+    *,
+    response: httpx.Response | None = None,
+    error: Exception | None = None,
+) -> float | None:
+    """Seconds to wait before retrying after ``attempt`` (0 = the first try) failed, or None
+    when this failure must not be retried. Whether the *call* may be retried at all (create)
+    is decided by the caller.
+
+    >>> retry_delay(0, response=httpx.Response(503, headers={"retry-after-ms": "1500"}))
+    1.5
+    >>> retry_delay(0, response=httpx.Response(429, headers={"Retry-After": "7"}))
+    7.0
+    >>> retry_delay(0, response=httpx.Response(429, headers={"Retry-After": "3600"}))
+    60.0
+    >>> retry_delay(0, response=httpx.Response(404)) is None
+    True
+    >>> 0.3 <= retry_delay(0, error=httpx.ConnectError("refused")) <= 0.5
+    True
+    """
+    if error is not None:
+        # No answer at all: refused, reset, timed out, or the server dropped the connection
+        # mid-answer (RemoteProtocolError). The request may or may not have been applied;
+        # only calls that are safe to repeat get here.
+        if not isinstance(
+            error, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+        ):
+            return None
+        hint = None
+    else:
+        assert response is not None
+        status = response.status_code
+        if status == 408:
+            # The server timed out waiting for our request: send it again.
+            pass
+        elif status == 429:
+            # Rate limited: wait as long as the server says (capped), else back off.
+            pass
+        elif status >= 500:
+            # A server fault, usually transient.
+            pass
+        else:
+            # 4xx other than 408/429: retrying cannot help (409 is resolved by create itself).
+            return None
+        hint = _retry_after_hint(response.headers)
+    if hint is not None:
+        return min(hint, _MAX_RETRY_AFTER)
+    # Capped exponential backoff, with jitter so that many threads do not retry in step.
+    backoff = min(_INITIAL_RETRY_DELAY * 2.0 ** min(attempt, 30), _MAX_BACKOFF)
+    return backoff * (1.0 - 0.25 * random.random())
+
+
+class _TokenBucket:
+    """A thread-safe token bucket: at most ``rate`` acquisitions per second on average,
+    bursts of up to ``max(1, rate)``."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+        self.lock = threading.Lock()
+
+    def acquire(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.tokens >= 1.0:
+                    self.tokens -= 1.0
+                    return
+                wait = (1.0 - self.tokens) / self.rate
+            time.sleep(wait)
+
+
+# --- validation helpers --------------------------------------------------------------------
+
+
+class _Checks:
+    """Gathers every bad argument of one call, then raises one ValidationError naming them."""
+
+    def __init__(self, call: str) -> None:
+        self.call = call
+        self.cases: list[dict[str, Any]] = []
+
+    def bad(self, name: str, value: object, reason: str) -> None:
+        self.cases.append({"row": None, "field": name, "value": value, "reason": reason})
+
+    def study_id(self, name: str, value: object) -> None:
+        if value == "" or value is None:
+            self.bad(name, value, "must not be empty")
+        elif not is_study_id(value):
+            self.bad(name, value, "must be stu_ + 32 lowercase hex")
+
+    def uid(self, name: str, value: object) -> None:
+        if value == "" or value is None:
+            self.bad(name, value, "must not be empty")
+        elif not is_dicom_uid(value):
+            self.bad(name, value, "must be a DICOM UID (1-64 digits and single dots, no leading zeros)")
+
+    def enum(self, name: str, value: object, allowed: tuple[str, ...]) -> None:
+        if value not in allowed:
+            self.bad(name, value, f"must be one of {', '.join(allowed)}")
+
+    def text(self, name: str, value: object) -> None:
+        if not isinstance(value, str) or not value:
+            self.bad(name, value, "must be a non-empty string")
+
+    def user(self, name: str, value: object) -> None:
+        if value is not None and not is_user_id(value):
+            self.bad(name, value, "must be usr_ + 32 lowercase hex, or None")
+
+    def customer(self, name: str, value: object) -> None:
+        if value is not None and not is_customer_id(value):
+            self.bad(name, value, "must be cus_ + 32 lowercase hex, or None")
+
+    def metadata(self, name: str, value: object) -> None:
+        if value is None:
+            return
+        for problem in metadata_problems(value):
+            self.bad(name, _short(value), problem)
+
+    def done(self) -> None:
+        if self.cases:
+            raise ValidationError.from_cases(self.call, self.cases)
+
+
+def _short(value: object) -> object:
+    text = repr(value)
+    return value if len(text) <= 80 else text[:77] + "..."
+
+
+def _target(
+    call: str, study_id: str | None, study_instance_uid: str | None
+) -> tuple[dict[str, str], str]:
+    """The body naming one study by ID or UID, and the label for messages."""
+    checks = _Checks(call)
+    if study_id is None and study_instance_uid is None:
+        checks.bad("study_id", None, "give study_id or study_instance_uid")
+    if study_id is not None:
+        checks.study_id("study_id", study_id)
+    if study_instance_uid is not None:
+        checks.uid("study_instance_uid", study_instance_uid)
+    checks.done()
+    body: dict[str, str] = {}
+    if study_id is not None:
+        body["studyId"] = study_id
+    if study_instance_uid is not None:
+        body["studyInstanceUid"] = study_instance_uid
+    return body, str(study_id if study_id is not None else study_instance_uid)
+
+
+# --- the client ----------------------------------------------------------------------------
+
+
+class Client:
+    """The Avara Viewer Studies API, synchronous and safe to share between threads.
+
+    ``api_key`` and ``base_url`` default to the environment variables ``AVARA_API_KEY`` and
+    ``AVARA_BASE_URL`` (else the hosted API). ``rate_limit`` caps requests per second
+    client-wide; ``max_concurrency`` caps requests in flight. ``http_client`` is a transport
+    seam: an ``httpx.Client`` of yours (we add the base URL and auth to each request, and do
+    not close it).
+
+    >>> with Client(api_key="sk-example", base_url="http://127.0.0.1:9/") as client:
+    ...     client.base_url
+    'http://127.0.0.1:9'
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 4,
+        rate_limit: float | None = None,
+        max_concurrency: int = 8,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get("AVARA_API_KEY")
+        if not key:
+            raise ConfigurationError(
+                "no API key: pass api_key= or set the environment variable AVARA_API_KEY"
+            )
+        url = base_url if base_url is not None else os.environ.get("AVARA_BASE_URL")
+        url = (url or DEFAULT_BASE_URL).rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"base URL must start with http:// or https://, got {url!r}")
+        if max_retries < 0:
+            raise ConfigurationError("max_retries must be 0 or more")
+        if max_concurrency < 1:
+            raise ConfigurationError("max_concurrency must be 1 or more")
+        if rate_limit is not None and rate_limit <= 0:
+            raise ConfigurationError("rate_limit must be a positive number of requests per second")
+        self.__key = key
+        self._base_url = url
+        self._fingerprint = hashlib.sha256(key.encode()).hexdigest()[:12]
+        self.max_retries = max_retries
+        self.max_concurrency = max_concurrency
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._bucket = _TokenBucket(rate_limit) if rate_limit is not None else None
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(
+                max_connections=max_concurrency, max_keepalive_connections=max_concurrency
+            ),
+        )
+        self._headers = {
+            "Authorization": f"Bearer {key}",
+            "User-Agent": f"viewerkit/{_version()}",
+            "Accept": "application/json",
+        }
+
+    # -- identity -------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL, without a trailing slash."""
+        return self._base_url
+
+    @property
+    def key_fingerprint(self) -> str:
+        """A short SHA-256 of the API key: tells keys apart without revealing them."""
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        return f"Client(base_url={self._base_url!r}, key_fingerprint={self._fingerprint!r})"
+
+    def close(self) -> None:
+        """Close the connection pool (not an ``http_client`` you supplied)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    def create_study(
+        self,
+        *,
+        severity: str,
+        study_description: str,
+        study_instance_uid: str,
+        assigned_to: str | None | NotGiven = NOT_GIVEN,
+        express_customer_id: str | None | NotGiven = NOT_GIVEN,
+        metadata: Mapping[str, str] | None | NotGiven = NOT_GIVEN,
+    ) -> dict[str, Any]:
+        """Create a study; returns it. A retry that meets 409 for this UID (our earlier try
+        was applied) returns the existing study; a 409 on the first try raises Conflict."""
+        checks = _Checks("create_study")
+        checks.enum("severity", severity, SEVERITIES)
+        checks.text("study_description", study_description)
+        checks.uid("study_instance_uid", study_instance_uid)
+        body: dict[str, Any] = {
+            "severity": severity,
+            "studyDescription": study_description,
+            "studyInstanceUid": study_instance_uid,
+        }
+        if not isinstance(assigned_to, NotGiven):
+            checks.user("assigned_to", assigned_to)
+            body["assignedTo"] = assigned_to
+        if not isinstance(express_customer_id, NotGiven):
+            checks.customer("express_customer_id", express_customer_id)
+            body["expressCustomerId"] = express_customer_id
+        if not isinstance(metadata, NotGiven):
+            checks.metadata("metadata", metadata)
+            body["metadata"] = dict(metadata) if metadata is not None else None
+        checks.done()
+        try:
+            response = self._send(
+                "create_study", "POST", _STUDIES, study=study_instance_uid, json=body,
+                conflict_on_retry_ok=True,
+            )
+        except _CreateAlreadyApplied:
+            return self.retrieve_study_by_uid(study_instance_uid)
+        return self._json("create_study", study_instance_uid, response)
+
+    def list_studies_raw(
+        self,
+        *,
+        assigned_to: str | None | NotGiven = NOT_GIVEN,
+        express_customer_id: str | None | NotGiven = NOT_GIVEN,
+        is_cancelled: bool | NotGiven = NOT_GIVEN,
+        severity: str | NotGiven = NOT_GIVEN,
+        study_description: str | NotGiven = NOT_GIVEN,
+        study_viewer_status: str | NotGiven = NOT_GIVEN,
+        limit: int | NotGiven = NOT_GIVEN,
+        cursor: str | NotGiven = NOT_GIVEN,
+    ) -> bytes:
+        """One page of the study list as the response body bytes (for the Arrow path)."""
+        params = list_query_params(
+            assigned_to=assigned_to,
+            express_customer_id=express_customer_id,
+            is_cancelled=is_cancelled,
+            severity=severity,
+            study_description=study_description,
+            study_viewer_status=study_viewer_status,
+            limit=limit,
+            cursor=cursor,
+        )
+        response = self._send("list_studies", "GET", _STUDIES, params=params)
+        return response.content
+
+    def list_studies(
+        self,
+        *,
+        assigned_to: str | None | NotGiven = NOT_GIVEN,
+        express_customer_id: str | None | NotGiven = NOT_GIVEN,
+        is_cancelled: bool | NotGiven = NOT_GIVEN,
+        severity: str | NotGiven = NOT_GIVEN,
+        study_description: str | NotGiven = NOT_GIVEN,
+        study_viewer_status: str | NotGiven = NOT_GIVEN,
+        limit: int | NotGiven = NOT_GIVEN,
+        cursor: str | NotGiven = NOT_GIVEN,
+    ) -> dict[str, Any]:
+        """One page: ``{"studies": [...], "cursor": str | None, "hasMore": bool}``, newest first.
+        ``None`` for ``assigned_to`` / ``express_customer_id`` selects "none"."""
+        raw = self.list_studies_raw(
+            assigned_to=assigned_to,
+            express_customer_id=express_customer_id,
+            is_cancelled=is_cancelled,
+            severity=severity,
+            study_description=study_description,
+            study_viewer_status=study_viewer_status,
+            limit=limit,
+            cursor=cursor,
+        )
+        page = _loads("list_studies", None, raw)
+        if not isinstance(page, dict) or not isinstance(page.get("studies"), list):
+            raise ApiError("the answer is not a page of studies", call="list_studies")
+        return page
+
+    def iter_studies(
+        self,
+        *,
+        assigned_to: str | None | NotGiven = NOT_GIVEN,
+        express_customer_id: str | None | NotGiven = NOT_GIVEN,
+        is_cancelled: bool | NotGiven = NOT_GIVEN,
+        severity: str | NotGiven = NOT_GIVEN,
+        study_description: str | NotGiven = NOT_GIVEN,
+        study_viewer_status: str | NotGiven = NOT_GIVEN,
+        limit: int = 100,
+    ) -> Iterator[dict[str, Any]]:
+        """Every study matching the filters, page after page (sequential; for a table use
+        ``viewerkit.fetch_studies``)."""
+        cursor: str | NotGiven = NOT_GIVEN
+        while True:
+            page = self.list_studies(
+                assigned_to=assigned_to,
+                express_customer_id=express_customer_id,
+                is_cancelled=is_cancelled,
+                severity=severity,
+                study_description=study_description,
+                study_viewer_status=study_viewer_status,
+                limit=limit,
+                cursor=cursor,
+            )
+            yield from page["studies"]
+            if not page.get("hasMore") or not page.get("cursor"):
+                return
+            cursor = page["cursor"]
+
+    def retrieve_study(self, study_id: str) -> dict[str, Any]:
+        """One study by its ID."""
+        checks = _Checks("retrieve_study")
+        checks.study_id("study_id", study_id)
+        checks.done()
+        response = self._send("retrieve_study", "GET", f"{_STUDIES}/{study_id}", study=study_id)
+        return self._json("retrieve_study", study_id, response)
+
+    def retrieve_study_by_uid(self, study_instance_uid: str) -> dict[str, Any]:
+        """One study by its Study Instance UID."""
+        checks = _Checks("retrieve_study_by_uid")
+        checks.uid("study_instance_uid", study_instance_uid)
+        checks.done()
+        response = self._send(
+            "retrieve_study_by_uid",
+            "GET",
+            f"{_STUDIES}/by-uid/{study_instance_uid}",
+            study=study_instance_uid,
+        )
+        return self._json("retrieve_study_by_uid", study_instance_uid, response)
+
+    def update_study(
+        self,
+        study_id: str,
+        *,
+        assigned_to: str | None | NotGiven = NOT_GIVEN,
+        metadata: Mapping[str, str] | None | NotGiven = NOT_GIVEN,
+        severity: str | NotGiven = NOT_GIVEN,
+        study_description: str | NotGiven = NOT_GIVEN,
+        study_viewer_status: str | NotGiven = NOT_GIVEN,
+    ) -> dict[str, Any]:
+        """Change the given fields of a study; returns it. ``assigned_to=None`` unassigns,
+        ``metadata=None`` clears the map (metadata replaces the whole map)."""
+        checks = _Checks("update_study")
+        checks.study_id("study_id", study_id)
+        body: dict[str, Any] = {}
+        if not isinstance(assigned_to, NotGiven):
+            checks.user("assigned_to", assigned_to)
+            body["assignedTo"] = assigned_to
+        if not isinstance(metadata, NotGiven):
+            checks.metadata("metadata", metadata)
+            body["metadata"] = dict(metadata) if metadata is not None else None
+        if not isinstance(severity, NotGiven):
+            checks.enum("severity", severity, SEVERITIES)
+            body["severity"] = severity
+        if not isinstance(study_description, NotGiven):
+            checks.text("study_description", study_description)
+            body["studyDescription"] = study_description
+        if not isinstance(study_viewer_status, NotGiven):
+            checks.enum("study_viewer_status", study_viewer_status, VIEWER_STATUSES)
+            body["studyViewerStatus"] = study_viewer_status
+        checks.done()
+        response = self._send(
+            "update_study", "PATCH", f"{_STUDIES}/{study_id}", study=study_id, json=body
+        )
+        return self._json("update_study", study_id, response)
+
+    def cancel_study(
+        self, study_id: str | None = None, *, study_instance_uid: str | None = None
+    ) -> CancelResult:
+        """Cancel a study (by ID or UID). Cancelling a cancelled study is a no-op
+        (``changed=False``), not an error."""
+        return self._cancel("cancel_study", "cancel", study_id, study_instance_uid)
+
+    def uncancel_study(
+        self, study_id: str | None = None, *, study_instance_uid: str | None = None
+    ) -> CancelResult:
+        """Uncancel a study (by ID or UID). Uncancelling a study that is not cancelled is a
+        no-op (``changed=False``), not an error."""
+        return self._cancel("uncancel_study", "uncancel", study_id, study_instance_uid)
+
+    def reroute_url(
+        self, study_id: str | None = None, *, study_instance_uid: str | None = None
+    ) -> RerouteUrl:
+        """A secret, time-limited viewer link for a study, wrapped so it never prints."""
+        body, label = _target("reroute_url", study_id, study_instance_uid)
+        response = self._send(
+            "reroute_url", "POST", f"{_STUDIES}/reroute-url", study=label, json=body
+        )
+        answer = self._json("reroute_url", label, response)
+        url = answer.get("url")
+        if not isinstance(url, str) or not url:
+            raise ApiError("the answer holds no URL", call="reroute_url", study=label)
+        return RerouteUrl(url)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _cancel(
+        self, call: str, action: str, study_id: str | None, study_instance_uid: str | None
+    ) -> CancelResult:
+        body, label = _target(call, study_id, study_instance_uid)
+        try:
+            response = self._send(call, "POST", f"{_STUDIES}/{action}", study=label, json=body)
+        except Conflict as exc:
+            # Some servers answer "already in that state" with 409: a no-op, not a failure.
+            return CancelResult(success=True, message=str(exc), changed=False)
+        answer = self._json(call, label, response)
+        success = bool(answer.get("success"))
+        message = answer.get("message")
+        message = message if isinstance(message, str) else None
+        lowered = (message or "").lower()
+        if "already" in lowered or "not cancelled" in lowered or "not canceled" in lowered:
+            return CancelResult(success=True, message=message, changed=False)
+        return CancelResult(success=success, message=message, changed=success)
+
+    def _json(self, call: str, study: str | None, response: httpx.Response) -> dict[str, Any]:
+        value = _loads(call, study, response.content)
+        if not isinstance(value, dict):
+            raise ApiError("the answer is not a JSON object", call=call, study=study)
+        return value
+
+    def _send(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        *,
+        study: str | None = None,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        conflict_on_retry_ok: bool = False,
+    ) -> httpx.Response:
+        """Send one call, retrying per :func:`retry_delay`; a 2xx response or an ApiError.
+
+        Every method we send is safe to repeat: GET, PATCH (same body, same state), cancel
+        and uncancel (no-op answers), reroute URL (a new link), and create, whose repeat is
+        recognised by its 409 (``conflict_on_retry_ok``) and resolved by the caller.
+        """
+        url = self._base_url + path
+        content = orjson.dumps(json) if json is not None else None
+        headers = dict(self._headers)
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            error: Exception | None = None
+            if self._bucket is not None:
+                self._bucket.acquire()
+            with self._slots:
+                try:
+                    response = self._http.request(
+                        method, url, params=params, content=content, headers=headers
+                    )
+                except httpx.TransportError as exc:
+                    error = exc
+            if response is not None:
+                log.debug("%s %s %s -> %d (try %d)", call, method, path, response.status_code, attempt + 1)
+                if response.is_success:
+                    return response
+                if response.status_code == 409 and conflict_on_retry_ok and attempt > 0:
+                    # An earlier try of this create was applied but its answer was lost.
+                    raise _CreateAlreadyApplied()
+            else:
+                log.debug("%s %s %s -> %s (try %d)", call, method, path, type(error).__name__, attempt + 1)
+            delay = retry_delay(attempt, response=response, error=error)
+            if delay is None or attempt >= self.max_retries:
+                raise self._error(call, study, response, error, attempt + 1)
+            log.debug("%s: retrying in %.2f s", call, delay)
+            time.sleep(delay)
+            attempt += 1
+
+    def _error(
+        self,
+        call: str,
+        study: str | None,
+        response: httpx.Response | None,
+        error: Exception | None,
+        tries: int,
+    ) -> ApiError:
+        after = f" after {tries} tries" if tries > 1 else ""
+        if response is None:
+            reason = type(error).__name__
+            detail = self._scrub(str(error)) if error is not None and str(error) else ""
+            message = f"no answer from {self._base_url} ({reason}{': ' + detail if detail else ''}){after}"
+            return ApiConnectionError(message, call=call, study=study)
+        error_type = param = None
+        message = response.reason_phrase or "error"
+        try:
+            payload = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            payload = None
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+            body = payload["error"]
+            message = str(body.get("message") or message)
+            error_type = str(body["type"]) if body.get("type") is not None else None
+            param = str(body["param"]) if body.get("param") is not None else None
+        cls = error_for_status(response.status_code)
+        return cls(
+            self._scrub(message) + after,
+            call=call,
+            study=study,
+            status_code=response.status_code,
+            error_type=error_type,
+            param=param,
+            retry_after=_retry_after_hint(response.headers),
+        )
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.__key, _REDACTED) if self.__key else text
+
+
+class _CreateAlreadyApplied(Exception):
+    """Internal: a retried create met 409, so an earlier try created the study."""
+
+
+def _loads(call: str, study: str | None, raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError("the answer is not valid JSON", call=call, study=study) from None
