@@ -1,0 +1,435 @@
+"""The sandbox's synthetic world: radiologists, express customers, API keys and studies.
+
+``generate_world(studies, seed, now)`` is deterministic from ``seed`` and ``now``: the same
+arguments give the same world, value for value. Studies are spread over the 90 days before
+``now`` with a daily and weekly rhythm; severities are about 70 % normal, 20 % high, 10 % stat;
+turnaround is drawn per severity from long-tailed lognormals (some studies breach the SLA
+targets in ``SLA_TARGETS``); about 3 % are cancelled; recent studies are mostly still open.
+Columns are built with numpy, so 100,000 studies take well under a few seconds.
+
+>>> from datetime import datetime, timezone
+>>> world = generate_world(200, seed=7, now=datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc))
+>>> len(world.studies["study_id"]), world.studies["study_id"][0][:4]
+(200, 'stu_')
+>>> generate_world(200, seed=7, now=world.now).studies == world.studies
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Final
+
+import numpy as np
+import orjson
+
+__all__ = [
+    "World",
+    "generate_world",
+    "SLA_TARGETS",
+    "STUDY_CATALOG",
+    "UID_ROOT",
+    "HISTORY_DAYS",
+    "format_timestamp",
+    "draw_study_description",
+    "draw_metadata",
+    "draw_turnaround_minutes",
+]
+
+#: Turnaround targets per severity, in minutes (stat 1 h, high 4 h, normal 24 h).
+SLA_TARGETS: Final = {"stat": 60.0, "high": 240.0, "normal": 1440.0}
+#: The world's studies are created within this many days before ``now``.
+HISTORY_DAYS: Final = 90
+#: The DICOM UID root of synthetic Study Instance UIDs (a root for test and example data).
+UID_ROOT: Final = "1.2.826.0.1.3680043.8.498"
+
+_SEVERITIES: Final = ("normal", "high", "stat")
+_SEVERITY_P: Final = np.array([0.70, 0.20, 0.10])
+
+# Median turnaround (minutes) and lognormal sigma per severity: stat ~ minutes to an hour,
+# high ~ hours, normal ~ up to a day, each with a long tail past its SLA target.
+_TURNAROUND: Final = {"stat": (22.0, 0.85), "high": (110.0, 0.85), "normal": (480.0, 0.95)}
+
+#: (description, modality, body part, weight for normal, high, stat studies).
+STUDY_CATALOG: Final[tuple[tuple[str, str, str, float, float, float], ...]] = (
+    ("XR Chest 2 Views", "XR", "Chest", 14, 8, 4),
+    ("XR Chest 1 View Portable", "XR", "Chest", 4, 8, 10),
+    ("XR Knee 3 Views Left", "XR", "Knee", 3, 1, 0.2),
+    ("XR Knee 3 Views Right", "XR", "Knee", 3, 1, 0.2),
+    ("XR Lumbar Spine 2-3 Views", "XR", "Spine", 3, 1, 0.3),
+    ("XR Hand 3 Views", "XR", "Hand", 2, 1.5, 0.5),
+    ("XR Ankle 3 Views", "XR", "Ankle", 2, 1.5, 0.5),
+    ("XR Abdomen 1 View", "XR", "Abdomen", 2, 2, 1),
+    ("CT Head without Contrast", "CT", "Head", 5, 9, 22),
+    ("CT Chest/Abdomen/Pelvis with Contrast", "CT", "Chest/Abdomen/Pelvis", 6, 9, 9),
+    ("CT Abdomen/Pelvis with Contrast", "CT", "Abdomen/Pelvis", 5, 8, 8),
+    ("CT Chest without Contrast", "CT", "Chest", 4, 4, 2),
+    ("CT Angiography Chest (PE Protocol)", "CT", "Chest", 1, 5, 12),
+    ("CT Cervical Spine without Contrast", "CT", "Spine", 1.5, 4, 8),
+    ("CT Angiography Head and Neck", "CT", "Head/Neck", 0.5, 3, 9),
+    ("MRI Brain without Contrast", "MR", "Brain", 4, 3, 2),
+    ("MRI Brain with and without Contrast", "MR", "Brain", 3, 3, 1),
+    ("MRI Lumbar Spine without Contrast", "MR", "Spine", 4, 1.5, 0.5),
+    ("MRI Knee without Contrast Left", "MR", "Knee", 2, 0.5, 0.1),
+    ("MRI Knee without Contrast Right", "MR", "Knee", 2, 0.5, 0.1),
+    ("MRI Shoulder without Contrast", "MR", "Shoulder", 2, 0.5, 0.1),
+    ("MRI Cervical Spine without Contrast", "MR", "Spine", 2, 1, 0.5),
+    ("US Abdomen Complete", "US", "Abdomen", 5, 3, 1.5),
+    ("US Right Upper Quadrant", "US", "Abdomen", 2, 3, 2),
+    ("US Pelvis Transvaginal", "US", "Pelvis", 2, 2, 1.5),
+    ("US Renal Complete", "US", "Kidney", 2, 1.5, 0.5),
+    ("US Venous Duplex Lower Extremity Bilateral", "US", "Leg", 1.5, 3, 2),
+    ("US Thyroid", "US", "Neck", 2, 0.5, 0.1),
+    ("MG Screening Mammogram Bilateral", "MG", "Breast", 5, 0.3, 0.05),
+    ("MG Diagnostic Mammogram Left", "MG", "Breast", 1, 1, 0.1),
+    ("NM Bone Scan Whole Body", "NM", "Whole Body", 1, 0.5, 0.05),
+    ("PET/CT Skull Base to Mid-Thigh", "PT", "Whole Body", 1.5, 0.8, 0.05),
+)
+
+_FIRST_NAMES: Final = (
+    "Amelia", "Benjamin", "Carmen", "David", "Elena", "Farid", "Grace", "Hiroshi", "Isabel",
+    "James", "Keiko", "Liam", "Maria", "Nikhil", "Olivia", "Pedro", "Quinn", "Rachel", "Samuel",
+    "Tara", "Umar", "Valentina", "William", "Xin", "Yasmin", "Zachary", "Aisha", "Daniel",
+    "Emily", "Gabriel", "Hannah", "Ivan", "Julia", "Kwame", "Laura", "Mohammed", "Nora",
+    "Oscar", "Priya", "Robert", "Sofia", "Thomas", "Ursula", "Victor", "Wei", "Ingrid",
+)
+_LAST_NAMES: Final = (
+    "Adams", "Bakshi", "Chen", "Dubois", "Eriksen", "Fernandez", "Goldberg", "Haddad", "Ito",
+    "Johansson", "Kowalski", "Lindqvist", "Mensah", "Nakamura", "O'Connor", "Patel", "Quintero",
+    "Rossi", "Schmidt", "Takahashi", "Usman", "Vasquez", "Williams", "Xu", "Yilmaz", "Zimmerman",
+    "Novak", "Okafor", "Park", "Reyes", "Sato", "Brennan", "Castillo", "Nguyen", "Moreau",
+    "Hughes", "Kim", "Larsen", "Mitchell", "Delgado", "Fischer", "Gupta", "Ivanova", "Jensen",
+)
+_MIDDLE_NAMES: Final = ("A.", "J.", "Marie", "Lee", "R.", "Anne", "K.", "Louise", "M.", "Ray")
+_SUFFIX1: Final = ("MD", "MD", "MD", "MD", "DO", "MBBS")
+_SUFFIX2: Final = ("PhD", "FACR", "Jr.", "MPH", "FRCR")
+
+_CUSTOMER_NAMES: Final = (
+    "St. Mary's Regional Medical Center", "Lakeside Community Hospital",
+    "Northgate Orthopedic Clinic", "Riverside Imaging Associates", "Mercy General Hospital",
+    "Pine Valley Urgent Care", "Harborview Cancer Institute", "Summit Family Health",
+    "Westbrook Children's Hospital", "Eastside Sports Medicine", "Cedar Grove Women's Clinic",
+    "Oakridge Veterans Clinic", "Bayfront Emergency Physicians", "Highland Neurology Group",
+    "Meadowbrook Rural Health Network", "Central Valley Dialysis Partners",
+    "Granite State Outpatient Imaging", "Sunrise Senior Care", "Blue Ridge Cardiology",
+    "Coastal Spine & Pain Center", "Prairie Lakes Hospital", "Redwood Trauma Center",
+)
+
+_API_KEYS: Final = (
+    ("PACS integration", True, 0.55),
+    ("RIS bridge", True, 0.30),
+    ("Teleradiology intake", True, 0.12),
+    ("Legacy HL7 gateway", False, 0.03),
+)
+
+_SITES: Final = (
+    "Main Campus", "North Pavilion", "East Outpatient Center", "Emergency Department",
+    "West Imaging Suite", "Mobile Unit 2",
+)
+_REFERRING: Final = tuple(
+    f"Dr. {first} {last}"
+    for first, last in zip(
+        ("Alan", "Beatrice", "Carlos", "Deepa", "Edward", "Fatima", "George", "Helen", "Isaac",
+         "Jasmine", "Kenji", "Lucia", "Marcus", "Naomi", "Owen", "Paula"),
+        ("Whitfield", "Okoro", "Mendes", "Raman", "Burke", "Al-Sayed", "Lin", "Kaplan", "Mbeki",
+         "Torres", "Watanabe", "Ferrari", "Holt", "Silva", "Garrity", "Novotny"),
+        strict=True,
+    )
+)
+
+# Relative study volume by hour of day (0-23): quiet nights, a morning peak, an afternoon peak.
+_HOURLY: Final = np.array(
+    [0.25, 0.2, 0.18, 0.18, 0.2, 0.3, 0.55, 0.9, 1.3, 1.5, 1.55, 1.45,
+     1.2, 1.35, 1.45, 1.4, 1.2, 0.95, 0.75, 0.6, 0.5, 0.42, 0.35, 0.3]
+)
+# Relative volume by weekday, Monday first: weekends are about 40 % of a weekday.
+_WEEKLY: Final = np.array([1.05, 1.0, 1.0, 1.0, 0.95, 0.45, 0.38])
+
+_MS_PER_MIN: Final = 60_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass
+class World:
+    """A synthetic world, ready to insert: references as dicts, studies as columns.
+
+    ``studies`` maps each column name to a list (all the same length); timestamps are ISO
+    strings ``YYYY-MM-DDTHH:MM:SS.mmmZ``, absent values ``None``, ``metadata`` JSON text.
+    """
+
+    users: list[dict[str, Any]]
+    customers: list[dict[str, Any]]
+    api_keys: list[dict[str, Any]]
+    studies: dict[str, list[Any]]
+    now: datetime = field(default_factory=lambda: _default_now())
+    seed: int = 0
+
+    @property
+    def study_count(self) -> int:
+        """Number of studies in the world."""
+        return len(self.studies["study_id"])
+
+
+def _default_now() -> datetime:
+    return datetime.now(timezone.utc).replace(second=0, microsecond=0)
+
+
+def _as_utc(now: datetime | None) -> datetime:
+    if now is None:
+        return _default_now()
+    if now.tzinfo is None:
+        return now.replace(tzinfo=timezone.utc)
+    return now.astimezone(timezone.utc)
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def format_timestamp(epoch_ms: Any) -> Any:
+    """ISO 8601 UTC text with milliseconds for epoch milliseconds (a number or a numpy array).
+
+    >>> format_timestamp(1795796443197)
+    '2026-11-27T16:20:43.197Z'
+    """
+    text = np.char.add(
+        np.datetime_as_string(np.asarray(epoch_ms, dtype="int64").astype("datetime64[ms]"), unit="ms"),
+        "Z",
+    )
+    return str(text) if text.ndim == 0 else text
+
+
+def _hex_ids(rng: np.random.Generator, prefix: str, count: int) -> list[str]:
+    blob = rng.bytes(16 * count).hex()
+    return [prefix + blob[i : i + 32] for i in range(0, 32 * count, 32)]
+
+
+def _uuid4s(rng: np.random.Generator, count: int) -> list[str]:
+    out = []
+    for raw in _hex_ids(rng, "", count):
+        variant = "89ab"[int(raw[16], 16) & 3]
+        out.append(f"{raw[:8]}-{raw[8:12]}-4{raw[13:16]}-{variant}{raw[17:20]}-{raw[20:32]}")
+    return out
+
+
+def _radiologist_count(studies: int) -> int:
+    # 20 for a small practice, growing mildly with volume, at most 60.
+    return int(np.clip(round(20 + 10 * np.log10(max(studies, 1) / 1000)), 20, 60))
+
+
+def _make_users(rng: np.random.Generator, count: int) -> list[dict[str, Any]]:
+    ids = _hex_ids(rng, "usr_", count)
+    users: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    firsts = rng.permutation(len(_FIRST_NAMES))
+    lasts = rng.permutation(len(_LAST_NAMES))
+    for i, user_id in enumerate(ids):
+        first = _FIRST_NAMES[firsts[i % len(firsts)]]
+        last = _LAST_NAMES[lasts[(i * 7 + i // len(lasts)) % len(lasts)]]
+        middle = _MIDDLE_NAMES[rng.integers(len(_MIDDLE_NAMES))] if rng.random() < 0.35 else None
+        suffix1 = _SUFFIX1[rng.integers(len(_SUFFIX1))] if rng.random() < 0.92 else None
+        suffix2 = (
+            _SUFFIX2[rng.integers(len(_SUFFIX2))] if suffix1 is not None and rng.random() < 0.2 else None
+        )
+        local = f"{first}.{last}".lower().replace("'", "")
+        email, n = f"{local}@avara-rad.example", 2
+        while email in seen:
+            email, n = f"{local}{n}@avara-rad.example", n + 1
+        seen.add(email)
+        users.append(
+            {
+                "user_id": user_id,
+                "email": email,
+                "first_name": first,
+                "last_name": last,
+                "middle_name": middle,
+                "suffix1": suffix1,
+                "suffix2": suffix2,
+            }
+        )
+    return users
+
+
+def _make_customers(rng: np.random.Generator, studies: int) -> list[dict[str, Any]]:
+    count = int(np.clip(round(8 + 3 * np.log10(max(studies, 1) / 100)), 8, len(_CUSTOMER_NAMES)))
+    names = [_CUSTOMER_NAMES[i] for i in rng.permutation(len(_CUSTOMER_NAMES))[:count]]
+    ids = _hex_ids(rng, "cus_", count)
+    return [{"customer_id": cid, "name": name} for cid, name in zip(ids, names, strict=True)]
+
+
+def _make_api_keys(rng: np.random.Generator) -> list[dict[str, Any]]:
+    ids = _uuid4s(rng, len(_API_KEYS))
+    secrets = _hex_ids(rng, "sk_sandbox_", len(_API_KEYS))
+    return [
+        {"api_key_id": key_id, "description": desc, "is_viewer_enabled": enabled, "secret": secret}
+        for key_id, (desc, enabled, _), secret in zip(ids, _API_KEYS, secrets, strict=True)
+    ]
+
+
+def _zipf_weights(rng: np.random.Generator, count: int, spread: float) -> Any:
+    # A few busy radiologists / large customers, a tail of small ones.
+    weights = rng.permutation(1.0 / np.arange(1, count + 1) ** spread)
+    return weights / weights.sum()
+
+
+def draw_turnaround_minutes(rng: np.random.Generator, severity_codes: Any) -> Any:
+    """Minutes from creation to completion, per severity code (0 normal, 1 high, 2 stat).
+
+    >>> rng = np.random.default_rng(1)
+    >>> minutes = draw_turnaround_minutes(rng, np.array([2] * 2000 + [0] * 2000))
+    >>> float(np.median(minutes[:2000])) < 60 < float(np.median(minutes[2000:]))
+    True
+    """
+    codes = np.asarray(severity_codes)
+    medians = np.array([_TURNAROUND[s][0] for s in _SEVERITIES])[codes]
+    sigmas = np.array([_TURNAROUND[s][1] for s in _SEVERITIES])[codes]
+    minutes = np.exp(np.log(medians) + sigmas * rng.standard_normal(codes.shape[0]))
+    return np.maximum(minutes, 1.0)
+
+
+def draw_study_description(rng: np.random.Generator, severity_codes: Any) -> Any:
+    """Indices into ``STUDY_CATALOG``, drawn with the catalog's weights for each severity."""
+    codes = np.asarray(severity_codes)
+    out = np.empty(codes.shape[0], dtype=np.int64)
+    weights = np.array([entry[3:] for entry in STUDY_CATALOG], dtype=float)
+    for code in range(len(_SEVERITIES)):
+        mask = codes == code
+        p = weights[:, code] / weights[:, code].sum()
+        out[mask] = rng.choice(len(STUDY_CATALOG), size=int(mask.sum()), p=p)
+    return out
+
+
+def draw_metadata(
+    rng: np.random.Generator, catalog_index: Any, accession_start: int, with_metadata: float = 0.9
+) -> list[str | None]:
+    """JSON metadata text per study (modality, bodyPart, site, referringPhysician, accessionNumber)."""
+    index = np.asarray(catalog_index)
+    count = int(index.shape[0])
+    has: list[bool] = (rng.random(count) < with_metadata).tolist()
+    sites: list[int] = rng.integers(len(_SITES), size=count).tolist()
+    referring: list[int] = rng.integers(len(_REFERRING), size=count).tolist()
+    has_referring: list[bool] = (rng.random(count) < 0.85).tolist()
+    entries: list[int] = index.tolist()
+    out: list[str | None] = []
+    for i in range(count):
+        if not has[i]:
+            out.append(None)
+            continue
+        _, modality, body_part, *_ = STUDY_CATALOG[entries[i]]
+        meta = {
+            "modality": modality,
+            "bodyPart": body_part,
+            "site": _SITES[sites[i]],
+            "accessionNumber": f"ACC{accession_start + i:010d}",
+        }
+        if has_referring[i]:
+            meta["referringPhysician"] = _REFERRING[referring[i]]
+        out.append(orjson.dumps(meta).decode())
+    return out
+
+
+def _created_times(rng: np.random.Generator, count: int, now_ms: int) -> Any:
+    # Hour slots over the history window, weighted by hour of day and weekday.
+    first_slot = (now_ms - HISTORY_DAYS * 24 * 60 * _MS_PER_MIN) // 3_600_000
+    last_slot = now_ms // 3_600_000
+    slots = np.arange(first_slot, last_slot + 1, dtype=np.int64)
+    hours = slots % 24
+    weekdays = (slots // 24 + 3) % 7  # 1970-01-01 was a Thursday
+    weights = _HOURLY[hours] * _WEEKLY[weekdays]
+    lo = np.maximum(slots * 3_600_000, now_ms - HISTORY_DAYS * 24 * 60 * _MS_PER_MIN)
+    hi = np.minimum((slots + 1) * 3_600_000, now_ms + 1)
+    weights = weights * (hi - lo) / 3_600_000
+    picked = rng.choice(slots.shape[0], size=count, p=weights / weights.sum())
+    span = hi[picked] - lo[picked]
+    return lo[picked] + (rng.random(count) * span).astype(np.int64)
+
+
+def _pick(rng: np.random.Generator, values: list[str], p: Any, present: Any) -> list[str | None]:
+    chosen = rng.choice(len(values), size=present.shape[0], p=p)
+    return [values[c] if ok else None for c, ok in zip(chosen.tolist(), present.tolist(), strict=True)]
+
+
+def generate_world(studies: int, seed: int = 0, now: datetime | None = None) -> World:
+    """Build a deterministic synthetic world of ``studies`` studies, as of ``now`` (UTC).
+
+    ``now`` defaults to the current minute, so pass it for a reproducible world.
+
+    >>> from datetime import datetime, timezone
+    >>> w = generate_world(50, seed=1, now=datetime(2026, 1, 5, tzinfo=timezone.utc))
+    >>> sorted(set(w.studies["severity"])) <= ["high", "normal", "stat"], len(w.api_keys)
+    (True, 4)
+    """
+    if studies < 0:
+        raise ValueError(f"studies must be 0 or more, not {studies!r}")
+    now = _as_utc(now)
+    now_ms = _epoch_ms(now)
+    rng = np.random.default_rng(seed)
+    users = _make_users(rng, _radiologist_count(studies))
+    customers = _make_customers(rng, studies)
+    api_keys = _make_api_keys(rng)
+    n = studies
+
+    created = np.sort(_created_times(rng, n, now_ms)) if n else np.zeros(0, dtype=np.int64)
+    severity = rng.choice(3, size=n, p=_SEVERITY_P)
+    turnaround_ms = (draw_turnaround_minutes(rng, severity) * _MS_PER_MIN).astype(np.int64)
+    completed_at = created + turnaround_ms
+    # A few studies fall through the cracks and stay open however old they get.
+    stale = rng.random(n) < 0.004
+    complete = (completed_at <= now_ms) & ~stale
+
+    age = now_ms - created
+    cancelled = (rng.random(n) < 0.03) & (age > _MS_PER_MIN)
+    # Most cancellations come before the read (ordered in error, duplicate order); a few
+    # after it (wrong patient found on review). Those cancelled before stay incomplete.
+    cancelled_after_read = cancelled & complete & (rng.random(n) < 0.2)
+    complete &= ~(cancelled & ~cancelled_after_read)
+    cancel_delay = (np.exp(np.log(90.0) + 1.2 * rng.standard_normal(n)) * _MS_PER_MIN).astype(np.int64)
+    after = np.where(cancelled_after_read, completed_at, created)
+    cancelled_at = np.minimum(after + np.maximum(cancel_delay, _MS_PER_MIN), now_ms)
+
+    # Open studies were often touched since creation (reassigned, severity bumped).
+    touched = rng.random(n) < 0.3
+    touched_at = created + (rng.random(n) * np.minimum(age, 6 * 3_600_000)).astype(np.int64)
+    updated = np.where(complete, completed_at, np.where(touched, touched_at, created))
+    updated = np.where(cancelled, cancelled_at, updated)
+
+    user_ids = [u["user_id"] for u in users]
+    assigned_p = np.where(complete, 0.97, np.where(age < 2 * 3_600_000, 0.55, 0.85))
+    assigned = _pick(rng, user_ids, _zipf_weights(rng, len(users), 0.6), rng.random(n) < assigned_p)
+
+    by_key = rng.random(n) < 0.85
+    key_p = np.array([k[2] for k in _API_KEYS])
+    created_by_api_key = _pick(rng, [k["api_key_id"] for k in api_keys], key_p, by_key)
+    created_by_user = _pick(rng, user_ids, None, ~by_key)
+
+    customer = _pick(
+        rng, [c["customer_id"] for c in customers], _zipf_weights(rng, len(customers), 1.0),
+        rng.random(n) < 0.9,
+    )
+    catalog_index = draw_study_description(rng, severity)
+    metadata = draw_metadata(rng, catalog_index, accession_start=int(rng.integers(10**6, 10**8)))
+
+    created_text = format_timestamp(created)
+    uids = [f"{UID_ROOT}.{seed % 10**6 + 1}.{ms}.{i + 1}" for i, ms in enumerate(created.tolist())]
+    descriptions = [entry[0] for entry in STUDY_CATALOG]
+    columns: dict[str, list[Any]] = {
+        "study_id": _hex_ids(rng, "stu_", n),
+        "study_instance_uid": uids,
+        "study_description": [descriptions[i] for i in catalog_index.tolist()],
+        "severity": [_SEVERITIES[c] for c in severity.tolist()],
+        "study_viewer_status": np.where(complete, "complete", "incomplete").tolist(),
+        "is_cancelled": cancelled.tolist(),
+        "cancelled_at": [
+            t if c else None
+            for t, c in zip(format_timestamp(cancelled_at).tolist(), cancelled.tolist(), strict=True)
+        ],
+        "created_at": created_text.tolist(),
+        "updated_at": format_timestamp(updated).tolist(),
+        "assigned_to": assigned,
+        "created_by_user": created_by_user,
+        "created_by_api_key": created_by_api_key,
+        "express_customer_id": customer,
+        "metadata": metadata,
+    }
+    return World(users=users, customers=customers, api_keys=api_keys, studies=columns, now=now, seed=seed)
