@@ -1,0 +1,426 @@
+"""The study table: API JSON bytes -> Arrow -> pandas, and a row back to an API body.
+
+This is the one flattening every path uses (fetch, cache, bulk, triage). A list page goes
+from its response bytes to an Arrow table with ``orjson`` plus one C++ conversion
+(``pa.array`` over the wire ``Study`` struct type); no per-study Python objects are built
+beyond what JSON parsing needs, and ``pd.json_normalize`` is never used.
+
+Column rules (see ``viewerkit.schema.STUDY_SCHEMA``): the four references (``assignedTo``,
+``createdByUser``, ``createdByApiKey``, ``expressCustomer``) become prefixed columns, and an
+absent or null reference gives nulls in all its columns; ``metadata`` becomes one string column
+``meta.<key>`` per key seen (exact spelling, sorted after the fixed columns), null where a
+study lacks the key; timestamps are ``timestamp[ms, UTC]``; ``severity`` and
+``study_viewer_status`` are dictionary columns over their FIXED dictionaries, so every table,
+whatever rows it holds, has identical types.
+
+>>> body = b'{"studies": [{"studyId": "stu_' + b'a' * 32 + b'", "studyInstanceUid": "1.2",'
+>>> body += b' "severity": "stat", "metadata": {"Site Name": "North"}}],'
+>>> body += b' "cursor": null, "hasMore": false}'
+>>> table, cursor, has_more = page_to_arrow(body)
+>>> table.num_rows, cursor, has_more, table.column_names[-1]
+(1, None, False, 'meta.Site Name')
+>>> to_pandas(table)["severity"].cat.categories.tolist()
+['normal', 'high', 'stat']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Literal
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from viewerkit.errors import ApiError, ViewerkitError
+from viewerkit.schema import (
+    META_PREFIX,
+    REFERENCE_USER_FIELDS,
+    SEVERITIES,
+    SEVERITY_TYPE,
+    STUDY_SCHEMA,
+    VIEWER_STATUS_TYPE,
+    VIEWER_STATUSES,
+)
+
+__all__ = [
+    "page_to_arrow",
+    "studies_to_arrow",
+    "conform",
+    "concat_studies",
+    "empty_studies",
+    "to_pandas",
+    "from_pandas",
+    "study_to_api_body",
+]
+
+_TIMESTAMP: Final = pa.timestamp("ms", tz="UTC")
+_USER_TYPE: Final = pa.struct([(wire, pa.string()) for _, wire in REFERENCE_USER_FIELDS])
+_API_KEY_TYPE: Final = pa.struct(
+    [("apiKeyId", pa.string()), ("description", pa.string()), ("isViewerEnabled", pa.bool_())]
+)
+_CUSTOMER_TYPE: Final = pa.struct(
+    [("expressCustomerId", pa.string()), ("expressCustomerName", pa.string())]
+)
+_METADATA_TYPE: Final = pa.map_(pa.string(), pa.string())
+
+#: The wire ``Study`` as an Arrow struct; keys a study lacks become nulls, unknown keys are ignored.
+_WIRE_STUDY_TYPE: Final = pa.struct(
+    [
+        ("studyId", pa.string()),
+        ("studyInstanceUid", pa.string()),
+        ("studyDescription", pa.string()),
+        ("severity", pa.string()),
+        ("studyViewerStatus", pa.string()),
+        ("isCancelled", pa.bool_()),
+        ("cancelledAt", pa.string()),
+        ("createdAt", pa.string()),
+        ("updatedAt", pa.string()),
+        ("assignedTo", _USER_TYPE),
+        ("createdByUser", _USER_TYPE),
+        ("createdByApiKey", _API_KEY_TYPE),
+        ("expressCustomer", _CUSTOMER_TYPE),
+        ("metadata", _METADATA_TYPE),
+    ]
+)
+
+# wire path (top-level field, nested field or None) -> study table column
+_SCALAR_COLUMNS: Final = (
+    ("studyId", "study_id"),
+    ("studyInstanceUid", "study_instance_uid"),
+    ("studyDescription", "study_description"),
+    ("severity", "severity"),
+    ("studyViewerStatus", "study_viewer_status"),
+    ("isCancelled", "is_cancelled"),
+    ("createdAt", "created_at"),
+    ("updatedAt", "updated_at"),
+    ("cancelledAt", "cancelled_at"),
+)
+_REFERENCE_COLUMNS: Final = (
+    ("assignedTo", [(wire, f"assigned_to_{suffix}") for suffix, wire in REFERENCE_USER_FIELDS]),
+    (
+        "createdByUser",
+        [(wire, f"created_by_user_{suffix}") for suffix, wire in REFERENCE_USER_FIELDS],
+    ),
+    (
+        "createdByApiKey",
+        [
+            ("apiKeyId", "created_by_api_key_id"),
+            ("description", "created_by_api_key_description"),
+            ("isViewerEnabled", "created_by_api_key_is_viewer_enabled"),
+        ],
+    ),
+    (
+        "expressCustomer",
+        [
+            ("expressCustomerId", "express_customer_id"),
+            ("expressCustomerName", "express_customer_name"),
+        ],
+    ),
+)
+_TIMESTAMP_COLUMNS: Final = ("created_at", "updated_at", "cancelled_at")
+_FIXED_DICTIONARIES: Final = {
+    "severity": (SEVERITY_TYPE, pa.array(SEVERITIES, pa.string())),
+    "study_viewer_status": (VIEWER_STATUS_TYPE, pa.array(VIEWER_STATUSES, pa.string())),
+}
+
+
+def page_to_arrow(body: bytes) -> tuple[pa.Table, str | None, bool]:
+    """One list page's JSON body -> (studies table, next cursor, has more).
+
+    The table is conformed (``STUDY_SCHEMA`` then sorted ``meta.*`` columns).
+
+    >>> table, cursor, more = page_to_arrow(b'{"studies": [], "cursor": null, "hasMore": false}')
+    >>> table.num_rows, table.schema.equals(STUDY_SCHEMA), cursor, more
+    (0, True, None, False)
+    """
+    try:
+        page = orjson.loads(body)
+        studies = page["studies"]
+        cursor = page.get("cursor")
+        has_more = bool(page.get("hasMore", False))
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ApiError(f"the list page is not a Page object ({type(exc).__name__})", call="list") from exc
+    if not isinstance(studies, list) or not (cursor is None or isinstance(cursor, str)):
+        raise ApiError("the list page is not a Page object", call="list")
+    return studies_to_arrow(studies), cursor, has_more
+
+
+def studies_to_arrow(studies: list[dict[str, Any]]) -> pa.Table:
+    """Already-parsed wire ``Study`` dicts (e.g. single retrieves) -> a conformed study table.
+
+    >>> studies_to_arrow([{"studyId": "stu_" + "0" * 32, "studyInstanceUid": "1.2",
+    ...                    "assignedTo": None}]).column("assigned_to_email").to_pylist()
+    [None]
+    """
+    wire = pa.array(studies, type=_WIRE_STUDY_TYPE)
+    # StructArray.flatten merges the parent's validity into the children, so a null study
+    # or a null reference gives nulls in every column taken from it.
+    fields = dict(zip((f.name for f in _WIRE_STUDY_TYPE), wire.flatten(), strict=True))
+    columns: dict[str, pa.Array] = {name: fields[key] for key, name in _SCALAR_COLUMNS}
+    for key, parts in _REFERENCE_COLUMNS:
+        reference: pa.StructArray = fields[key]
+        children = dict(zip((f.name for f in reference.type), reference.flatten(), strict=True))
+        for wire_name, name in parts:
+            columns[name] = children[wire_name]
+    for name in _TIMESTAMP_COLUMNS:
+        columns[name] = _parse_timestamps(columns[name])
+    columns.update(_metadata_columns(fields["metadata"]))
+    return conform(pa.table(columns))
+
+
+def _parse_timestamps(strings: pa.Array) -> pa.Array:
+    """ISO 8601 strings -> timestamp[ms, UTC], vectorised (sub-millisecond digits truncated)."""
+    try:
+        parsed = pc.cast(strings, pa.timestamp("us", tz="UTC"))
+    except pa.ArrowInvalid:
+        # no zone designator: the contract says UTC
+        parsed = pc.cast(pc.cast(strings, pa.timestamp("us")), pa.timestamp("us", tz="UTC"))
+    return pc.cast(parsed, _TIMESTAMP, safe=False)
+
+
+def _metadata_columns(metadata: pa.MapArray) -> dict[str, pa.Array]:
+    """A map column -> one string column per key seen, null where a row lacks the key.
+
+    Linear in the number of pairs plus (rows x distinct keys), the size of the output.
+    """
+    n = len(metadata)
+    pairs = metadata.cast(pa.list_(pa.struct([metadata.type.key_field, metadata.type.item_field])))
+    flat = pc.list_flatten(pairs)  # respects nulls and slicing, unlike MapArray.keys
+    if len(flat) == 0:
+        return {}
+    keys, items = flat.flatten()
+    items = items.cast(pa.string())
+    rows = pc.list_parent_indices(pairs).to_numpy()
+    encoded = pc.dictionary_encode(keys)
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(encoded.dictionary) + 1))
+    columns: dict[str, pa.Array] = {}
+    for code, key in enumerate(encoded.dictionary.to_pylist()):
+        positions = order[bounds[code] : bounds[code + 1]]
+        take = np.full(n, -1, dtype=np.int64)
+        take[rows[positions]] = positions  # a key repeated within one map: the last one wins
+        indices = pa.array(take, mask=take < 0)
+        columns[META_PREFIX + key] = items.take(indices)
+    return columns
+
+
+def empty_studies() -> pa.Table:
+    """A study table with no rows and no ``meta.*`` columns.
+
+    >>> empty_studies().schema.equals(STUDY_SCHEMA)
+    True
+    """
+    return STUDY_SCHEMA.empty_table()
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """Give a study table its canonical shape and types.
+
+    The ``STUDY_SCHEMA`` columns in order (a missing one becomes all-null), then the
+    ``meta.*`` columns sorted by name, as strings; other columns are dropped. ``severity``
+    and ``study_viewer_status`` get their fixed dictionaries; timestamps become ms, UTC.
+
+    >>> t = conform(pa.table({"study_id": ["stu_" + "1" * 32], "study_instance_uid": ["1"],
+    ...                       "meta.b": ["x"], "meta.a": [None], "extra": [1]}))
+    >>> t.column_names[-2:], t.schema.field("severity").type == SEVERITY_TYPE
+    (['meta.a', 'meta.b'], True)
+    """
+    n = table.num_rows
+    fields: list[pa.Field] = []
+    arrays: list[pa.ChunkedArray | pa.Array] = []
+    for field in STUDY_SCHEMA:
+        if field.name in table.column_names:
+            column = table.column(field.name)
+            if field.name in _FIXED_DICTIONARIES:
+                column = _fixed_dictionary(column, field.name)
+            elif field.name in _TIMESTAMP_COLUMNS:
+                column = _timestamps(column)
+            elif column.type != field.type:
+                column = column.cast(field.type)
+            arrays.append(column)
+        else:
+            arrays.append(pa.nulls(n, field.type))
+        fields.append(field)
+    for name in sorted(c for c in table.column_names if c.startswith(META_PREFIX)):
+        column = table.column(name)
+        if column.type != pa.string():
+            column = column.cast(pa.string())
+        arrays.append(column)
+        fields.append(pa.field(name, pa.string()))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _timestamps(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if column.type == _TIMESTAMP:
+        return column
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return pa.chunked_array([_parse_timestamps(c) for c in column.chunks], _TIMESTAMP)
+    if pa.types.is_timestamp(column.type) and column.type.tz is None:
+        # a naive timestamp in the study table is UTC
+        column = column.cast(pa.timestamp(column.type.unit, tz="UTC"))
+    return column.cast(_TIMESTAMP, safe=False)
+
+
+def _fixed_dictionary(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
+    """Re-encode ``column`` over its fixed dictionary; an unknown value is an error."""
+    arrow_type, dictionary = _FIXED_DICTIONARIES[name]
+    if column.type == arrow_type and all(
+        c.dictionary.equals(dictionary) for c in column.chunks
+    ):
+        return column
+    values = column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
+    if not pa.types.is_string(values.type):
+        values = values.cast(pa.string())
+    indices = pc.index_in(values, value_set=dictionary)
+    unknown = pc.and_(pc.is_null(indices), pc.is_valid(values))
+    if pc.any(unknown).as_py():
+        bad = pc.filter(values, unknown)[0].as_py()
+        raise ViewerkitError(
+            f"unknown {name} {bad!r}: expected one of {', '.join(dictionary.to_pylist())}"
+        )
+    chunks = [
+        pa.DictionaryArray.from_arrays(
+            c.cast(pa.int8()), dictionary, ordered=arrow_type.ordered
+        )
+        for c in indices.chunks
+    ]
+    return pa.chunked_array(chunks, arrow_type)
+
+
+def concat_studies(tables: Iterable[pa.Table]) -> pa.Table:
+    """Stack study tables; the ``meta.*`` columns are the union, null where a table lacks one.
+
+    One concatenation for all tables (no repeated pairwise concat).
+
+    >>> a = studies_to_arrow([{"studyId": "stu_" + "a" * 32, "metadata": {"x": "1"}}])
+    >>> b = studies_to_arrow([{"studyId": "stu_" + "b" * 32, "metadata": {"y": "2"}}])
+    >>> concat_studies([a, b]).select(["meta.x", "meta.y"]).to_pydict()
+    {'meta.x': ['1', None], 'meta.y': [None, '2']}
+    """
+    conformed = [conform(t) for t in tables]
+    if not conformed:
+        return empty_studies()
+    meta = sorted({c for t in conformed for c in t.column_names if c.startswith(META_PREFIX)})
+    schema = pa.schema([*STUDY_SCHEMA, *(pa.field(m, pa.string()) for m in meta)])
+    filled = []
+    for t in conformed:
+        for m in meta:
+            if m not in t.column_names:
+                t = t.append_column(pa.field(m, pa.string()), pa.nulls(t.num_rows, pa.string()))
+        filled.append(pa.Table.from_arrays(t.select(schema.names).columns, schema=schema))
+    return pa.concat_tables(filled)
+
+
+def to_pandas(table: pa.Table) -> pd.DataFrame:
+    """A study table -> the DataFrame users get, with the same dtypes on every path.
+
+    ``severity``: ordered categorical ``normal < high < stat`` (all three categories always);
+    ``study_viewer_status``: categorical ``incomplete``, ``complete``; timestamps
+    ``datetime64[ms, UTC]``; strings the installed pandas' default string dtype (pandas 3:
+    ``str``); ``is_cancelled`` ``bool`` (``boolean`` only if a value is missing);
+    ``created_by_api_key_is_viewer_enabled`` ``boolean`` (nullable: the reference is optional).
+
+    >>> df = to_pandas(empty_studies())
+    >>> str(df["created_at"].dtype), df["severity"].cat.ordered
+    ('datetime64[ms, UTC]', True)
+    """
+    table = conform(table)
+    boolean = pd.BooleanDtype()
+    frame: pd.DataFrame = table.to_pandas(
+        types_mapper={pa.bool_(): boolean}.get, coerce_temporal_nanoseconds=False
+    )
+    if not frame["is_cancelled"].isna().any():
+        frame["is_cancelled"] = frame["is_cancelled"].astype(bool)
+    for name in ("severity", "study_viewer_status"):
+        _, dictionary = _FIXED_DICTIONARIES[name]
+        dtype = pd.CategoricalDtype(dictionary.to_pylist(), ordered=name == "severity")
+        if frame[name].dtype != dtype:
+            frame[name] = frame[name].astype(dtype)
+    for name in _TIMESTAMP_COLUMNS:
+        if str(frame[name].dtype) != "datetime64[ms, UTC]":
+            frame[name] = frame[name].astype("datetime64[ms, UTC]")
+    return frame
+
+
+def from_pandas(df: pd.DataFrame) -> pa.Table:
+    """A study DataFrame (e.g. from ``to_pandas``, edited) -> a conformed study table.
+
+    >>> df = to_pandas(studies_to_arrow([{"studyId": "stu_" + "c" * 32,
+    ...                                   "studyInstanceUid": "1.2", "severity": "high"}]))
+    >>> from_pandas(df).equals(studies_to_arrow([{"studyId": "stu_" + "c" * 32,
+    ...                                           "studyInstanceUid": "1.2", "severity": "high"}]))
+    True
+    """
+    return conform(pa.Table.from_pandas(df, preserve_index=False))
+
+
+_BODY_FIELDS: Final = {
+    "study_instance_uid": "studyInstanceUid",
+    "study_description": "studyDescription",
+    "severity": "severity",
+    "study_viewer_status": "studyViewerStatus",
+    "assigned_to_user_id": "assignedTo",
+    "express_customer_id": "expressCustomerId",
+}
+_CALL_FIELDS: Final = {
+    "create": (
+        "severity",
+        "studyDescription",
+        "studyInstanceUid",
+        "assignedTo",
+        "expressCustomerId",
+        "metadata",
+    ),
+    "update": ("assignedTo", "metadata", "severity", "studyDescription", "studyViewerStatus"),
+}
+
+
+def study_to_api_body(
+    row: Mapping[str, Any], *, call: Literal["create", "update"] | None = None
+) -> dict[str, Any]:
+    """A study row (DataFrame row or dict) -> the API's create/update body, camelCase.
+
+    ``assignedTo`` comes from ``assigned_to_user_id`` (``None`` unassigns); ``metadata`` is
+    rebuilt from the non-null ``meta.*`` cells. Only fields whose column is in ``row`` are
+    given; ``call`` keeps just the fields that call accepts.
+
+    >>> row = {"study_id": "stu_" + "d" * 32, "severity": "stat", "assigned_to_user_id": None,
+    ...        "meta.site": "North", "meta.bed": float("nan")}
+    >>> study_to_api_body(row, call="update")
+    {'severity': 'stat', 'assignedTo': None, 'metadata': {'site': 'North'}}
+    """
+    body: dict[str, Any] = {}
+    metadata: dict[str, str] = {}
+    has_meta = False
+    for name, value in row.items():
+        if name in _BODY_FIELDS:
+            body[_BODY_FIELDS[name]] = _plain(value)
+        elif isinstance(name, str) and name.startswith(META_PREFIX):
+            has_meta = True
+            plain = _plain(value)
+            if plain is not None:
+                metadata[name[len(META_PREFIX) :]] = str(plain)
+    if has_meta:
+        body["metadata"] = metadata
+    if call is not None:
+        allowed = _CALL_FIELDS[call]
+        body = {k: v for k, v in body.items() if k in allowed}
+    return body
+
+
+def _plain(value: Any) -> Any:
+    """A pandas/numpy/Arrow cell -> a JSON-ready Python value (missing -> None)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+        if isinstance(value, float) and math.isnan(value):
+            return None
+    return value
