@@ -1,0 +1,677 @@
+"""The sandbox's FastAPI application: every endpoint of the Avara Viewer Studies API.
+
+``create_app(db_path, ...)`` builds a new app over its own SQLite database; nothing lives at
+module level. Request validation is the sandbox's own (FastAPI's default 422 never leaks):
+every bad field answers 400 ``{"error": {"type", "message", "param"}}`` with ``param`` naming
+the field in camelCase. Non-retryable 4xx answers carry ``x-should-retry: false`` so that
+generated SDKs (which retry 409 by default) do not resend them.
+
+List order is newest ``createdAt`` first, ties broken by ``studyId`` descending. Cursors are
+keyset cursors signed with a per-database secret (HMAC) and bound to the filters they were
+issued with; the secret lives in the database, so cursors and reroute tokens survive a
+restart on the same ``--db``.
+
+Sandbox-only routes, outside the API and never subject to faults:
+``GET /_sandbox/health`` (no auth), ``GET|POST /_sandbox/faults``, ``GET /_sandbox/audit``.
+
+>>> import tempfile, os
+>>> app = create_app(os.path.join(tempfile.mkdtemp(), "s.db"), api_keys=["sk-test"])
+>>> sorted(p for p in app.openapi()["paths"])[:2]
+['/v1/viewer/studies', '/v1/viewer/studies/by-uid/{studyInstanceUid}']
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import html
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from viewerkit.sandbox.faults import FaultMiddleware, Faults
+from viewerkit.sandbox.store import Keyset, Store, StudyFilters
+from viewerkit.schema import (
+    MAX_PAGE_LIMIT,
+    SEVERITIES,
+    VIEWER_STATUSES,
+    is_customer_id,
+    is_dicom_uid,
+    is_study_id,
+    is_user_id,
+    metadata_problems,
+)
+
+__all__ = ["create_app", "SandboxError", "DEFAULT_PAGE_LIMIT"]
+
+#: Page size when the request gives no ``limit``.
+DEFAULT_PAGE_LIMIT = 25
+
+T = TypeVar("T")
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    410: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class SandboxError(Exception):
+    """An error answer of the API: status, message and the camelCase field at fault."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+
+def _error_response(status: int, message: str, param: str | None = None) -> Response:
+    body = {
+        "error": {
+            "type": _ERROR_TYPES.get(status, "api_error"),
+            "message": message,
+            "param": param,
+        }
+    }
+    headers = {}
+    if 400 <= status < 500 and status != 429:
+        headers["x-should-retry"] = "false"
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _bad(param: str | None, message: str) -> SandboxError:
+    return SandboxError(400, message, param)
+
+
+# -- request parsing ------------------------------------------------------------------------
+
+
+async def _body(request: Request, allowed: Sequence[str]) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _bad(None, "request body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise _bad(None, "request body must be a JSON object")
+    for key in data:
+        if key not in allowed:
+            raise _bad(str(key), f"unknown field {key!r}; allowed: {', '.join(allowed)}")
+    return data
+
+
+def _check_severity(value: object, param: str = "severity") -> str:
+    if not isinstance(value, str) or value not in SEVERITIES:
+        raise _bad(param, f"{param} must be one of {', '.join(SEVERITIES)}")
+    return value
+
+
+def _check_status(value: object, param: str = "studyViewerStatus") -> str:
+    if not isinstance(value, str) or value not in VIEWER_STATUSES:
+        raise _bad(param, f"{param} must be one of {', '.join(VIEWER_STATUSES)}")
+    return value
+
+
+def _check_description(value: object, param: str = "studyDescription") -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(param, f"{param} must be a non-empty string")
+    return value
+
+
+def _check_uid(value: object, param: str = "studyInstanceUid") -> str:
+    if not is_dicom_uid(value):
+        raise _bad(
+            param,
+            f"{param} must be a DICOM UID: 1-64 digits and dots, no empty component, "
+            "no leading zero",
+        )
+    assert isinstance(value, str)
+    return value
+
+
+def _check_study_id(value: object, param: str = "studyId") -> str:
+    if not is_study_id(value):
+        raise _bad(param, f"{param} must be stu_ followed by 32 lowercase hex digits")
+    assert isinstance(value, str)
+    return value
+
+
+def _check_user(store: Store, value: object, param: str = "assignedTo") -> str | None:
+    if value is None:
+        return None
+    if not is_user_id(value):
+        raise _bad(param, f"{param} must be usr_ followed by 32 lowercase hex digits, or null")
+    assert isinstance(value, str)
+    if not store.user_exists(value):
+        raise _bad(param, f"{param}: no user {value}")
+    return value
+
+
+def _check_customer(store: Store, value: object, param: str = "expressCustomerId") -> str | None:
+    if value is None:
+        return None
+    if not is_customer_id(value):
+        raise _bad(param, f"{param} must be cus_ followed by 32 lowercase hex digits, or null")
+    assert isinstance(value, str)
+    if not store.customer_exists(value):
+        raise _bad(param, f"{param}: no express customer {value}")
+    return value
+
+
+def _check_metadata(value: object) -> dict[str, str] | None:
+    if value is None:
+        return None
+    problems = metadata_problems(value)
+    if problems:
+        raise _bad("metadata", "metadata " + "; ".join(problems[:5]))
+    assert isinstance(value, dict)
+    return value
+
+
+# -- cursors and reroute tokens -------------------------------------------------------------
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: bytes, purpose: bytes, payload: bytes) -> bytes:
+    return hmac.new(secret, purpose + b"\0" + payload, hashlib.sha256).digest()[:16]
+
+
+def encode_cursor(secret: bytes, keyset: Keyset, filters: StudyFilters) -> str:
+    payload = orjson.dumps([keyset.created_at, keyset.study_id, filters.fingerprint()])
+    return _b64(_sign(secret, b"cursor", payload) + payload)
+
+
+def decode_cursor(secret: bytes, cursor: str, filters: StudyFilters) -> Keyset:
+    try:
+        raw = _unb64(cursor)
+    except (binascii.Error, ValueError) as exc:
+        raise _bad("cursor", "cursor does not decode; pass back a cursor of a previous page") from exc
+    sig, payload = raw[:16], raw[16:]
+    if len(sig) < 16 or not hmac.compare_digest(sig, _sign(secret, b"cursor", payload)):
+        raise _bad("cursor", "cursor is not one this server issued")
+    created_at, study_id, fingerprint = orjson.loads(payload)
+    if fingerprint != filters.fingerprint():
+        raise _bad("cursor", "cursor was issued for other filters; pass the same filters with it")
+    return Keyset(str(created_at), str(study_id))
+
+
+def reroute_token(secret: bytes, study_id: str, expires_ms: int) -> str:
+    payload = f"{study_id}.{expires_ms}".encode()
+    return _b64(_sign(secret, b"reroute", payload) + payload)
+
+
+def check_reroute_token(secret: bytes, study_id: str, token: str) -> int:
+    """200 for a valid token of this study, 401 for a wrong one, 410 for an expired one."""
+    try:
+        raw = _unb64(token)
+    except (binascii.Error, ValueError):
+        return 401
+    sig, payload = raw[:16], raw[16:]
+    if len(sig) < 16 or not hmac.compare_digest(sig, _sign(secret, b"reroute", payload)):
+        return 401
+    token_study, _, expires = payload.decode().rpartition(".")
+    if token_study != study_id:
+        return 401
+    return 410 if int(expires) < time.time() * 1000 else 200
+
+
+# -- the app --------------------------------------------------------------------------------
+
+_CREATE_FIELDS = (
+    "severity",
+    "studyDescription",
+    "studyInstanceUid",
+    "assignedTo",
+    "expressCustomerId",
+    "metadata",
+)
+_UPDATE_FIELDS = ("assignedTo", "metadata", "severity", "studyDescription", "studyViewerStatus")
+_IDENTIFY_FIELDS = ("studyId", "studyInstanceUid")
+_LIST_PARAMS = (
+    "assignedTo",
+    "expressCustomerId",
+    "isCancelled",
+    "severity",
+    "studyDescription",
+    "studyViewerStatus",
+    "limit",
+    "cursor",
+)
+
+_STR = {"type": "string"}
+_STUDY_ID = {"type": "string", "pattern": "^stu_[0-9a-f]{32}$"}
+_UID = {"type": "string", "pattern": "^(0|[1-9][0-9]*)(\\.(0|[1-9][0-9]*))*$", "maxLength": 64}
+_USER = {"type": "string", "pattern": "^usr_[0-9a-f]{32}$"}
+_CUSTOMER = {"type": "string", "pattern": "^cus_[0-9a-f]{32}$"}
+_META = {
+    "type": "object",
+    "additionalProperties": {"type": "string", "maxLength": 1000},
+    "maxProperties": 50,
+}
+
+
+def _json_body(properties: dict[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+    if required:
+        schema["required"] = list(required)
+    return {
+        "requestBody": {
+            "required": bool(required),
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+def create_app(
+    db_path: str,
+    *,
+    api_keys: Sequence[str] = (),
+    latency_ms: float = 0,
+    fail_rate: float = 0.0,
+    rate_limit: float | None = None,
+    reroute_ttl_s: float = 900,
+    live: float | None = None,
+    live_seed: int = 0,
+    fault_seed: int = 0,
+) -> FastAPI:
+    """Build a sandbox app over the SQLite database at ``db_path`` (created if new).
+
+    ``api_keys`` are bearer secrets that must work (a key record is added for any the
+    database lacks); the database's own key records work too. ``latency_ms``, ``fail_rate``
+    and ``rate_limit`` are the initial fault knobs (see ``viewerkit.sandbox.faults``);
+    ``live`` is a rate of simulated activity per second while the server runs.
+    """
+    store = Store(db_path)
+    store.add_api_keys(api_keys)
+    keys: dict[str, str] = store.api_key_secrets()
+    faults = Faults(latency_ms=latency_ms, fail_rate=fail_rate, rate_limit=rate_limit, seed=fault_seed)
+    secret = store.secret
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runner = None
+        if live:
+            try:
+                from viewerkit.sandbox.live import start_live
+            except ImportError as exc:  # pragma: no cover - until live mode lands
+                raise RuntimeError("live mode is not available in this version") from exc
+            runner = start_live(store, live, live_seed)
+        try:
+            yield
+        finally:
+            if runner is not None:
+                runner.stop()
+            store.close()
+
+    app = FastAPI(
+        title="Avara Viewer Studies API (viewerkit sandbox)",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.store = store
+    app.state.faults = faults
+    app.add_middleware(FaultMiddleware, faults=faults)
+
+    @app.exception_handler(SandboxError)
+    async def _sandbox_error(request: Request, exc: SandboxError) -> Response:
+        return _error_response(exc.status, exc.message, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        loc = errors[0].get("loc", ()) if errors else ()
+        param = str(loc[-1]) if loc else None
+        return _error_response(400, "invalid request", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        status = exc.status_code
+        message = "no such route" if status == 404 else str(exc.detail)
+        return _error_response(status, message)
+
+    def authenticate(request: Request) -> str:
+        """The api_key_id of the request's bearer key (401 without a valid one)."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer" and token:
+            key_id = keys.get(token)
+            if key_id is None:
+                keys.update(store.api_key_secrets())
+                key_id = keys.get(token)
+            if key_id is not None:
+                return key_id
+        raise SandboxError(401, "missing or invalid API key: send Authorization: Bearer <key>")
+
+    async def in_thread(fn: Callable[[], T]) -> T:
+        return await run_in_threadpool(fn)
+
+    def study_or_404(study_id: str) -> dict[str, Any]:
+        study = store.get_study(study_id)
+        if study is None:
+            raise SandboxError(404, f"no study {study_id}", "studyId")
+        return study
+
+    def identify(body: Mapping[str, Any]) -> str:
+        """The study ID a cancel / uncancel / reroute body names (400 / 404 otherwise)."""
+        study_id = body.get("studyId")
+        uid = body.get("studyInstanceUid")
+        if study_id is None and uid is None:
+            raise _bad("studyId", "give studyId or studyInstanceUid")
+        if study_id is not None:
+            _check_study_id(study_id)
+        if uid is not None:
+            _check_uid(uid)
+            by_uid = store.study_id_for_uid(uid)
+            if by_uid is None:
+                raise SandboxError(404, f"no study with studyInstanceUid {uid}", "studyInstanceUid")
+            if study_id is not None and by_uid != study_id:
+                raise _bad("studyInstanceUid", "studyId and studyInstanceUid name different studies")
+            return by_uid
+        assert isinstance(study_id, str)
+        study_or_404(study_id)
+        return study_id
+
+    # -- the API ---------------------------------------------------------------------------
+
+    @app.post(
+        "/v1/viewer/studies",
+        status_code=201,
+        openapi_extra=_json_body(
+            {
+                "severity": {"type": "string", "enum": list(SEVERITIES)},
+                "studyDescription": _STR,
+                "studyInstanceUid": _UID,
+                "assignedTo": _USER,
+                "expressCustomerId": _CUSTOMER,
+                "metadata": _META,
+            },
+            required=("severity", "studyDescription", "studyInstanceUid"),
+        ),
+    )
+    async def create_study(request: Request) -> Response:
+        key_id = authenticate(request)
+        body = await _body(request, _CREATE_FIELDS)
+
+        def work() -> dict[str, Any]:
+            for field in ("severity", "studyDescription", "studyInstanceUid"):
+                if field not in body:
+                    raise _bad(field, f"{field} is required")
+            severity = _check_severity(body["severity"])
+            description = _check_description(body["studyDescription"])
+            uid = _check_uid(body["studyInstanceUid"])
+            assigned = _check_user(store, body.get("assignedTo"))
+            customer = _check_customer(store, body.get("expressCustomerId"))
+            metadata = _check_metadata(body.get("metadata"))
+            study_id = store.create_study(
+                study_instance_uid=uid,
+                study_description=description,
+                severity=severity,
+                assigned_to=assigned,
+                express_customer_id=customer,
+                metadata=metadata,
+                created_by_api_key=key_id,
+            )
+            if study_id is None:
+                raise SandboxError(
+                    409, f"a study with studyInstanceUid {uid} already exists", "studyInstanceUid"
+                )
+            return study_or_404(study_id)
+
+        return _json(await in_thread(work), 201)
+
+    @app.get(
+        "/v1/viewer/studies",
+        openapi_extra={
+            "parameters": [
+                _query("assignedTo", {"type": "string"}),
+                _query("expressCustomerId", {"type": "string"}),
+                _query("isCancelled", {"type": "string", "enum": ["true", "false"]}),
+                _query("severity", {"type": "string", "enum": list(SEVERITIES)}),
+                _query("studyDescription", {"type": "string", "minLength": 1}),
+                _query("studyViewerStatus", {"type": "string", "enum": list(VIEWER_STATUSES)}),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT}),
+                _query("cursor", {"type": "string"}),
+            ]
+        },
+    )
+    def list_studies(request: Request) -> Response:
+        authenticate(request)
+        params: dict[str, str] = {}
+        for name, value in request.query_params.multi_items():
+            if name not in _LIST_PARAMS:
+                raise _bad(name, f"unknown query parameter {name!r}; allowed: {', '.join(_LIST_PARAMS)}")
+            params[name] = value
+        filters = _list_filters(params)
+        limit = _page_limit(params.get("limit"))
+        after = None
+        if "cursor" in params:
+            after = decode_cursor(secret, params["cursor"], filters)
+        studies, last = store.list_studies(filters, limit, after)
+        cursor = None if last is None else encode_cursor(secret, last, filters)
+        return _json({"studies": studies, "cursor": cursor, "hasMore": last is not None})
+
+    @app.get("/v1/viewer/studies/by-uid/{studyInstanceUid}")
+    def retrieve_study_by_uid(studyInstanceUid: str, request: Request) -> Response:  # noqa: N803
+        authenticate(request)
+        uid = _check_uid(studyInstanceUid)
+        study_id = store.study_id_for_uid(uid)
+        if study_id is None:
+            raise SandboxError(404, f"no study with studyInstanceUid {uid}", "studyInstanceUid")
+        return _json(study_or_404(study_id))
+
+    @app.get("/v1/viewer/studies/{studyId}")
+    def retrieve_study(studyId: str, request: Request) -> Response:  # noqa: N803
+        authenticate(request)
+        return _json(study_or_404(_check_study_id(studyId)))
+
+    @app.patch(
+        "/v1/viewer/studies/{studyId}",
+        openapi_extra=_json_body(
+            {
+                "assignedTo": {**_USER, "nullable": True},
+                "metadata": {**_META, "nullable": True},
+                "severity": {"type": "string", "enum": list(SEVERITIES)},
+                "studyDescription": _STR,
+                "studyViewerStatus": {"type": "string", "enum": list(VIEWER_STATUSES)},
+            }
+        ),
+    )
+    async def update_study(studyId: str, request: Request) -> Response:  # noqa: N803
+        authenticate(request)
+        study_id = _check_study_id(studyId)
+        body = await _body(request, _UPDATE_FIELDS)
+
+        def work() -> dict[str, Any]:
+            changes: dict[str, Any] = {}
+            if "assignedTo" in body:
+                changes["assigned_to"] = _check_user(store, body["assignedTo"])
+            if "metadata" in body:
+                changes["metadata"] = _check_metadata(body["metadata"])
+            if "severity" in body:
+                changes["severity"] = _check_severity(body["severity"])
+            if "studyDescription" in body:
+                changes["study_description"] = _check_description(body["studyDescription"])
+            if "studyViewerStatus" in body:
+                changes["study_viewer_status"] = _check_status(body["studyViewerStatus"])
+            if store.update_study(study_id, changes) is None:
+                raise SandboxError(404, f"no study {study_id}", "studyId")
+            return study_or_404(study_id)
+
+        return _json(await in_thread(work))
+
+    identify_body = _json_body({"studyId": _STUDY_ID, "studyInstanceUid": _UID})
+
+    @app.post("/v1/viewer/studies/cancel", openapi_extra=identify_body)
+    async def cancel_study(request: Request) -> Response:
+        authenticate(request)
+        body = await _body(request, _IDENTIFY_FIELDS)
+
+        def work() -> dict[str, Any]:
+            study_id = identify(body)
+            changed = store.set_cancelled(study_id, True)
+            if changed is None:
+                raise SandboxError(404, f"no study {study_id}", "studyId")
+            return {"success": True} if changed else {"success": True, "message": "already cancelled"}
+
+        return _json(await in_thread(work))
+
+    @app.post("/v1/viewer/studies/uncancel", openapi_extra=identify_body)
+    async def uncancel_study(request: Request) -> Response:
+        authenticate(request)
+        body = await _body(request, _IDENTIFY_FIELDS)
+
+        def work() -> dict[str, Any]:
+            study_id = identify(body)
+            changed = store.set_cancelled(study_id, False)
+            if changed is None:
+                raise SandboxError(404, f"no study {study_id}", "studyId")
+            return {"success": True} if changed else {"success": False, "message": "study is not cancelled"}
+
+        return _json(await in_thread(work))
+
+    @app.post("/v1/viewer/studies/reroute-url", openapi_extra=identify_body)
+    async def reroute_url(request: Request) -> Response:
+        authenticate(request)
+        body = await _body(request, _IDENTIFY_FIELDS)
+        study_id = await in_thread(lambda: identify(body))
+        expires = int((time.time() + reroute_ttl_s) * 1000)
+        base = str(request.base_url).rstrip("/")
+        token = reroute_token(secret, study_id, expires)
+        return _json({"url": f"{base}/viewer/studies/{study_id}?token={token}"})
+
+    # -- the viewer page a reroute URL points to -------------------------------------------
+
+    @app.get("/viewer/studies/{studyId}", include_in_schema=False)
+    def viewer_page(studyId: str, request: Request) -> Response:  # noqa: N803
+        token = request.query_params.get("token", "")
+        status = check_reroute_token(secret, studyId, token) if token else 401
+        if status == 401:
+            return HTMLResponse("<h1>401</h1><p>This viewer link is not valid.</p>", 401)
+        if status == 410:
+            return HTMLResponse("<h1>410</h1><p>This viewer link has expired.</p>", 410)
+        return HTMLResponse(
+            f"<!doctype html><title>Avara Viewer (sandbox)</title>"
+            f"<h1>Study {html.escape(studyId)}</h1><p>Sandbox viewer.</p>"
+        )
+
+    # -- sandbox-only routes ---------------------------------------------------------------
+
+    @app.get("/_sandbox/health", include_in_schema=False)
+    def health() -> Response:
+        return _json({"ok": True})
+
+    @app.get("/_sandbox/faults", include_in_schema=False)
+    def get_faults(request: Request) -> Response:
+        authenticate(request)
+        return _json(faults.snapshot())
+
+    @app.post("/_sandbox/faults", include_in_schema=False)
+    async def set_faults(request: Request) -> Response:
+        authenticate(request)
+        body = await _body(request, ("latency_ms", "fail_rate", "rate_limit"))
+        try:
+            faults.update(**body)
+        except ValueError as exc:
+            param = str(exc).split(" ", 1)[0]
+            raise _bad(param, str(exc)) from exc
+        return _json(faults.snapshot())
+
+    @app.get("/_sandbox/audit", include_in_schema=False)
+    def audit(request: Request) -> Response:
+        authenticate(request)
+        return _json(store.audit(request.query_params.get("study_id")))
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _list_filters(params: Mapping[str, str]) -> StudyFilters:
+    assigned = params.get("assignedTo")
+    if assigned is not None and assigned != "null" and not is_user_id(assigned):
+        raise _bad("assignedTo", "assignedTo must be usr_ followed by 32 lowercase hex digits, or null")
+    customer = params.get("expressCustomerId")
+    if customer is not None and customer != "null" and not is_customer_id(customer):
+        raise _bad(
+            "expressCustomerId",
+            "expressCustomerId must be cus_ followed by 32 lowercase hex digits, or null",
+        )
+    cancelled = params.get("isCancelled")
+    if cancelled is not None and cancelled not in ("true", "false"):
+        raise _bad("isCancelled", "isCancelled must be true or false")
+    severity = params.get("severity")
+    if severity is not None:
+        _check_severity(severity)
+    status = params.get("studyViewerStatus")
+    if status is not None:
+        _check_status(status)
+    description = params.get("studyDescription")
+    if description is not None and not description:
+        raise _bad("studyDescription", "studyDescription must be a non-empty string")
+    return StudyFilters(
+        assigned_to=assigned,
+        express_customer_id=customer,
+        is_cancelled=None if cancelled is None else cancelled == "true",
+        severity=severity,
+        study_description=description,
+        study_viewer_status=status,
+    )
+
+
+def _page_limit(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_PAGE_LIMIT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value != int(value) or not 1 <= value <= MAX_PAGE_LIMIT:
+        raise _bad("limit", f"limit must be a whole number from 1 to {MAX_PAGE_LIMIT}")
+    return int(value)

@@ -1,0 +1,588 @@
+"""The sandbox's SQLite storage: studies, the people and keys they reference, and an audit log.
+
+One file on disk in WAL mode, one connection per thread, keyset pagination over indexes that
+pair every list filter with the list order (newest ``created_at`` first, ties by ``study_id``
+descending), so a page deep in a million studies costs what the first page costs.
+
+>>> import tempfile, os
+>>> store = Store(os.path.join(tempfile.mkdtemp(), "sandbox.db"))
+>>> store.count_studies()
+0
+>>> format_timestamp(0)
+'1970-01-01T00:00:00.000Z'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+__all__ = ["Store", "StudyFilters", "Keyset", "format_timestamp", "now_timestamp", "new_study_id"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sandbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    user_id TEXT PRIMARY KEY, email TEXT NOT NULL, first_name TEXT, last_name TEXT,
+    middle_name TEXT, suffix1 TEXT, suffix2 TEXT
+);
+CREATE TABLE IF NOT EXISTS customers (customer_id TEXT PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys (
+    api_key_id TEXT PRIMARY KEY, description TEXT NOT NULL, is_viewer_enabled INTEGER NOT NULL,
+    secret TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_id TEXT PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL UNIQUE,
+    study_description TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    study_viewer_status TEXT NOT NULL,
+    is_cancelled INTEGER NOT NULL,
+    cancelled_at TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    assigned_to TEXT,
+    created_by_user TEXT,
+    created_by_api_key TEXT,
+    express_customer_id TEXT,
+    metadata TEXT
+);
+CREATE INDEX IF NOT EXISTS studies_order ON studies (created_at, study_id);
+CREATE INDEX IF NOT EXISTS studies_severity ON studies (severity, created_at, study_id);
+CREATE INDEX IF NOT EXISTS studies_status ON studies (study_viewer_status, created_at, study_id);
+CREATE INDEX IF NOT EXISTS studies_cancelled ON studies (is_cancelled, created_at, study_id);
+CREATE INDEX IF NOT EXISTS studies_assigned ON studies (assigned_to, created_at, study_id);
+CREATE INDEX IF NOT EXISTS studies_customer ON studies (express_customer_id, created_at, study_id);
+CREATE INDEX IF NOT EXISTS studies_triage
+    ON studies (severity, study_viewer_status, is_cancelled, created_at, study_id);
+CREATE INDEX IF NOT EXISTS studies_open
+    ON studies (study_viewer_status, is_cancelled, created_at, study_id);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_id TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_study ON audit (study_id, id);
+"""
+
+STUDY_COLUMNS = (
+    "study_id",
+    "study_instance_uid",
+    "study_description",
+    "severity",
+    "study_viewer_status",
+    "is_cancelled",
+    "cancelled_at",
+    "created_at",
+    "updated_at",
+    "assigned_to",
+    "created_by_user",
+    "created_by_api_key",
+    "express_customer_id",
+    "metadata",
+)
+
+_USER_COLS = ("user_id", "email", "first_name", "last_name", "middle_name", "suffix1", "suffix2")
+
+# one SELECT renders a study with its four references (LEFT JOINs on primary keys)
+_SELECT = (
+    "SELECT s.study_id, s.study_instance_uid, s.study_description, s.severity,"
+    " s.study_viewer_status, s.is_cancelled, s.cancelled_at, s.created_at, s.updated_at,"
+    " s.metadata, "
+    + ", ".join(f"a.{c}" for c in _USER_COLS)
+    + ", "
+    + ", ".join(f"u.{c}" for c in _USER_COLS)
+    + ", k.api_key_id, k.description, k.is_viewer_enabled, c.customer_id, c.name"
+    " FROM studies s"
+    " LEFT JOIN users a ON a.user_id = s.assigned_to"
+    " LEFT JOIN users u ON u.user_id = s.created_by_user"
+    " LEFT JOIN api_keys k ON k.api_key_id = s.created_by_api_key"
+    " LEFT JOIN customers c ON c.customer_id = s.express_customer_id"
+)
+
+
+def format_timestamp(epoch_ms: int) -> str:
+    """The API's timestamp text for epoch milliseconds: ISO 8601, milliseconds, ``Z``.
+
+    >>> format_timestamp(1795797043197)
+    '2026-11-27T16:30:43.197Z'
+    """
+    moment = datetime.fromtimestamp(epoch_ms // 1000, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{epoch_ms % 1000:03d}Z"
+
+
+def parse_timestamp(text: str) -> int:
+    """Epoch milliseconds of an API timestamp (the inverse of ``format_timestamp``).
+
+    >>> parse_timestamp('2026-11-27T16:30:43.197Z')
+    1795797043197
+    """
+    moment = datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    return int(moment.timestamp()) * 1000 + int(text[20:23])
+
+
+def now_timestamp() -> str:
+    """The current time as an API timestamp."""
+    return format_timestamp(time.time_ns() // 1_000_000)
+
+
+def new_study_id() -> str:
+    """A fresh study ID: ``stu_`` + 32 lowercase hex."""
+    return "stu_" + uuid.uuid4().hex
+
+
+def _user_ref(row: Sequence[Any]) -> dict[str, Any] | None:
+    if row[0] is None:
+        return None
+    return {
+        "userId": row[0],
+        "email": row[1],
+        "firstName": row[2],
+        "lastName": row[3],
+        "middleName": row[4],
+        "suffix1": row[5],
+        "suffix2": row[6],
+    }
+
+
+def _render(row: Sequence[Any]) -> dict[str, Any]:
+    """A study row of ``_SELECT`` as the API's camelCase Study."""
+    return {
+        "studyId": row[0],
+        "studyInstanceUid": row[1],
+        "studyDescription": row[2],
+        "severity": row[3],
+        "studyViewerStatus": row[4],
+        "isCancelled": bool(row[5]),
+        "cancelledAt": row[6],
+        "createdAt": row[7],
+        "updatedAt": row[8],
+        "assignedTo": _user_ref(row[10:17]),
+        "createdByUser": _user_ref(row[17:24]),
+        "createdByApiKey": None
+        if row[24] is None
+        else {"apiKeyId": row[24], "description": row[25], "isViewerEnabled": bool(row[26])},
+        "expressCustomer": None
+        if row[27] is None
+        else {"expressCustomerId": row[27], "expressCustomerName": row[28]},
+        "metadata": None if row[9] is None else orjson.loads(row[9]),
+    }
+
+
+@dataclass(frozen=True)
+class StudyFilters:
+    """Validated list filters. ``assigned_to`` / ``express_customer_id`` of ``"null"`` select
+    studies without one; ``None`` leaves a filter off."""
+
+    assigned_to: str | None = None
+    express_customer_id: str | None = None
+    is_cancelled: bool | None = None
+    severity: str | None = None
+    study_description: str | None = None
+    study_viewer_status: str | None = None
+
+    def fingerprint(self) -> str:
+        """A short hash that binds a cursor to these filters."""
+        text = orjson.dumps(
+            [
+                self.assigned_to,
+                self.express_customer_id,
+                self.is_cancelled,
+                self.severity,
+                self.study_description,
+                self.study_viewer_status,
+            ]
+        )
+        return hashlib.sha256(text).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Keyset:
+    """Where a page starts: after the study ``(created_at, study_id)`` in list order."""
+
+    created_at: str
+    study_id: str
+
+
+def _contains_ci(haystack: str | None, needle: str) -> bool:
+    # Unicode-aware lower(), unlike SQLite's ASCII-only LIKE
+    return haystack is not None and needle in haystack.lower()
+
+
+class Store:
+    """The sandbox's SQLite database.
+
+    Thread-safe: every thread gets its own connection; writes take SQLite's write lock with
+    ``BEGIN IMMEDIATE`` and wait for it (busy timeout) instead of failing.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        with self._write() as cur:
+            cur.execute(
+                "INSERT OR IGNORE INTO sandbox_meta (key, value) VALUES ('secret', ?)",
+                (secrets.token_hex(32),),
+            )
+        row = conn.execute("SELECT value FROM sandbox_meta WHERE key = 'secret'").fetchone()
+        #: per-database signing secret for cursors and reroute tokens (survives restarts)
+        self.secret: bytes = bytes.fromhex(row[0])
+
+    def __repr__(self) -> str:
+        return f"Store({self.path!r})"
+
+    # -- connections -----------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.create_function("vk_contains", 2, _contains_ci, deterministic=True)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Cursor:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn.cursor()
+
+        def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+            else:
+                self.conn.execute("ROLLBACK")
+
+    def _write(self) -> Store._Tx:
+        return Store._Tx(self._conn())
+
+    # -- world -----------------------------------------------------------------------------
+
+    def is_empty(self) -> bool:
+        """True when the database holds no studies, users, customers or API keys."""
+        conn = self._conn()
+        return all(
+            conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
+            for table in ("studies", "users", "customers", "api_keys")
+        )
+
+    def insert_world(self, world: Any) -> None:
+        """Bulk-insert a synthetic ``World`` (users, customers, api_keys, studies columns)
+        in one transaction."""
+        with self._write() as cur:
+            cur.executemany(
+                "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [tuple(u.get(c) for c in _USER_COLS) for u in world.users],
+            )
+            cur.executemany(
+                "INSERT OR REPLACE INTO customers VALUES (?, ?)",
+                [(c["customer_id"], c["name"]) for c in world.customers],
+            )
+            cur.executemany(
+                "INSERT OR REPLACE INTO api_keys VALUES (?, ?, ?, ?)",
+                [
+                    (k["api_key_id"], k["description"], int(bool(k["is_viewer_enabled"])), k["secret"])
+                    for k in world.api_keys
+                ],
+            )
+            columns = world.studies
+            n = len(columns["study_id"]) if columns else 0
+            if n:
+                values = [columns[c] for c in STUDY_COLUMNS]
+                flags = [int(bool(v)) for v in columns["is_cancelled"]]
+                values[STUDY_COLUMNS.index("is_cancelled")] = flags
+                cur.executemany(
+                    f"INSERT INTO studies ({', '.join(STUDY_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(STUDY_COLUMNS))})",
+                    zip(*values, strict=True),
+                )
+
+    def ensure_api_key(self, secret: str, description: str = "Sandbox key") -> str:
+        """The ``api_key_id`` of the key record for bearer ``secret``, adding one if needed."""
+        conn = self._conn()
+        row = conn.execute("SELECT api_key_id FROM api_keys WHERE secret = ?", (secret,)).fetchone()
+        if row is not None:
+            return str(row[0])
+        key_id = str(uuid.uuid4())
+        with self._write() as cur:
+            cur.execute(
+                "INSERT OR IGNORE INTO api_keys VALUES (?, ?, 1, ?)", (key_id, description, secret)
+            )
+        row = conn.execute("SELECT api_key_id FROM api_keys WHERE secret = ?", (secret,)).fetchone()
+        return str(row[0])
+
+    def api_key_secrets(self) -> dict[str, str]:
+        """Bearer secret -> api_key_id of every key record."""
+        rows = self._conn().execute("SELECT secret, api_key_id FROM api_keys").fetchall()
+        return {str(s): str(k) for s, k in rows}
+
+    def user_exists(self, user_id: str) -> bool:
+        q = "SELECT 1 FROM users WHERE user_id = ?"
+        return self._conn().execute(q, (user_id,)).fetchone() is not None
+
+    def customer_exists(self, customer_id: str) -> bool:
+        q = "SELECT 1 FROM customers WHERE customer_id = ?"
+        return self._conn().execute(q, (customer_id,)).fetchone() is not None
+
+    def user_ids(self) -> list[str]:
+        """Every user ID (for live mode and tests)."""
+        return [r[0] for r in self._conn().execute("SELECT user_id FROM users ORDER BY user_id")]
+
+    def customer_ids(self) -> list[str]:
+        """Every express customer ID."""
+        q = "SELECT customer_id FROM customers ORDER BY customer_id"
+        return [r[0] for r in self._conn().execute(q)]
+
+    def count_studies(self) -> int:
+        """How many studies the database holds."""
+        return int(self._conn().execute("SELECT count(*) FROM studies").fetchone()[0])
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get_study(self, study_id: str) -> dict[str, Any] | None:
+        """The Study (API JSON shape) with this ID, or None."""
+        row = self._conn().execute(_SELECT + " WHERE s.study_id = ?", (study_id,)).fetchone()
+        return None if row is None else _render(row)
+
+    def study_id_for_uid(self, study_instance_uid: str) -> str | None:
+        """The study ID of a Study Instance UID, or None."""
+        row = (
+            self._conn()
+            .execute("SELECT study_id FROM studies WHERE study_instance_uid = ?", (study_instance_uid,))
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def list_studies(
+        self, filters: StudyFilters, limit: int, after: Keyset | None = None
+    ) -> tuple[list[dict[str, Any]], Keyset | None]:
+        """One page in list order and the keyset of its last study when more follow."""
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (
+            ("assigned_to", filters.assigned_to),
+            ("express_customer_id", filters.express_customer_id),
+        ):
+            if value == "null":
+                where.append(f"s.{column} IS NULL")
+            elif value is not None:
+                where.append(f"s.{column} = ?")
+                args.append(value)
+        for column, value in (
+            ("severity", filters.severity),
+            ("study_viewer_status", filters.study_viewer_status),
+        ):
+            if value is not None:
+                where.append(f"s.{column} = ?")
+                args.append(value)
+        if filters.is_cancelled is not None:
+            where.append("s.is_cancelled = ?")
+            args.append(int(filters.is_cancelled))
+        if filters.study_description is not None:
+            where.append("vk_contains(s.study_description, ?)")
+            args.append(filters.study_description.lower())
+        if after is not None:
+            where.append("(s.created_at, s.study_id) < (?, ?)")
+            args.extend((after.created_at, after.study_id))
+        sql = _SELECT
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY s.created_at DESC, s.study_id DESC LIMIT ?"
+        args.append(limit + 1)
+        rows = self._conn().execute(sql, args).fetchall()
+        more = len(rows) > limit
+        studies = [_render(r) for r in rows[:limit]]
+        if not more:
+            return studies, None
+        last = studies[-1]
+        return studies, Keyset(last["createdAt"], last["studyId"])
+
+    def audit(self, study_id: str | None = None) -> list[dict[str, Any]]:
+        """Every applied mutation, oldest first (optionally of one study)."""
+        sql = "SELECT study_id, operation, fields, at FROM audit"
+        args: tuple[Any, ...] = ()
+        if study_id is not None:
+            sql += " WHERE study_id = ?"
+            args = (study_id,)
+        rows = self._conn().execute(sql + " ORDER BY id", args).fetchall()
+        return [
+            {"study_id": r[0], "operation": r[1], "fields": orjson.loads(r[2]), "at": r[3]}
+            for r in rows
+        ]
+
+    # -- writes ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _audit(cur: sqlite3.Cursor, study_id: str, operation: str, fields: Mapping[str, Any], at: str) -> None:
+        cur.execute(
+            "INSERT INTO audit (study_id, operation, fields, at) VALUES (?, ?, ?, ?)",
+            (study_id, operation, orjson.dumps(dict(fields)).decode(), at),
+        )
+
+    @staticmethod
+    def _next_update(cur: sqlite3.Cursor, study_id: str) -> str:
+        # updatedAt strictly increases, even for two changes within one millisecond
+        row = cur.execute("SELECT updated_at FROM studies WHERE study_id = ?", (study_id,)).fetchone()
+        now = time.time_ns() // 1_000_000
+        if row is not None:
+            now = max(now, parse_timestamp(row[0]) + 1)
+        return format_timestamp(now)
+
+    def create_study(
+        self,
+        *,
+        study_instance_uid: str,
+        study_description: str,
+        severity: str,
+        assigned_to: str | None = None,
+        express_customer_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        created_by_api_key: str | None = None,
+        created_by_user: str | None = None,
+        study_viewer_status: str = "incomplete",
+        created_at: str | None = None,
+    ) -> str | None:
+        """Insert a study; its new ID, or None when the Study Instance UID already exists."""
+        study_id = new_study_id()
+        at = created_at or now_timestamp()
+        meta = None if metadata is None else orjson.dumps(dict(metadata)).decode()
+        try:
+            with self._write() as cur:
+                cur.execute(
+                    f"INSERT INTO studies ({', '.join(STUDY_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(STUDY_COLUMNS))})",
+                    (
+                        study_id,
+                        study_instance_uid,
+                        study_description,
+                        severity,
+                        study_viewer_status,
+                        0,
+                        None,
+                        at,
+                        at,
+                        assigned_to,
+                        created_by_user,
+                        created_by_api_key,
+                        express_customer_id,
+                        meta,
+                    ),
+                )
+                fields = {
+                    "studyInstanceUid": study_instance_uid,
+                    "studyDescription": study_description,
+                    "severity": severity,
+                    "assignedTo": assigned_to,
+                    "expressCustomerId": express_customer_id,
+                    "metadata": None if metadata is None else dict(metadata),
+                }
+                self._audit(cur, study_id, "create", fields, at)
+        except sqlite3.IntegrityError:
+            return None
+        return study_id
+
+    def update_study(self, study_id: str, changes: Mapping[str, Any]) -> bool | None:
+        """Apply ``changes`` (column name -> value; ``metadata`` a dict or None).
+
+        True when something changed, False when every value was already so, None when the
+        study does not exist. ``updated_at`` moves only when something changed.
+        """
+        wire = {
+            "assigned_to": "assignedTo",
+            "metadata": "metadata",
+            "severity": "severity",
+            "study_description": "studyDescription",
+            "study_viewer_status": "studyViewerStatus",
+        }
+        with self._write() as cur:
+            row = cur.execute(
+                "SELECT assigned_to, metadata, severity, study_description, study_viewer_status"
+                " FROM studies WHERE study_id = ?",
+                (study_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            current = dict(zip(wire, row, strict=True))
+            current["metadata"] = None if row[1] is None else orjson.loads(row[1])
+            changed = {k: v for k, v in changes.items() if current[k] != v}
+            if not changed:
+                return False
+            at = self._next_update(cur, study_id)
+            sets = [f"{k} = ?" for k in changed] + ["updated_at = ?"]
+            values = [
+                (None if v is None else orjson.dumps(v).decode()) if k == "metadata" else v
+                for k, v in changed.items()
+            ]
+            cur.execute(
+                f"UPDATE studies SET {', '.join(sets)} WHERE study_id = ?",
+                (*values, at, study_id),
+            )
+            self._audit(cur, study_id, "update", {wire[k]: v for k, v in changed.items()}, at)
+            return True
+
+    def set_cancelled(self, study_id: str, cancelled: bool) -> bool | None:
+        """Cancel (or uncancel) a study: True if it changed, False if it already was so,
+        None when the study does not exist."""
+        with self._write() as cur:
+            row = cur.execute(
+                "SELECT is_cancelled FROM studies WHERE study_id = ?", (study_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            if bool(row[0]) == cancelled:
+                return False
+            at = self._next_update(cur, study_id)
+            cur.execute(
+                "UPDATE studies SET is_cancelled = ?, cancelled_at = ?, updated_at = ?"
+                " WHERE study_id = ?",
+                (int(cancelled), at if cancelled else None, at, study_id),
+            )
+            self._audit(cur, study_id, "cancel" if cancelled else "uncancel", {}, at)
+            return True
+
+    def study_ids(self, limit: int | None = None) -> list[str]:
+        """Study IDs in list order (newest first), for live mode and tests."""
+        sql = "SELECT study_id FROM studies ORDER BY created_at DESC, study_id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [r[0] for r in self._conn().execute(sql)]
+
+    def add_api_keys(self, secrets_: Iterable[str]) -> None:
+        """Make sure every bearer secret has a key record."""
+        for secret in secrets_:
+            self.ensure_api_key(secret)
