@@ -30,6 +30,9 @@ def main() -> None:
 
 
 # --- sandbox: viewerkit/sandbox/cli.py ------------------------------------------------------
+from viewerkit.sandbox.cli import sandbox  # noqa: E402
+
+main.add_command(sandbox)
 
 # --- fetch / refresh / cache ----------------------------------------------------------------
 
