@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,35 @@ def test_live_on_a_world_without_studies_starts_by_creating(tmp_path: Path) -> N
 def test_rate_must_be_positive(store: Store) -> None:
     with pytest.raises(ValueError, match="rate_per_s"):
         start_live(store, rate_per_s=0)
+
+
+def test_running_sandbox_in_live_mode_serves_new_and_changed_studies(make_sandbox: Any) -> None:
+    import avara
+
+    sandbox = make_sandbox(studies=300, seed=2, live=60)
+    client = avara.Avara(base_url=sandbox.base_url, api_key=sandbox.api_key)
+    try:
+        first_seen = {s.study_id for s in client.viewer.studies.list(limit=100)}
+        deadline = time.monotonic() + 90
+        while True:
+            audit = sandbox.audit()
+            created = [r["study_id"] for r in audit if r["operation"] == "create"]
+            completed = [
+                r["study_id"]
+                for r in audit
+                if r["operation"] == "update" and r["fields"].get("studyViewerStatus") == "complete"
+            ]
+            if (len(created) >= 5 and len(completed) >= 3) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(created) >= 5 and len(completed) >= 3, (len(created), len(completed))
+
+        listed = {s.study_id for s in client.viewer.studies.list(limit=100)}
+        assert set(created) - first_seen, "every study created live was already served at the start"
+        assert set(created) & listed, "no study created live is on the first page"
+        for study_id in completed:
+            study = client.viewer.studies.retrieve(study_id)
+            assert study.study_viewer_status == "complete"
+            assert study.updated_at >= study.created_at
+    finally:
+        client.close()
