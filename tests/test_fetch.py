@@ -1,0 +1,356 @@
+"""The fetcher against a real sandbox server: complete, exact, equal on every path."""
+
+from __future__ import annotations
+
+import _thread
+import datetime as dt
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from viewerkit import Client
+from viewerkit.errors import ApiConnectionError, ValidationError
+from viewerkit.fetch import fetch_studies, fetch_studies_arrow, newest_per_study, study_partitions
+from viewerkit.frame import conform, studies_to_arrow
+from viewerkit.sandbox.server import Sandbox
+from viewerkit.schema import NOT_GIVEN, REFERENCE_USER_FIELDS, STUDY_SCHEMA
+
+# -- an independent reading of the API: raw JSON pages via httpx, flattened by hand -------
+
+
+def api_studies(sandbox: Sandbox, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every study the list endpoint returns for ``params``, in list order, via plain httpx."""
+    studies: list[dict[str, Any]] = []
+    query = dict(params or {}, limit="100")
+    with httpx.Client(
+        base_url=sandbox.base_url,
+        headers={"Authorization": f"Bearer {sandbox.api_key}"},
+        timeout=30.0,
+    ) as http:
+        while True:
+            response = http.get("/v1/viewer/studies", params=query)
+            response.raise_for_status()
+            page = orjson.loads(response.content)
+            studies.extend(page["studies"])
+            if not page["hasMore"]:
+                return studies
+            query["cursor"] = page["cursor"]
+
+
+def _when(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.timezone.utc)
+    return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
+
+
+def expected_row(study: dict[str, Any], meta_keys: list[str]) -> dict[str, Any]:
+    """The study table row of one wire study, written out field by field."""
+    row: dict[str, Any] = {
+        "study_id": study["studyId"],
+        "study_instance_uid": study["studyInstanceUid"],
+        "study_description": study.get("studyDescription"),
+        "severity": study.get("severity"),
+        "study_viewer_status": study.get("studyViewerStatus"),
+        "is_cancelled": study.get("isCancelled"),
+        "created_at": _when(study.get("createdAt")),
+        "updated_at": _when(study.get("updatedAt")),
+        "cancelled_at": _when(study.get("cancelledAt")),
+    }
+    for prefix, key in (("assigned_to", "assignedTo"), ("created_by_user", "createdByUser")):
+        user = study.get(key) or {}
+        for suffix, wire in REFERENCE_USER_FIELDS:
+            row[f"{prefix}_{suffix}"] = user.get(wire)
+    api_key = study.get("createdByApiKey") or {}
+    row["created_by_api_key_id"] = api_key.get("apiKeyId")
+    row["created_by_api_key_description"] = api_key.get("description")
+    row["created_by_api_key_is_viewer_enabled"] = api_key.get("isViewerEnabled")
+    customer = study.get("expressCustomer") or {}
+    row["express_customer_id"] = customer.get("expressCustomerId")
+    row["express_customer_name"] = customer.get("expressCustomerName")
+    metadata = study.get("metadata") or {}
+    for key in meta_keys:
+        row["meta." + key] = metadata.get(key)
+    return row
+
+
+def assert_table_is_the_api_answer(table: pa.Table, studies: list[dict[str, Any]]) -> None:
+    meta_keys = sorted({k for s in studies for k in (s.get("metadata") or {})})
+    assert table.column_names == [*STUDY_SCHEMA.names, *("meta." + k for k in meta_keys)]
+    assert table.schema.equals(conform(table).schema)
+    rows = table.to_pylist()
+    assert len(rows) == len(studies)
+    assert len({r["study_id"] for r in rows}) == len(rows)
+    for row, study in zip(rows, studies, strict=True):
+        assert row == expected_row(study, meta_keys), study["studyId"]
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(sandbox: Sandbox) -> Iterator[Client]:
+    with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def everything(sandbox: Sandbox) -> list[dict[str, Any]]:
+    return api_studies(sandbox)
+
+
+# -- completeness and exactness ---------------------------------------------------------
+
+
+def test_every_study_appears_once_with_each_field_as_the_api_returned(
+    client: Client, everything: list[dict[str, Any]]
+) -> None:
+    assert len(everything) == 2000
+    table = fetch_studies_arrow(client, progress=False)
+    assert_table_is_the_api_answer(table, everything)
+    # the sandbox world exercises the edge cases this test is meant to cover
+    assert table.column("assigned_to_user_id").null_count > 0
+    assert table.column("express_customer_id").null_count > 0
+    assert len([c for c in table.column_names if c.startswith("meta.")]) > 0
+
+
+def _filter_cases(everything: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    assignee = next(s["assignedTo"]["userId"] for s in everything if s.get("assignedTo"))
+    customer = next(
+        s["expressCustomer"]["expressCustomerId"] for s in everything if s.get("expressCustomer")
+    )
+    word = everything[0]["studyDescription"].split()[0].upper()  # contains, case-insensitive
+    return [
+        {"severity": "stat"},
+        {"study_viewer_status": "incomplete"},
+        {"is_cancelled": True},
+        {"is_cancelled": False, "severity": "high"},
+        {"assigned_to": None},
+        {"assigned_to": assignee},
+        {"express_customer_id": None},
+        {"express_customer_id": customer, "study_viewer_status": "complete"},
+        {"study_description": word},
+        {"study_description": word, "assigned_to": None, "severity": "normal"},
+        {"severity": "normal", "study_viewer_status": "complete", "is_cancelled": False},
+    ]
+
+
+def _wire(filters: dict[str, Any]) -> dict[str, str]:
+    names = {
+        "assigned_to": "assignedTo",
+        "express_customer_id": "expressCustomerId",
+        "is_cancelled": "isCancelled",
+        "severity": "severity",
+        "study_description": "studyDescription",
+        "study_viewer_status": "studyViewerStatus",
+    }
+    encode: Callable[[Any], str] = lambda v: (  # noqa: E731
+        "null" if v is None else ("true" if v is True else "false" if v is False else v)
+    )
+    return {names[k]: encode(v) for k, v in filters.items()}
+
+
+def test_filters_select_exactly_what_the_api_lists_partitioned_and_sequential(
+    sandbox: Sandbox, client: Client, everything: list[dict[str, Any]]
+) -> None:
+    for filters in _filter_cases(everything):
+        expected = api_studies(sandbox, _wire(filters))
+        assert expected, filters  # a filter that selects nothing would prove little
+        partitioned = fetch_studies_arrow(client, progress=False, **filters)
+        sequential = fetch_studies_arrow(client, progress=False, partitioned=False, **filters)
+        assert_table_is_the_api_answer(partitioned, expected)
+        assert partitioned.equals(sequential), filters
+
+
+def test_partitioned_and_sequential_fetches_are_equal_at_every_concurrency(
+    client: Client,
+) -> None:
+    sequential = fetch_studies_arrow(client, progress=False, partitioned=False)
+    for concurrency in (1, 3, 8, 32):
+        assert fetch_studies_arrow(client, progress=False, concurrency=concurrency).equals(
+            sequential
+        )
+
+
+def test_a_filter_that_selects_nothing_gives_an_empty_study_table(
+    client: Client, everything: list[dict[str, Any]]
+) -> None:
+    table = fetch_studies_arrow(
+        client, progress=False, study_description="no study is described like this"
+    )
+    assert table.num_rows == 0
+    assert table.schema.equals(STUDY_SCHEMA)
+
+
+def test_partitions_cover_each_combination_once() -> None:
+    everything = study_partitions({})
+    assert len(everything) == 12
+    keys = {(p["severity"], p["study_viewer_status"], p["is_cancelled"]) for p in everything}
+    assert len(keys) == 12
+    fixed = study_partitions({"severity": "stat", "is_cancelled": True, "assigned_to": None})
+    assert fixed == [
+        {"severity": "stat", "is_cancelled": True, "assigned_to": None,
+         "study_viewer_status": status}
+        for status in ("complete", "incomplete")
+    ]
+    assert study_partitions({"severity": NOT_GIVEN}) == everything
+
+
+# -- the DataFrame and Parquet ---------------------------------------------------------
+
+
+def test_parquet_round_trip_preserves_schema_and_every_value(
+    client: Client, tmp_path: Path
+) -> None:
+    table = fetch_studies_arrow(client, progress=False)
+    path = tmp_path / "studies.parquet"
+    pq.write_table(table, path)
+    read = pq.read_table(path)
+    assert read.schema.equals(table.schema)
+    assert read.equals(table)
+    metadata = [c for c in table.column_names if c.startswith("meta.")]
+    assert metadata and read.select(metadata).equals(table.select(metadata))
+
+
+def test_fetched_dataframe_has_the_documented_dtypes(client: Client) -> None:
+    df = fetch_studies(client, progress=False, severity="stat")
+    default_string = pd.Series(["x"]).dtype
+    assert list(df.columns[: len(STUDY_SCHEMA)]) == STUDY_SCHEMA.names
+    assert df["severity"].dtype == pd.CategoricalDtype(["normal", "high", "stat"], ordered=True)
+    assert df["study_viewer_status"].dtype == pd.CategoricalDtype(["incomplete", "complete"])
+    for name in ("created_at", "updated_at", "cancelled_at"):
+        assert str(df[name].dtype) == "datetime64[ms, UTC]"
+    assert df["is_cancelled"].dtype == np.dtype(bool)
+    assert df["created_by_api_key_is_viewer_enabled"].dtype == pd.BooleanDtype()
+    for name in ("study_id", "study_description", "assigned_to_email", "express_customer_name"):
+        assert df[name].dtype == default_string
+    assert all(df[c].dtype == default_string for c in df.columns if c.startswith("meta."))
+    assert set(df["severity"]) == {"stat"}
+
+
+# -- faults, bad input, Ctrl-C -----------------------------------------------------------
+
+
+def test_fetch_under_failures_drops_and_rate_limit_equals_the_fault_free_fetch(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    server = make_sandbox(studies=3000, seed=11)
+    sent: list[int] = []  # requests put on the wire, retries included
+    http = httpx.Client(timeout=30.0, event_hooks={"request": [lambda _: sent.append(1)]})
+    with http, Client(
+        api_key=server.api_key, base_url=server.base_url, max_retries=12, http_client=http
+    ) as c:
+        clean = fetch_studies_arrow(c, progress=False)
+        clean_sequential = fetch_studies_arrow(c, progress=False, partitioned=False)
+        clean_requests = len(sent)
+        server.set_faults(fail_rate=0.1, rate_limit=40)
+        partitioned = fetch_studies_arrow(c, progress=False)
+        sequential = fetch_studies_arrow(c, progress=False, partitioned=False)
+    assert clean.num_rows == 3000
+    assert clean_sequential.equals(clean)
+    # the faults did bite: the same two fetches needed retries
+    assert len(sent) - clean_requests > clean_requests
+    assert partitioned.equals(clean)
+    assert sequential.equals(clean)
+
+
+def _nothing_listens() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    ("filters", "field"),
+    [
+        ({"severity": "urgent"}, "severity"),
+        ({"study_viewer_status": "done"}, "study_viewer_status"),
+        ({"is_cancelled": "yes"}, "is_cancelled"),
+        ({"assigned_to": "usr_BAD"}, "assigned_to"),
+        ({"express_customer_id": "cus_" + "0" * 31}, "express_customer_id"),
+        ({"study_description": ""}, "study_description"),
+        ({"concurrency": 0}, "concurrency"),
+    ],
+)
+def test_bad_filter_values_raise_validation_error_before_any_request(
+    filters: dict[str, Any], field: str
+) -> None:
+    # Nothing listens at this URL: a request would end in ApiConnectionError, not this.
+    with Client(api_key="sk-unused", base_url=_nothing_listens(), max_retries=0) as c:
+        with pytest.raises(ValidationError) as caught:
+            fetch_studies(c, progress=False, **filters)
+        assert caught.value.failure_cases is not None
+        assert caught.value.failure_cases["field"].tolist() == [field]
+        with pytest.raises(ApiConnectionError):
+            fetch_studies(c, progress=False)
+
+
+class _InterruptingClient:
+    """A real client that raises Ctrl-C in the main thread as its ``after``-th page is sent."""
+
+    def __init__(self, client: Client, after: int) -> None:
+        self.max_concurrency = client.max_concurrency
+        self._client = client
+        self._after = after
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    def list_studies_raw(self, **filters: Any) -> bytes:
+        with self._lock:
+            self.calls += 1
+            if self.calls == self._after:
+                _thread.interrupt_main()
+        return self._client.list_studies_raw(**filters)
+
+
+def test_ctrl_c_stops_the_fetch_and_leaves_no_thread_running(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    server = make_sandbox(studies=3000, seed=3, latency_ms=20)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        interrupting = _InterruptingClient(c, after=15)
+        with pytest.raises(KeyboardInterrupt):
+            fetch_studies_arrow(interrupting, progress=False, concurrency=4)  # type: ignore[arg-type]
+        assert not [t for t in threading.enumerate() if t.name.startswith("viewerkit-fetch")]
+        # stopped: no page was sent beyond those already in flight; 3000 studies need ~35
+        assert interrupting.calls <= 15 + 4
+        # and the client still works afterwards
+        assert fetch_studies_arrow(c, progress=False, severity="stat").num_rows > 0
+
+
+# -- de-duplication ---------------------------------------------------------------------
+
+
+def test_duplicates_keep_the_newest_update_and_the_list_order() -> None:
+    def s(n: int, created: str, updated: str, severity: str = "normal") -> dict[str, Any]:
+        return {
+            "studyId": f"stu_{n:032x}",
+            "studyInstanceUid": f"1.{n}",
+            "severity": severity,
+            "createdAt": created,
+            "updatedAt": updated,
+        }
+
+    table = studies_to_arrow(
+        [
+            s(1, "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "normal"),
+            s(2, "2026-01-03T00:00:00Z", "2026-01-03T00:00:00Z"),
+            s(1, "2026-01-01T00:00:00Z", "2026-01-05T00:00:00Z", "stat"),
+            s(3, "2026-01-03T00:00:00Z", "2026-01-03T00:00:00Z"),
+            s(1, "2026-01-01T00:00:00Z", "2026-01-04T00:00:00Z", "high"),
+        ]
+    )
+    result = newest_per_study(table)
+    assert result.column("study_id").to_pylist() == [f"stu_{n:032x}" for n in (3, 2, 1)]
+    assert result.column("severity").to_pylist() == ["normal", "normal", "stat"]
