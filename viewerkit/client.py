@@ -346,7 +346,7 @@ class Client:
             raise ConfigurationError("max_concurrency must be 1 or more")
         if rate_limit is not None and rate_limit <= 0:
             raise ConfigurationError("rate_limit must be a positive number of requests per second")
-        self.__key = key
+        self.__key = _Secret(key)
         self._base_url = url
         self._fingerprint = hashlib.sha256(key.encode()).hexdigest()[:12]
         self.max_retries = max_retries
@@ -360,11 +360,7 @@ class Client:
                 max_connections=max_concurrency, max_keepalive_connections=max_concurrency
             ),
         )
-        self._headers = {
-            "Authorization": f"Bearer {key}",
-            "User-Agent": f"viewerkit/{_version()}",
-            "Accept": "application/json",
-        }
+        self._headers = {"User-Agent": f"viewerkit/{_version()}", "Accept": "application/json"}
 
     # -- identity -------------------------------------------------------------------------
 
@@ -654,7 +650,7 @@ class Client:
         """
         url = self._base_url + path
         content = orjson.dumps(json) if json is not None else None
-        headers = dict(self._headers)
+        headers = {**self._headers, "Authorization": f"Bearer {self.__key.value}"}
         if content is not None:
             headers["Content-Type"] = "application/json"
         attempt = 0
@@ -723,7 +719,21 @@ class Client:
         )
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self.__key, _REDACTED) if self.__key else text
+        return text.replace(self.__key.value, _REDACTED)
+
+
+class _Secret:
+    """Holds the API key; its repr never shows it (so ``vars(client)`` stays safe to print)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return _REDACTED
+
+    __str__ = __repr__
 
 
 class _CreateAlreadyApplied(Exception):
