@@ -1,8 +1,10 @@
 """Fetch every study matching some filters into the study table, paging concurrently.
 
 ``fetch_studies`` (a DataFrame) and ``fetch_studies_arrow`` (the ``pyarrow.Table``) page the
-study list with ``limit=100``. Each page goes from its response bytes to Arrow at once
-(``viewerkit.frame.page_to_arrow``); the page tables are concatenated once at the end.
+study list with ``limit=100``. Each page goes from its response bytes to an Arrow array of
+wire studies at once (``viewerkit.frame.read_page``: orjson and one C++ conversion); all
+pages are flattened into the study table once, at the end (``flatten_studies``), so the
+per-page cost stays small and nothing is concatenated repeatedly.
 
 Partitioned concurrent paging
 -----------------------------
@@ -46,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from viewerkit.errors import ApiError, ValidationError
-from viewerkit.frame import concat_studies, page_to_arrow, to_pandas
+from viewerkit.frame import flatten_studies, read_page, to_pandas
 from viewerkit.schema import (
     MAX_PAGE_LIMIT,
     NOT_GIVEN,
@@ -135,12 +137,12 @@ class _Chain:
     filters: dict[str, Any]
     cursor: str | NotGiven = NOT_GIVEN
     pages: int = 0
-    tables: list[pa.Table] = field(default_factory=list)
+    pages_read: list[pa.StructArray] = field(default_factory=list)
 
 
-def _fetch_page(client: StudyLister, chain: _Chain) -> tuple[pa.Table, str | None, bool]:
+def _fetch_page(client: StudyLister, chain: _Chain) -> tuple[pa.StructArray, str | None, bool]:
     body = client.list_studies_raw(**chain.filters, limit=MAX_PAGE_LIMIT, cursor=chain.cursor)
-    return page_to_arrow(body)
+    return read_page(body)
 
 
 def fetch_studies_arrow(
@@ -193,7 +195,8 @@ def fetch_studies_arrow(
     workers = min(concurrency, len(partitions), getattr(client, "max_concurrency", concurrency))
     chains = [_Chain(order, p) for order, p in enumerate(partitions)]
     _page_chains(client, chains, workers, progress)
-    table = concat_studies(t for chain in chains for t in chain.tables)
+    # each page was only parsed to wire Study structs; flatten them all at once
+    table = flatten_studies([page for chain in chains for page in chain.pages_read])
     return newest_per_study(table).combine_chunks()
 
 
@@ -202,7 +205,7 @@ def _page_chains(client: StudyLister, chains: list[_Chain], workers: int, progre
     from tqdm.auto import tqdm
 
     ready = list(chains)
-    in_flight: dict[Future[tuple[pa.Table, str | None, bool]], _Chain] = {}
+    in_flight: dict[Future[tuple[pa.StructArray, str | None, bool]], _Chain] = {}
     bar = tqdm(total=None, unit=" studies", desc="fetching studies", disable=not progress)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="viewerkit-fetch")
     try:
@@ -215,10 +218,10 @@ def _page_chains(client: StudyLister, chains: list[_Chain], workers: int, progre
             done, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
             for future in done:
                 chain = in_flight.pop(future)
-                table, cursor, has_more = future.result()
-                chain.tables.append(table)
+                studies, cursor, has_more = future.result()
+                chain.pages_read.append(studies)
                 chain.pages += 1
-                bar.update(table.num_rows)
+                bar.update(len(studies))
                 if has_more:
                     if not cursor:
                         raise ApiError("a page said hasMore but gave no cursor", call="list_studies")

@@ -48,6 +48,8 @@ from viewerkit.schema import (
 
 __all__ = [
     "page_to_arrow",
+    "read_page",
+    "flatten_studies",
     "studies_to_arrow",
     "conform",
     "concat_studies",
@@ -131,11 +133,25 @@ _FIXED_DICTIONARIES: Final = {
 def page_to_arrow(body: bytes) -> tuple[pa.Table, str | None, bool]:
     """One list page's JSON body -> (studies table, next cursor, has more).
 
-    The table is conformed (``STUDY_SCHEMA`` then sorted ``meta.*`` columns).
+    The table is conformed (``STUDY_SCHEMA`` then sorted ``meta.*`` columns). Same as
+    ``read_page`` then ``flatten_studies``.
 
     >>> table, cursor, more = page_to_arrow(b'{"studies": [], "cursor": null, "hasMore": false}')
     >>> table.num_rows, table.schema.equals(STUDY_SCHEMA), cursor, more
     (0, True, None, False)
+    """
+    wire, cursor, has_more = read_page(body)
+    return flatten_studies(wire), cursor, has_more
+
+
+def read_page(body: bytes) -> tuple[pa.StructArray, str | None, bool]:
+    """One list page's JSON body -> (its studies as an Arrow array of the wire ``Study``
+    struct, next cursor, has more). The cheap per-page step: ``orjson`` and one C++
+    conversion; many pages' arrays are flattened at once by ``flatten_studies``.
+
+    >>> wire, cursor, more = read_page(b'{"studies": [{"studyId": "x"}], "cursor": "c", "hasMore": true}')
+    >>> len(wire), cursor, more
+    (1, 'c', True)
     """
     try:
         page = orjson.loads(body)
@@ -146,7 +162,14 @@ def page_to_arrow(body: bytes) -> tuple[pa.Table, str | None, bool]:
         raise ApiError(f"the list page is not a Page object ({type(exc).__name__})", call="list") from exc
     if not isinstance(studies, list) or not (cursor is None or isinstance(cursor, str)):
         raise ApiError("the list page is not a Page object", call="list")
-    return studies_to_arrow(studies), cursor, has_more
+    return _wire_array(studies), cursor, has_more
+
+
+def _wire_array(studies: list[dict[str, Any]]) -> pa.StructArray:
+    try:
+        return pa.array(studies, type=_WIRE_STUDY_TYPE)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ApiError(f"a study in the page does not have the Study shape: {exc}", call="list") from exc
 
 
 def studies_to_arrow(studies: list[dict[str, Any]]) -> pa.Table:
@@ -156,7 +179,22 @@ def studies_to_arrow(studies: list[dict[str, Any]]) -> pa.Table:
     ...                    "assignedTo": None}]).column("assigned_to_email").to_pylist()
     [None]
     """
-    wire = pa.array(studies, type=_WIRE_STUDY_TYPE)
+    return flatten_studies(_wire_array(studies))
+
+
+def flatten_studies(wire: pa.StructArray | pa.ChunkedArray | list[pa.StructArray]) -> pa.Table:
+    """Wire ``Study`` struct arrays (from ``read_page``; one, chunked, or a list of them)
+    -> one conformed study table, in their order.
+
+    >>> a, _, _ = read_page(b'{"studies": [{"studyId": "a", "metadata": {"k": "1"}}]}')
+    >>> b, _, _ = read_page(b'{"studies": [{"studyId": "b"}]}')
+    >>> flatten_studies([a, b]).column("meta.k").to_pylist()
+    ['1', None]
+    """
+    if isinstance(wire, pa.ChunkedArray):
+        wire = wire.chunks
+    if isinstance(wire, list):
+        wire = pa.concat_arrays(wire) if wire else pa.array([], type=_WIRE_STUDY_TYPE)
     # StructArray.flatten merges the parent's validity into the children, so a null study
     # or a null reference gives nulls in every column taken from it.
     fields = dict(zip((f.name for f in _WIRE_STUDY_TYPE), wire.flatten(), strict=True))
