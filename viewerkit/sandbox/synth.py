@@ -1,7 +1,8 @@
 """The sandbox's synthetic world: radiologists, express customers, API keys and studies.
 
 ``generate_world(studies, seed, now)`` is deterministic from ``seed`` and ``now``: the same
-arguments give the same world, value for value. Studies are spread over the 90 days before
+arguments give the same world, value for value (all but the API keys' bearer secrets, which
+are always fresh). Studies are spread over the 90 days before
 ``now`` with a daily and weekly rhythm; severities are about 70 % normal, 20 % high, 10 % stat;
 turnaround is drawn per severity from long-tailed lognormals (some studies breach the SLA
 targets in ``SLA_TARGETS``); about 3 % are cancelled; recent studies are mostly still open.
@@ -17,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
@@ -150,12 +152,14 @@ _MS_PER_MIN: Final = 60_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-@dataclass
+@dataclass(repr=False)
 class World:
     """A synthetic world, ready to insert: references as dicts, studies as columns.
 
     ``studies`` maps each column name to a list (all the same length); timestamps are ISO
     strings ``YYYY-MM-DDTHH:MM:SS.mmmZ``, absent values ``None``, ``metadata`` JSON text.
+    Everything follows from ``seed`` and ``now`` except the API keys' bearer secrets, which
+    are random (and never shown by ``repr``).
     """
 
     users: list[dict[str, Any]]
@@ -164,6 +168,14 @@ class World:
     studies: dict[str, list[Any]]
     now: datetime = field(default_factory=lambda: _default_now())
     seed: int = 0
+
+    def __repr__(self) -> str:
+        # never the API keys' secrets
+        return (
+            f"<World seed={self.seed} now={format_timestamp(_epoch_ms(self.now))}: "
+            f"{self.study_count} studies, {len(self.users)} radiologists, "
+            f"{len(self.customers)} customers, {len(self.api_keys)} API keys>"
+        )
 
     @property
     def study_count(self) -> int:
@@ -259,11 +271,17 @@ def _make_customers(rng: np.random.Generator, studies: int) -> list[dict[str, An
 
 
 def _make_api_keys(rng: np.random.Generator) -> list[dict[str, Any]]:
+    # Bearer secrets are the one random part of a world: drawn from the seed they would be
+    # public knowledge, and a sandbox's keys must not be guessable.
     ids = _uuid4s(rng, len(_API_KEYS))
-    secrets = _hex_ids(rng, "sk_sandbox_", len(_API_KEYS))
     return [
-        {"api_key_id": key_id, "description": desc, "is_viewer_enabled": enabled, "secret": secret}
-        for key_id, (desc, enabled, _), secret in zip(ids, _API_KEYS, secrets, strict=True)
+        {
+            "api_key_id": key_id,
+            "description": desc,
+            "is_viewer_enabled": enabled,
+            "secret": "sk-sandbox-" + secrets.token_hex(16),
+        }
+        for key_id, (desc, enabled, _) in zip(ids, _API_KEYS, strict=True)
     ]
 
 
@@ -374,6 +392,14 @@ def generate_world(studies: int, seed: int = 0, now: datetime | None = None) -> 
     severity = rng.choice(3, size=n, p=_SEVERITY_P)
     turnaround_ms = (draw_turnaround_minutes(rng, severity) * _MS_PER_MIN).astype(np.int64)
     completed_at = created + turnaround_ms
+    # Routine reads wait for the day shift: a normal study due between midnight and 07:00
+    # is read in the morning instead (stat and high studies are read around the clock).
+    hour = (completed_at // 3_600_000) % 24
+    overnight = (severity == 0) & (hour < 7) & (rng.random(n) < 0.8)
+    morning = (completed_at // 86_400_000) * 86_400_000 + 7 * 3_600_000
+    completed_at = np.where(
+        overnight, morning + (rng.exponential(90.0, n) * _MS_PER_MIN).astype(np.int64), completed_at
+    )
     # A few studies fall through the cracks and stay open however old they get.
     stale = rng.random(n) < 0.004
     complete = (completed_at <= now_ms) & ~stale
