@@ -220,7 +220,9 @@ class LiveWorld:
         rng = self._rng
         severity = int(rng.choice(3, p=[0.7, 0.2, 0.1]))
         entry = int(draw_study_description(rng, np.array([severity]))[0])
-        metadata_text = draw_metadata(rng, np.array([entry]), int(rng.integers(10**6, 10**9)))[0]
+        metadata_text = draw_metadata(
+            rng, np.array([entry]), int(rng.integers(10**6, 10**9)), severity_codes=[severity]
+        )[0]
         self._uid_serial += 1
         uid = f"{UID_ROOT}.9.{time.time_ns() // 1_000_000}.{self._uid_serial}"
         by_key = bool(keys) and rng.random() < 0.85

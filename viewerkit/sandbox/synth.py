@@ -129,6 +129,9 @@ _SITES: Final = (
     "Main Campus", "North Pavilion", "East Outpatient Center", "Emergency Department",
     "West Imaging Suite", "Mobile Unit 2",
 )
+_PATIENT_CLASSES: Final = ("Emergency", "Inpatient", "Outpatient")
+# Share of each patient class per severity (rows normal, high, stat).
+_PATIENT_CLASS_P: Final = np.array([[0.06, 0.24, 0.70], [0.35, 0.45, 0.20], [0.75, 0.23, 0.02]])
 _REFERRING: Final = tuple(
     f"Dr. {first} {last}"
     for first, last in zip(
@@ -319,32 +322,59 @@ def draw_study_description(rng: np.random.Generator, severity_codes: Any) -> Any
 
 
 def draw_metadata(
-    rng: np.random.Generator, catalog_index: Any, accession_start: int, with_metadata: float = 0.9
+    rng: np.random.Generator,
+    catalog_index: Any,
+    accession_start: int,
+    with_metadata: float = 0.9,
+    severity_codes: Any = None,
 ) -> list[str | None]:
-    """JSON metadata text per study (modality, bodyPart, site, referringPhysician, accessionNumber)."""
+    """JSON metadata text per study, ``None`` for about 10 % of them.
+
+    Keys: modality, bodyPart, site, accessionNumber, mostly referringPhysician, and with
+    ``severity_codes`` a patientClass (stat studies come mostly from the emergency department).
+
+    >>> rng = np.random.default_rng(0)
+    >>> text = draw_metadata(rng, np.array([8]), 1000, with_metadata=1.0, severity_codes=[2])[0]
+    >>> sorted(orjson.loads(text))[:3]
+    ['accessionNumber', 'bodyPart', 'modality']
+    """
     index = np.asarray(catalog_index)
     count = int(index.shape[0])
-    has: list[bool] = (rng.random(count) < with_metadata).tolist()
-    sites: list[int] = rng.integers(len(_SITES), size=count).tolist()
-    referring: list[int] = rng.integers(len(_REFERRING), size=count).tolist()
-    has_referring: list[bool] = (rng.random(count) < 0.85).tolist()
-    entries: list[int] = index.tolist()
-    out: list[str | None] = []
-    for i in range(count):
-        if not has[i]:
-            out.append(None)
-            continue
-        _, modality, body_part, *_ = STUDY_CATALOG[entries[i]]
-        meta = {
-            "modality": modality,
-            "bodyPart": body_part,
-            "site": _SITES[sites[i]],
-            "accessionNumber": f"ACC{accession_start + i:010d}",
-        }
-        if has_referring[i]:
-            meta["referringPhysician"] = _REFERRING[referring[i]]
-        out.append(orjson.dumps(meta).decode())
+    has = rng.random(count) < with_metadata
+    site_codes = rng.integers(len(_SITES), size=count)
+    classes: list[str] = [""] * count
+    if severity_codes is not None:
+        cumulative = np.cumsum(_PATIENT_CLASS_P, axis=1)[np.asarray(severity_codes)]
+        drawn = (rng.random(count)[:, None] > cumulative).sum(axis=1)
+        site_codes = np.where(drawn == 0, _SITES.index("Emergency Department"), site_codes)
+        classes = [_CLASS_JSON[c] for c in drawn.tolist()]
+    referring_codes = rng.integers(len(_REFERRING), size=count)
+    has_referring = rng.random(count) < 0.85
+    referring = [_REFERRING_JSON[r] if ok else "" for r, ok in zip(
+        referring_codes.tolist(), has_referring.tolist(), strict=True
+    )]
+    # JSON assembled from pre-encoded fragments: the same text orjson.dumps gives, faster
+    out: list[str | None] = [
+        f'{_CATALOG_JSON[e]}{_SITE_JSON[s]},"accessionNumber":"ACC{accession_start + i:010d}"{r}{c}}}'
+        if ok
+        else None
+        for i, (ok, e, s, r, c) in enumerate(
+            zip(has.tolist(), index.tolist(), site_codes.tolist(), referring, classes, strict=True)
+        )
+    ]
     return out
+
+
+def _json_text(value: str) -> str:
+    return orjson.dumps(value).decode()
+
+
+_CATALOG_JSON: Final = tuple(
+    f'{{"modality":{_json_text(entry[1])},"bodyPart":{_json_text(entry[2])}' for entry in STUDY_CATALOG
+)
+_SITE_JSON: Final = tuple(f',"site":{_json_text(site)}' for site in _SITES)
+_REFERRING_JSON: Final = tuple(f',"referringPhysician":{_json_text(r)}' for r in _REFERRING)
+_CLASS_JSON: Final = tuple(f',"patientClass":{_json_text(c)}' for c in _PATIENT_CLASSES)
 
 
 def _created_times(rng: np.random.Generator, count: int, now_ms: int) -> Any:
@@ -434,7 +464,9 @@ def generate_world(studies: int, seed: int = 0, now: datetime | None = None) -> 
         rng.random(n) < 0.9,
     )
     catalog_index = draw_study_description(rng, severity)
-    metadata = draw_metadata(rng, catalog_index, accession_start=int(rng.integers(10**6, 10**8)))
+    metadata = draw_metadata(
+        rng, catalog_index, accession_start=int(rng.integers(10**6, 10**8)), severity_codes=severity
+    )
 
     created_text = format_timestamp(created)
     uids = [f"{UID_ROOT}.{seed % 10**6 + 1}.{ms}.{i + 1}" for i, ms in enumerate(created.tolist())]
