@@ -229,3 +229,16 @@ def test_empty_world_has_references_and_no_studies() -> None:
 def test_negative_study_count_is_refused() -> None:
     with pytest.raises(ValueError, match="-1"):
         generate_world(-1)
+
+
+def test_stat_studies_come_mostly_from_the_emergency_department(rows: list[dict]) -> None:
+    classes: dict[str, Counter[str]] = {s: Counter() for s in SEVERITIES}
+    for row in rows:
+        if row["metadata"] is not None:
+            metadata = orjson.loads(row["metadata"])
+            classes[row["severity"]][metadata["patientClass"]] += 1
+            if metadata["patientClass"] == "Emergency":
+                assert metadata["site"] == "Emergency Department"
+    share = {s: c["Emergency"] / sum(c.values()) for s, c in classes.items()}
+    assert share["stat"] > 0.6 > share["high"] > share["normal"]
+    assert classes["normal"].most_common(1)[0][0] == "Outpatient"
