@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -15,8 +17,6 @@ from viewerkit.sandbox.live import OPERATION_MIX, start_live
 from viewerkit.sandbox.store import Store
 from viewerkit.sandbox.synth import generate_world
 
-AUDIT_KIND = {"create": "create", "cancel": "cancel"}
-
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
@@ -27,11 +27,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 def snapshot(store: Store) -> dict[str, tuple]:
-    conn = store._conn()
-    rows = conn.execute(
-        "SELECT study_id, study_viewer_status, assigned_to, severity, is_cancelled, updated_at"
-        " FROM studies"
-    ).fetchall()
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        rows = conn.execute(
+            "SELECT study_id, study_viewer_status, assigned_to, severity, is_cancelled, updated_at"
+            " FROM studies"
+        ).fetchall()
     return {r[0]: tuple(r[1:]) for r in rows}
 
 
