@@ -497,10 +497,13 @@ class StudyCache:
         open study the open list no longer returns (it was completed or cancelled). On a
         typical cache, 90 % complete, that is a small fraction of a full refresh.
 
-        What active mode misses: changes to studies that were already complete or cancelled
-        at the last refresh (a completed study reassigned, re-severitied, described or
-        re-opened; an uncancel; metadata edits on closed studies). The next full refresh
-        sees and records them. An empty cache always gets a full refresh.
+        What active mode misses: changes to studies that were closed (complete or
+        cancelled) at the last refresh and are still closed: a completed study reassigned,
+        re-described, given another severity or new metadata; a complete study cancelled or
+        uncancelled. (A closed study that is re-opened, i.e. incomplete and not cancelled
+        again, is caught: it is back in the open list. Closed studies among the newest
+        ~100 are caught too, as the new-study pages cover them.) The next full refresh sees
+        and records everything missed. An empty cache always gets a full refresh.
 
         Killed or interrupted (Ctrl-C) at any point, the previous cache stays intact.
         """
@@ -551,8 +554,9 @@ class StudyCache:
     def _fetch_full(self, client: Client, *, concurrency: int, progress: bool) -> pa.Table:
         from viewerkit import fetch, frame
 
+        lister: Any = client  # fetch types its client as a protocol with **filters
         return frame.conform(
-            fetch.fetch_studies_arrow(client, concurrency=concurrency, progress=progress)
+            fetch.fetch_studies_arrow(lister, concurrency=concurrency, progress=progress)
         )
 
     def _fetch_active(
@@ -562,9 +566,10 @@ class StudyCache:
         studies the API no longer has."""
         from viewerkit import fetch, frame
 
+        lister: Any = client  # fetch types its client as a protocol with **filters
         open_now = frame.conform(
             fetch.fetch_studies_arrow(
-                client,
+                lister,
                 is_cancelled=False,
                 study_viewer_status="incomplete",
                 concurrency=concurrency,

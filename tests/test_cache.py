@@ -1,0 +1,344 @@
+"""StudyCache against real sandbox servers: round trip, refresh modes, history, namespaces,
+atomicity (a SIGKILLed refresh, Ctrl-C), corrupt files, secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pandas.testing as pdt
+import pyarrow as pa
+import pytest
+
+from viewerkit import CacheError, Client, StudyCache
+from viewerkit.fetch import fetch_studies_arrow
+from viewerkit.frame import to_pandas
+from viewerkit.sandbox.server import Sandbox
+from viewerkit.schema import STUDY_SCHEMA
+
+
+def by_id(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values("study_id").reset_index(drop=True)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+@pytest.fixture
+def client(sandbox: Sandbox) -> Iterator[Client]:
+    with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def filled(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> StudyCache:
+    """A cache fully refreshed once from the read-only session sandbox."""
+    cache = StudyCache(tmp_path_factory.mktemp("cache"))
+    with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as c:
+        cache.refresh(c, progress=False)
+    return cache
+
+
+def test_load_after_full_refresh_equals_a_fresh_fetch_value_for_value(
+    filled: StudyCache, client: Client
+) -> None:
+    fresh = to_pandas(fetch_studies_arrow(client, progress=False))
+    loaded = filled.load()
+    assert list(loaded.columns) == list(fresh.columns)
+    assert loaded.dtypes.equals(fresh.dtypes)
+    pdt.assert_frame_equal(by_id(loaded), by_id(fresh))
+
+
+def test_parquet_round_trip_preserves_schema_and_metadata(
+    filled: StudyCache, client: Client
+) -> None:
+    fresh = fetch_studies_arrow(client, progress=False)
+    loaded = filled.load_arrow()
+    assert loaded.schema.equals(fresh.schema)
+    assert loaded.schema.remove_metadata().equals(fresh.schema.remove_metadata())
+    assert [f for f in loaded.schema][: len(STUDY_SCHEMA)] == list(STUDY_SCHEMA)
+    meta = [name for name in loaded.column_names if name.startswith("meta.")]
+    assert meta, "the sandbox world has metadata"
+    order = [("study_id", "ascending")]
+    assert loaded.sort_by(order).equals(fresh.sort_by(order))
+    with_meta = loaded.filter(pa.compute.is_valid(loaded.column(meta[0])))
+    assert len(with_meta) > 0
+
+
+def test_first_refresh_records_every_study_as_new(filled: StudyCache) -> None:
+    history = filled.history()
+    assert list(history.columns[:2]) == ["observed_at", "change"]
+    assert list(history.columns[2 : 2 + len(STUDY_SCHEMA)]) == STUDY_SCHEMA.names
+    assert str(history["observed_at"].dtype) == "datetime64[ms, UTC]"
+    assert set(history["change"]) == {"new"}
+    assert history["study_id"].is_unique and len(history) == 2000
+    assert history["study_id"].is_monotonic_increasing
+
+
+def test_info_reports_namespace_counts_and_files(filled: StudyCache, client: Client) -> None:
+    info = filled.info(client)
+    assert info["base_url"] == client.base_url
+    assert info["key_fingerprint"] == client.key_fingerprint
+    assert info["studies"] == 2000
+    assert info["last_refresh_mode"] == "full"
+    assert info["last_refresh_at"].endswith("Z")
+    assert info["file_bytes"]["manifest.json"] > 0 and len(info["file_bytes"]) >= 3
+    assert filled.info() == info  # the only namespace
+
+
+def test_unchanged_server_refresh_changes_nothing(make_sandbox: Any, tmp_path: Path) -> None:
+    server: Sandbox = make_sandbox(studies=300, seed=21)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        cache.refresh(c, progress=False)
+        again = cache.refresh(c, progress=False)
+        active = cache.refresh(c, mode="active", progress=False)
+    assert (again.new, again.changed, again.gone, again.unchanged) == (0, 0, 0, 300)
+    assert (active.new, active.changed, active.gone, active.unchanged) == (0, 0, 0, 300)
+    assert len(cache.history()) == 300
+
+
+def test_active_then_full_refresh_agree_with_a_fresh_fetch(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    server: Sandbox = make_sandbox(studies=1500, seed=22)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        cache.refresh(c, progress=False)
+        before = cache.load()
+        is_open = (before["study_viewer_status"] == "incomplete") & ~before["is_cancelled"]
+        opened = before[is_open]["study_id"].tolist()
+        # closed studies older than the first pages of the list (which active mode reads
+        # whole while looking for new studies)
+        horizon = before["created_at"].sort_values(ascending=False).iloc[400]
+        closed = before[~is_open & (before["created_at"] < horizon) & ~before["is_cancelled"]]
+        closed_ids = closed["study_id"].tolist()
+        assert len(opened) >= 5 and len(closed_ids) >= 2
+
+        c.update_study(opened[0], study_viewer_status="complete")  # completed
+        c.cancel_study(opened[1])  # cancelled
+        c.update_study(opened[2], metadata={"reread reason": "motion"})  # open, edited
+        c.update_study(opened[3], severity="stat")
+        c.create_study(severity="high", study_description="CT new", study_instance_uid="1.2.5.1")
+        done = c.create_study(severity="normal", study_description="XR new", study_instance_uid="1.2.5.2")
+        c.update_study(done["studyId"], study_viewer_status="complete")  # new and already closed
+        c.update_study(closed_ids[0], study_description="Edited after completion")  # missed by active
+        c.update_study(closed_ids[1], study_viewer_status="incomplete")  # re-opened: open again
+
+        active = cache.refresh(c, mode="active", progress=False)
+        assert (active.mode, active.new, active.changed, active.gone) == ("active", 2, 5, 0)
+        after_active = cache.load().set_index("study_id")
+        assert after_active.loc[opened[0], "study_viewer_status"] == "complete"
+        assert bool(after_active.loc[opened[1], "is_cancelled"]) is True
+        assert after_active.loc[opened[2], "meta.reread reason"] == "motion"
+        assert after_active.loc[closed_ids[1], "study_viewer_status"] == "incomplete"
+        assert after_active.loc[closed_ids[0], "study_description"] != "Edited after completion"
+
+        full = cache.refresh(c, mode="full", progress=False)
+        assert (full.new, full.changed, full.gone) == (0, 1, 0)
+        fresh = to_pandas(fetch_studies_arrow(c, progress=False))
+    loaded = cache.load()
+    assert loaded.dtypes.equals(fresh.dtypes)
+    pdt.assert_frame_equal(by_id(loaded), by_id(fresh))
+
+    history = cache.history()
+    later = history[history["observed_at"] > history["observed_at"].min()]
+    assert later["change"].value_counts().to_dict() == {"changed": 6, "new": 2}
+    completed = later[later["study_id"] == opened[0]]
+    assert completed["study_viewer_status"].tolist() == ["complete"]
+    assert history[["observed_at", "study_id"]].equals(
+        history[["observed_at", "study_id"]].sort_values(["observed_at", "study_id"])
+    )
+
+
+def test_a_study_the_api_no_longer_has_is_recorded_gone(make_sandbox: Any, tmp_path: Path) -> None:
+    server: Sandbox = make_sandbox(studies=200, seed=23)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        cache.refresh(c, progress=False)
+        victim = cache.load().iloc[-1]
+        # the API has no delete: remove the study from the server's own database
+        with sqlite3.connect(server.db_path) as db:
+            db.execute("DELETE FROM studies WHERE study_id = ?", (victim["study_id"],))
+        summary = cache.refresh(c, progress=False)
+    assert (summary.gone, summary.unchanged, summary.total) == (1, 199, 199)
+    gone = cache.history().query("change == 'gone'")
+    assert gone["study_id"].tolist() == [victim["study_id"]]
+    assert gone["study_description"].tolist() == [victim["study_description"]]
+    assert victim["study_id"] not in set(cache.load()["study_id"])
+
+
+def test_two_servers_never_share_a_namespace(make_sandbox: Any, tmp_path: Path) -> None:
+    one: Sandbox = make_sandbox(studies=30, seed=24)
+    two: Sandbox = make_sandbox(studies=40, seed=25)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=one.api_key, base_url=one.base_url) as a, Client(
+        api_key=two.api_key, base_url=two.base_url
+    ) as b:
+        cache.refresh(a, progress=False)
+        cache.refresh(b, progress=False)
+        assert len(cache.load(a)) == 30 and len(cache.load(b)) == 40
+        assert {n["base_url"] for n in cache.namespaces()} == {one.base_url, two.base_url}
+        with pytest.raises(CacheError, match="2 API namespaces"):
+            cache.load()
+        # the same server under another key is another namespace too
+        with Client(api_key="sk-other", base_url=one.base_url) as other:
+            assert len(cache.load(other)) == 0
+
+
+def test_api_key_is_absent_from_every_cache_file(filled: StudyCache, sandbox: Sandbox) -> None:
+    files = [p for p in filled.path.rglob("*") if p.is_file()]
+    assert len(files) >= 3
+    for path in files:
+        assert sandbox.api_key.encode() not in path.read_bytes(), path
+    manifest = next(filled.path.rglob("manifest.json"))
+    assert json.loads(manifest.read_text())["base_url"] == sandbox.base_url
+
+
+def test_corrupt_manifest_names_the_file_and_how_to_rebuild(
+    filled: StudyCache, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = StudyCache(tmp_path / "copy")
+    shutil.copytree(filled.path, copy.path)
+    manifest = next(copy.path.rglob("manifest.json"))
+    manifest.write_text("{not json")
+    with pytest.raises(CacheError, match=r"manifest\.json is corrupt.*viewerkit refresh --mode full"):
+        copy.load()
+
+
+def test_corrupt_studies_file_names_the_file(filled: StudyCache, tmp_path: Path) -> None:
+    import shutil
+
+    copy = StudyCache(tmp_path / "copy")
+    shutil.copytree(filled.path, copy.path)
+    studies = next(copy.path.rglob("studies-*.parquet"))
+    studies.write_bytes(b"PAR1 garbage")
+    with pytest.raises(CacheError, match=rf"{studies.name} is not a readable Parquet file.*delete"):
+        copy.load()
+
+
+def test_foreign_manifest_is_refused(filled: StudyCache, tmp_path: Path) -> None:
+    import shutil
+
+    copy = StudyCache(tmp_path / "copy")
+    shutil.copytree(filled.path, copy.path)
+    manifest = next(copy.path.rglob("manifest.json"))
+    data = json.loads(manifest.read_text())
+    data["base_url"] = "https://elsewhere.example"
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(CacheError, match="another namespace"):
+        copy.load()
+
+
+def test_interrupted_refresh_leaves_the_previous_cache_intact(
+    make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import viewerkit.cache as cache_module
+
+    server: Sandbox = make_sandbox(studies=100, seed=26)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        cache.refresh(c, progress=False)
+        expected = cache.load()
+        before = snapshot(cache.path)
+        c.update_study(expected["study_id"].iloc[0], severity="stat")
+
+        def ctrl_c(*args: object, **kwargs: object) -> None:
+            raise KeyboardInterrupt
+
+        # Ctrl-C after the new data files are written, just before the manifest commit
+        monkeypatch.setattr(cache_module, "_write_json", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            cache.refresh(c, progress=False)
+        after = snapshot(cache.path)
+        assert {k: after[k] for k in before} == before
+        assert len(after) > len(before)  # the unfinished refresh's files, not yet swept
+        pdt.assert_frame_equal(cache.load(), expected)
+
+        monkeypatch.undo()
+        summary = cache.refresh(c, progress=False)
+    assert summary.changed == 1
+    assert cache.info()["refreshes"] == 2
+    info = cache.info()
+    assert set(snapshot(Path(info["path"]))) == set(info["file_bytes"])  # orphans swept
+
+
+def test_sigkilled_refresh_leaves_the_previous_cache_intact(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    server: Sandbox = make_sandbox(studies=1500, seed=27)
+    cache = StudyCache(tmp_path / "cache")
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        cache.refresh(c, progress=False)
+        expected = cache.load()
+        c.update_study(expected["study_id"].iloc[0], study_description="Changed before the kill")
+    before = snapshot(cache.path)
+    server.set_faults(latency_ms=400)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from viewerkit import Client, StudyCache
+        with Client(base_url={server.base_url!r}) as client:
+            print("refreshing", flush=True)
+            StudyCache({str(cache.path)!r}).refresh(client, concurrency=2, progress=False)
+        print("finished", flush=True)
+        """
+    )
+    env = {**os.environ, "AVARA_API_KEY": server.api_key}
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "refreshing"
+        time.sleep(1.5)  # mid-fetch: 15 pages per worker at 400 ms each
+        assert child.poll() is None, "the refresh finished before it could be killed"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+    after = snapshot(cache.path)
+    assert {k: after[k] for k in before} == before
+    pdt.assert_frame_equal(cache.load(), expected)
+    server.set_faults(latency_ms=0)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        summary = cache.refresh(c, progress=False)
+    assert summary.changed == 1
+    assert not list(cache.path.rglob(".tmp-*"))
+
+
+def test_active_refresh_of_an_empty_cache_runs_full(make_sandbox: Any, tmp_path: Path) -> None:
+    server: Sandbox = make_sandbox(studies=50, seed=28)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        summary = StudyCache(tmp_path).refresh(c, mode="active", progress=False)
+    assert (summary.mode, summary.new, summary.total) == ("full", 50, 50)
+
+
+def test_empty_cache_loads_an_empty_study_table(tmp_path: Path, client: Client) -> None:
+    cache = StudyCache(tmp_path / "nothing")
+    assert len(cache.load()) == 0
+    fresh = to_pandas(fetch_studies_arrow(client, severity="stat", progress=False))
+    assert cache.load().dtypes.equals(fresh[[c for c in fresh.columns if not c.startswith("meta.")]].dtypes)
+    assert list(cache.history().columns[:2]) == ["observed_at", "change"]
