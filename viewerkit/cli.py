@@ -17,7 +17,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ViewerkitError as exc:
-            raise click.ClickException(str(exc).splitlines()[0] if "\n" in str(exc) else str(exc)) from exc
+            # one line, but keep the detail lines (e.g. which field was bad), joined by "; "
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise click.ClickException("; ".join(lines)) from exc
 
 
 @click.group(cls=_Group)
@@ -35,6 +37,160 @@ from viewerkit.sandbox.cli import sandbox  # noqa: E402
 main.add_command(sandbox)
 
 # --- fetch / refresh / cache ----------------------------------------------------------------
+
+
+def _cache_path(value: str | None) -> str:
+    import os
+
+    from viewerkit.cache import DEFAULT_CACHE_PATH
+
+    return value or os.environ.get("VIEWERKIT_CACHE") or DEFAULT_CACHE_PATH
+
+
+_cache_option = click.option(
+    "--cache",
+    "cache_path",
+    metavar="PATH",
+    default=None,
+    help="Cache directory (default: $VIEWERKIT_CACHE, else ./data/cache).",
+)
+
+
+@main.command("fetch")
+@click.option("--severity", type=click.Choice(["normal", "high", "stat"]), help="Only this severity.")
+@click.option(
+    "--status",
+    "study_viewer_status",
+    type=click.Choice(["incomplete", "complete"]),
+    help="Only this viewer status.",
+)
+@click.option("--cancelled/--not-cancelled", "is_cancelled", default=None, help="Only (not) cancelled studies.")
+@click.option("--assigned-to", metavar="USER_ID", help="Only studies assigned to this user ID ('null': unassigned).")
+@click.option("--customer", "express_customer_id", metavar="CUSTOMER_ID", help="Only this express customer ID ('null': none).")
+@click.option("--description", "study_description", metavar="TEXT", help="Description contains TEXT (any case).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the table to a .parquet or .csv file.")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def fetch_command(
+    severity: str | None,
+    study_viewer_status: str | None,
+    is_cancelled: bool | None,
+    assigned_to: str | None,
+    express_customer_id: str | None,
+    study_description: str | None,
+    out: str | None,
+    concurrency: int,
+    progress: bool,
+) -> None:
+    """Fetch every study matching the filters; write it to --out, else print a summary.
+
+    Example:
+
+        viewerkit fetch --severity stat --status incomplete --out open-stat.parquet
+    """
+    from viewerkit.client import Client
+    from viewerkit.fetch import fetch_studies_arrow
+    from viewerkit.frame import to_pandas
+    from viewerkit.schema import NOT_GIVEN
+
+    if out is not None and not out.endswith((".parquet", ".csv")):
+        raise click.BadParameter("must end with .parquet or .csv", param_hint="--out")
+    filters: dict[str, object] = {
+        "severity": severity if severity is not None else NOT_GIVEN,
+        "study_viewer_status": study_viewer_status if study_viewer_status is not None else NOT_GIVEN,
+        "is_cancelled": is_cancelled if is_cancelled is not None else NOT_GIVEN,
+        "study_description": study_description if study_description is not None else NOT_GIVEN,
+    }
+    for name, value in (("assigned_to", assigned_to), ("express_customer_id", express_customer_id)):
+        filters[name] = NOT_GIVEN if value is None else (None if value == "null" else value)
+    with Client() as client:
+        table = fetch_studies_arrow(client, concurrency=concurrency, progress=progress, **filters)  # type: ignore[arg-type]
+    if out is None:
+        click.echo(f"{table.num_rows} studies (use --out FILE.parquet to keep them)")
+        return
+    import os
+    import uuid
+
+    aside = os.path.join(os.path.dirname(os.path.abspath(out)), f".tmp-{uuid.uuid4().hex}-{os.path.basename(out)}")
+    try:
+        if out.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, aside)
+        else:
+            to_pandas(table).to_csv(aside, index=False)
+        os.replace(aside, out)
+    finally:
+        if os.path.exists(aside):
+            os.unlink(aside)
+    click.echo(f"{table.num_rows} studies written to {out}")
+
+
+@main.command("refresh")
+@_cache_option
+@click.option("--mode", type=click.Choice(["full", "active"]), default="full", show_default=True,
+              help="full: fetch everything; active: open and new studies only.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+def refresh_command(cache_path: str | None, mode: str, progress: bool) -> None:
+    """Bring the study cache up to date and record what changed.
+
+    Example:
+
+        viewerkit refresh --cache data/cache --mode active
+    """
+    from viewerkit.cache import StudyCache
+    from viewerkit.client import Client
+
+    with Client() as client:
+        summary = StudyCache(_cache_path(cache_path)).refresh(
+            client, mode="active" if mode == "active" else "full", progress=progress
+        )
+    click.echo(
+        f"{summary.mode} refresh: {summary.total} studies; {summary.new} new, "
+        f"{summary.changed} changed, {summary.gone} gone, {summary.unchanged} unchanged "
+        f"({summary.duration_s:.1f} s)"
+    )
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """Inspect the study cache.
+
+    Example:
+
+        viewerkit cache info --cache data/cache
+    """
+
+
+@cache_group.command("info")
+@_cache_option
+def cache_info_command(cache_path: str | None) -> None:
+    """Show what the cache holds: server, key fingerprint, studies, last refresh, files.
+
+    Uses the namespace of AVARA_API_KEY / AVARA_BASE_URL when the key is set, else the
+    cache's only namespace.
+
+    Example:
+
+        viewerkit cache info --cache data/cache
+    """
+    import os
+
+    from viewerkit.cache import StudyCache
+    from viewerkit.client import Client
+
+    cache = StudyCache(_cache_path(cache_path))
+    if os.environ.get("AVARA_API_KEY"):
+        with Client() as client:
+            info = cache.info(client)
+    else:
+        info = cache.info()
+    for key in ("path", "base_url", "key_fingerprint", "studies", "last_refresh_at",
+                "last_refresh_mode", "refreshes"):
+        click.echo(f"{key}: {info[key] if info[key] is not None else '-'}")
+    for name, size in info["file_bytes"].items():
+        click.echo(f"file {name}: {size} bytes")
+
 
 # --- report ---------------------------------------------------------------------------------
 

@@ -1,0 +1,126 @@
+"""`viewerkit fetch`, `viewerkit refresh`, `viewerkit cache info` with CliRunner against a
+real sandbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from viewerkit import Client, StudyCache
+from viewerkit.cli import main
+from viewerkit.fetch import fetch_studies_arrow
+from viewerkit.sandbox.server import Sandbox
+
+
+@pytest.fixture
+def runner(sandbox: Sandbox) -> CliRunner:
+    return CliRunner(
+        env={
+            "AVARA_API_KEY": sandbox.api_key,
+            "AVARA_BASE_URL": sandbox.base_url,
+            "VIEWERKIT_CACHE": None,
+        }
+    )
+
+
+def test_fetch_writes_the_filtered_study_table_to_parquet(
+    runner: CliRunner, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    out = tmp_path / "stat-open.parquet"
+    result = runner.invoke(
+        main,
+        ["fetch", "--severity", "stat", "--status", "incomplete", "--out", str(out), "--no-progress"],
+    )
+    assert result.exit_code == 0, result.output
+    written = pq.read_table(out)
+    with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as c:
+        expected = fetch_studies_arrow(
+            c, severity="stat", study_viewer_status="incomplete", progress=False
+        )
+    order = [("study_id", "ascending")]
+    assert written.sort_by(order).equals(expected.sort_by(order))
+    assert f"{expected.num_rows} studies written to {out}" in result.output
+    assert sandbox.api_key not in result.output
+
+
+def test_fetch_writes_csv(runner: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "unassigned.csv"
+    result = runner.invoke(main, ["fetch", "--assigned-to", "null", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert len(table) > 0
+    assert table["assigned_to_user_id"].isna().all()
+
+
+def test_fetch_with_a_bad_filter_prints_one_line_and_fails(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["fetch", "--assigned-to", "bob", "--no-progress"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ")
+    assert "assigned_to" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_key_fails_naming_the_variable(tmp_path: Path) -> None:
+    result = CliRunner(env={"AVARA_API_KEY": None}).invoke(
+        main, ["refresh", "--cache", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert "AVARA_API_KEY" in result.output
+
+
+def test_refresh_then_cache_info(runner: CliRunner, sandbox: Sandbox, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    full = runner.invoke(main, ["refresh", "--cache", str(cache_dir), "--no-progress"])
+    assert full.exit_code == 0, full.output
+    assert "full refresh: 2000 studies; 2000 new, 0 changed, 0 gone" in full.output
+    active = runner.invoke(
+        main, ["refresh", "--cache", str(cache_dir), "--mode", "active", "--no-progress"]
+    )
+    assert active.exit_code == 0, active.output
+    assert "active refresh: 2000 studies; 0 new, 0 changed, 0 gone, 2000 unchanged" in active.output
+    assert len(StudyCache(cache_dir).load()) == 2000
+
+    info = runner.invoke(main, ["cache", "info", "--cache", str(cache_dir)])
+    assert info.exit_code == 0, info.output
+    assert f"base_url: {sandbox.base_url}" in info.output
+    assert "studies: 2000" in info.output
+    assert "last_refresh_mode: active" in info.output
+    assert "file manifest.json:" in info.output
+    assert sandbox.api_key not in full.output + active.output + info.output
+
+
+def test_cache_path_defaults_to_the_environment(sandbox: Sandbox, tmp_path: Path) -> None:
+    runner = CliRunner(
+        env={
+            "AVARA_API_KEY": sandbox.api_key,
+            "AVARA_BASE_URL": sandbox.base_url,
+            "VIEWERKIT_CACHE": str(tmp_path / "env-cache"),
+        }
+    )
+    result = runner.invoke(main, ["refresh", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert StudyCache(tmp_path / "env-cache").info()["studies"] == 2000
+
+
+def test_corrupt_cache_fails_with_one_line_saying_how_to_rebuild(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    cache_dir = tmp_path / "cache"
+    assert runner.invoke(main, ["refresh", "--cache", str(cache_dir), "--no-progress"]).exit_code == 0
+    next(cache_dir.rglob("manifest.json")).write_text("garbage")
+    result = runner.invoke(main, ["cache", "info", "--cache", str(cache_dir)])
+    assert result.exit_code == 1
+    assert "viewerkit refresh --mode full" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["fetch"], ["refresh"], ["cache"], ["cache", "info"]])
+def test_every_command_documents_an_example(command: list[str]) -> None:
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output
+    assert "viewerkit " in result.output.split("Example:")[1]
