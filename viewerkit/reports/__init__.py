@@ -1,7 +1,8 @@
 """Severity and turnaround reports: KPIs as DataFrames, figures drawn from them, an HTML report.
 
-``viewerkit.reports.kpis`` computes, ``viewerkit.reports.figures`` draws,
-``viewerkit.reports.html`` writes; every public name is importable from here.
+``viewerkit.reports.kpis`` computes (one tidy DataFrame per KPI), ``viewerkit.reports.figures``
+draws (one matplotlib Figure per KPI table), ``viewerkit.reports.html`` writes the
+self-contained HTML report and the PNGs; every public name is importable from here.
 
 >>> from viewerkit.reports import SLA, turnaround
 >>> print(SLA)
@@ -10,6 +11,17 @@ stat 1 h, high 4 h, normal 24 h
 
 from __future__ import annotations
 
+from viewerkit.reports.figures import (
+    SEVERITY_COLORS,
+    plot_backlog,
+    plot_cancellations,
+    plot_customers,
+    plot_overdue,
+    plot_turnaround,
+    plot_volume,
+    plot_workload,
+)
+from viewerkit.reports.html import SECTIONS, figures, render, report_tables, save_figures
 from viewerkit.reports.kpis import (
     AGE_BANDS,
     SLA,
@@ -27,13 +39,26 @@ from viewerkit.reports.kpis import (
 
 __all__ = [
     "AGE_BANDS",
+    "SECTIONS",
+    "SEVERITY_COLORS",
     "SLA",
     "SlaTargets",
     "Window",
     "backlog",
     "cancellations",
     "customers",
+    "figures",
     "overdue",
+    "plot_backlog",
+    "plot_cancellations",
+    "plot_customers",
+    "plot_overdue",
+    "plot_turnaround",
+    "plot_volume",
+    "plot_workload",
+    "render",
+    "report_tables",
+    "save_figures",
     "turnaround",
     "volume",
     "with_completion",

@@ -1,0 +1,306 @@
+"""Matplotlib figures drawn from the KPI tables of ``viewerkit.reports.kpis``.
+
+Each ``plot_*`` takes the table its KPI returned and gives back a ``matplotlib.figure.Figure``
+on the Agg canvas: no pyplot, no global state touched, nothing shown. Severities keep fixed
+colours (``SEVERITY_COLORS``); axes carry their units; figures are 9 x 4.5 in, readable at
+notebook width. In a notebook, ``display(fig)`` (or a figure as the cell's last value after
+``%matplotlib inline``) shows it; ``fig.savefig(path)`` writes it.
+
+>>> import pandas as pd
+>>> from viewerkit.reports import backlog
+>>> fig = plot_backlog(backlog(pd.DataFrame(), now="2026-11-02"))
+>>> fig.axes[0].get_title()
+'Open studies by age'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from viewerkit.errors import ValidationError
+from viewerkit.reports.kpis import (
+    AGE_BANDS,
+    SlaTargets,
+    _resolve_sla,
+)
+from viewerkit.schema import SEVERITIES
+
+__all__ = [
+    "SEVERITY_COLORS",
+    "FIGSIZE",
+    "plot_backlog",
+    "plot_cancellations",
+    "plot_customers",
+    "plot_overdue",
+    "plot_turnaround",
+    "plot_volume",
+    "plot_workload",
+]
+
+#: Fixed colour per severity: normal grey-blue, high orange, stat red.
+SEVERITY_COLORS: Final = {"normal": "#5b7fa6", "high": "#f28e2b", "stat": "#d62728"}
+#: Figure size in inches: the width of a notebook cell.
+FIGSIZE: Final = (9.0, 4.5)
+_NEUTRAL: Final = "#6c757d"
+_TARGET: Final = "#222222"
+
+
+def _figure(ncols: int = 1, nrows: int = 1, **subplots: Any) -> tuple[Figure, Any]:
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplots)
+    return fig, axes
+
+
+def _require(table: pd.DataFrame, columns: list[str], kpi: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValidationError(f"not a {kpi}() table: missing column(s) {', '.join(missing)}")
+
+
+def _rows_of(table: pd.DataFrame, severity: str) -> pd.DataFrame:
+    return table[(table["severity"].astype(str) == severity).to_numpy()]
+
+
+def _empty_note(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color=_NEUTRAL)
+
+
+def _dates(values: pd.Series) -> np.ndarray:
+    """UTC timestamps as naive datetimes for the x axis (matplotlib's date units)."""
+    return np.asarray(pd.to_datetime(values, utc=True).dt.tz_localize(None).to_numpy())
+
+
+def plot_turnaround(table: pd.DataFrame, *, sla: SlaTargets | Mapping[str, float] | None = None) -> Figure:
+    """Turnaround from a ``turnaround()`` table.
+
+    By severity: median and P90 bars per severity, the target as a black line across each
+    pair. By severity and week: the weekly median per severity, targets dashed. By assignee
+    or customer: the median per group (the 25 with most completed studies). Hours on a log
+    scale, since targets span 1 h to 24 h.
+    """
+    _require(table, ["median_h", "p90_h", "completed"], "turnaround")
+    targets = _resolve_sla(sla)
+    if "week" in table.columns and "severity" in table.columns:
+        fig, axes = _figure()
+        ax = axes[0, 0]
+        for sev in SEVERITIES:
+            rows = _rows_of(table, sev)
+            ax.plot(_dates(rows["week"]), rows["median_h"].to_numpy(), marker="o",
+                    color=SEVERITY_COLORS[sev], label=f"{sev} median")
+            ax.axhline(targets._hours(sev), color=SEVERITY_COLORS[sev], linestyle="--", linewidth=1)
+        ax.set_title("Median turnaround per week, by severity (dashed: target)")
+        ax.set_xlabel("week of completion (UTC, Monday start)")
+        ax.set_ylabel("turnaround (hours, log scale)")
+        ax.set_yscale("log")
+        ax.legend(loc="upper left", fontsize="small")
+        fig.autofmt_xdate()
+        return fig
+    if "severity" in table.columns and len(table.columns.intersection(["assignee", "customer"])) == 0:
+        fig, axes = _figure()
+        ax = axes[0, 0]
+        x = np.arange(len(SEVERITIES))
+        for i, sev in enumerate(SEVERITIES):
+            row = _rows_of(table, sev)
+            median = float(row["median_h"].iloc[0]) if len(row) else np.nan
+            p90 = float(row["p90_h"].iloc[0]) if len(row) else np.nan
+            color = SEVERITY_COLORS[sev]
+            ax.bar(x[i] - 0.2, median, width=0.38, color=color, label="median" if i == 0 else None)
+            ax.bar(x[i] + 0.2, p90, width=0.38, color=color, alpha=0.45, hatch="//",
+                   label="P90" if i == 0 else None)
+            ax.hlines(targets._hours(sev), x[i] - 0.42, x[i] + 0.42, color=_TARGET, linewidth=2,
+                      label="target" if i == 0 else None)
+        ax.set_xticks(x, [f"{sev}\n({int(n)} completed)" for sev, n in zip(
+            SEVERITIES, [(_rows_of(table, s)["completed"].sum()) for s in SEVERITIES], strict=True)])
+        ax.set_title("Turnaround by severity: median and P90 against target")
+        ax.set_xlabel("severity")
+        ax.set_ylabel("turnaround (hours, log scale)")
+        ax.set_yscale("log")
+        ax.legend(loc="upper left", fontsize="small")
+        return fig
+    label = "assignee" if "assignee" in table.columns else "customer"
+    _require(table, [label], "turnaround")
+    top = table.sort_values("completed", ascending=False, kind="stable").head(25).iloc[::-1]
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    ax.barh(top[label].astype(str).to_numpy(), top["median_h"].to_numpy(), color=_NEUTRAL)
+    ax.set_title(f"Median turnaround by {label}")
+    ax.set_xlabel("median turnaround (hours)")
+    ax.set_ylabel(label)
+    if top.empty:
+        _empty_note(ax, "no completed studies")
+    return fig
+
+
+def plot_backlog(table: pd.DataFrame) -> Figure:
+    """Open studies by age band, stacked by severity, from a ``backlog()`` table; the count
+    past target is written above each band."""
+    _require(table, ["severity", "age_band", "open", "past_target"], "backlog")
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    x = np.arange(len(AGE_BANDS))
+    bottom = np.zeros(len(AGE_BANDS))
+    for sev in SEVERITIES:
+        rows = _rows_of(table, sev)
+        counts = dict(zip(rows["age_band"].astype(str), rows["open"].to_numpy(dtype=float), strict=True))
+        heights = np.array([counts.get(band, 0.0) for band in AGE_BANDS])
+        ax.bar(x, heights, bottom=bottom, color=SEVERITY_COLORS[sev], label=sev)
+        bottom += heights
+    past = table.groupby(table["age_band"].astype(str), sort=False)["past_target"].sum()
+    for i, band in enumerate(AGE_BANDS):
+        ax.annotate(f"{int(past.get(band, 0))} past target", (x[i], bottom[i]), ha="center",
+                    va="bottom", fontsize="small", xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(x, list(AGE_BANDS))
+    ax.set_title("Open studies by age")
+    ax.set_xlabel("age since created (hours)")
+    ax.set_ylabel("open studies (count)")
+    ax.legend(title="severity", fontsize="small")
+    ax.set_ylim(0, max(float(bottom.max()), 1.0) * 1.15)
+    return fig
+
+
+def plot_overdue(table: pd.DataFrame, *, top: int = 20) -> Figure:
+    """The ``top`` most overdue open studies from an ``overdue()`` table, hours past target."""
+    _require(table, ["study_id", "severity", "overdue_h"], "overdue")
+    shown = table.head(top).iloc[::-1]
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    labels = [
+        f"{d if isinstance(d, str) else ''} (…{i[-8:]})".strip()
+        for d, i in zip(shown.get("study_description", pd.Series([""] * len(shown))).tolist(),
+                        shown["study_id"].astype(str).tolist(), strict=True)
+    ]
+    colors = [SEVERITY_COLORS.get(str(s), _NEUTRAL) for s in shown["severity"].astype(str)]
+    ax.barh(np.arange(len(shown)), shown["overdue_h"].to_numpy(dtype=float), color=colors)
+    ax.set_yticks(np.arange(len(shown)), labels, fontsize="small")
+    ax.legend(handles=[Patch(color=SEVERITY_COLORS[s], label=s) for s in SEVERITIES],
+              title="severity", fontsize="small", loc="lower right")
+    ax.set_title(f"Most overdue open studies ({len(table)} past target)")
+    ax.set_xlabel("time past target (hours)")
+    ax.set_ylabel("study")
+    if shown.empty:
+        _empty_note(ax, "no open study is past its target")
+    return fig
+
+
+def plot_volume(table: pd.DataFrame) -> Figure:
+    """Arrivals per period stacked by severity (top) and the share of stat (bottom), from a
+    ``volume()`` table."""
+    _require(table, ["period", "severity", "arrivals", "share"], "volume")
+    fig, axes = _figure(nrows=2, sharex=True, height_ratios=[3, 2])
+    top, bottom_ax = axes[0, 0], axes[1, 0]
+    periods = pd.to_datetime(_rows_of(table, SEVERITIES[0])["period"], utc=True)
+    x = _dates(periods)
+    step = (periods.iloc[1] - periods.iloc[0]) if len(periods) > 1 else pd.Timedelta(days=1)
+    width = pd.Timedelta(step).to_pytimedelta() * 0.85
+    base = np.zeros(len(periods))
+    for sev in SEVERITIES:
+        heights = _rows_of(table, sev)["arrivals"].to_numpy(dtype=float)
+        top.bar(x, heights, width=width, bottom=base, align="edge", color=SEVERITY_COLORS[sev], label=sev)
+        base += heights
+    top.set_title("Arrivals by severity, and the share of stat")
+    top.set_ylabel("arrivals (studies)")
+    top.legend(title="severity", fontsize="small", loc="upper left")
+    stat = _rows_of(table, "stat")
+    bottom_ax.plot(x, stat["share"].to_numpy(dtype=float) * 100, color=SEVERITY_COLORS["stat"], marker=".")
+    bottom_ax.set_ylabel("stat share (%)")
+    bottom_ax.set_xlabel("period start (UTC)")
+    bottom_ax.set_ylim(bottom=0)
+    if len(periods) == 0:
+        _empty_note(top, "no arrivals")
+    fig.autofmt_xdate()
+    return fig
+
+
+def plot_workload(table: pd.DataFrame, *, top: int = 15) -> Figure:
+    """Open studies by severity (left) and completed studies (right) for the ``top`` busiest
+    assignees of a ``workload()`` table."""
+    _require(table, ["assignee", "open", "completed"] + [f"open_{s}" for s in SEVERITIES], "workload")
+    shown = table.head(top).iloc[::-1]
+    fig, axes = _figure(ncols=2, sharey=True, width_ratios=[3, 2])
+    left, right = axes[0, 0], axes[0, 1]
+    y = np.arange(len(shown))
+    base = np.zeros(len(shown))
+    for sev in SEVERITIES:
+        widths = shown[f"open_{sev}"].to_numpy(dtype=float)
+        left.barh(y, widths, left=base, color=SEVERITY_COLORS[sev], label=sev)
+        base += widths
+    left.set_yticks(y, shown["assignee"].astype(str).tolist(), fontsize="small")
+    left.set_title("Open now, by severity")
+    left.set_xlabel("open studies (count)")
+    left.set_ylabel("assignee")
+    left.legend(title="severity", fontsize="small")
+    right.barh(y, shown["completed"].to_numpy(dtype=float), color=_NEUTRAL)
+    right.set_title("Completed in the window")
+    right.set_xlabel("completed studies (count)")
+    fig.suptitle("Workload per assignee")
+    if shown.empty:
+        _empty_note(left, "no assigned work")
+    return fig
+
+
+def plot_customers(table: pd.DataFrame, *, top: int = 15) -> Figure:
+    """Share within target (left) and cancellation rate (right) of the ``top`` largest
+    customers of a ``customers()`` table, in percent."""
+    _require(table, ["customer", "within_target_share", "cancellation_rate"], "customers")
+    shown = table.head(top).iloc[::-1]
+    fig, axes = _figure(ncols=2, sharey=True)
+    left, right = axes[0, 0], axes[0, 1]
+    y = np.arange(len(shown))
+    left.barh(y, shown["within_target_share"].to_numpy(dtype=float) * 100, color="#4e9a6b")
+    left.set_yticks(y, shown["customer"].astype(str).tolist(), fontsize="small")
+    left.set_xlim(0, 100)
+    left.set_title("Completed within target")
+    left.set_xlabel("within target (% of completed)")
+    left.set_ylabel("customer")
+    right.barh(y, shown["cancellation_rate"].to_numpy(dtype=float) * 100, color=_NEUTRAL)
+    right.set_title("Cancelled")
+    right.set_xlabel("cancellation rate (% of arrivals)")
+    fig.suptitle("Customers: service within target and cancellations")
+    if shown.empty:
+        _empty_note(left, "no studies")
+    return fig
+
+
+def plot_cancellations(table: pd.DataFrame) -> Figure:
+    """Cancellation rate (bars, %) and median time to cancellation (labels) per severity, or
+    per customer, from a ``cancellations()`` table grouped by one of them."""
+    _require(table, ["cancellation_rate", "median_to_cancel_h"], "cancellations")
+    has_sev, has_cust = "severity" in table.columns, "customer" in table.columns
+    if has_sev == has_cust:
+        raise ValidationError("plot_cancellations draws a table by severity or by customer, not both")
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    if has_sev:
+        rows = [_rows_of(table, sev) for sev in SEVERITIES]
+        labels = list(SEVERITIES)
+        rates = [float(r["cancellation_rate"].iloc[0]) * 100 if len(r) else np.nan for r in rows]
+        medians = [float(r["median_to_cancel_h"].iloc[0]) if len(r) else np.nan for r in rows]
+        colors = [SEVERITY_COLORS[s] for s in SEVERITIES]
+        ax.set_xlabel("severity")
+    else:
+        labels = table["customer"].astype(str).tolist()
+        rates = (table["cancellation_rate"].to_numpy(dtype=float) * 100).tolist()
+        medians = table["median_to_cancel_h"].to_numpy(dtype=float).tolist()
+        colors = [_NEUTRAL] * len(labels)
+        ax.set_xlabel("customer")
+        ax.tick_params(axis="x", labelrotation=45, labelsize="small")
+    x = np.arange(len(labels))
+    bars = ax.bar(x, rates, color=colors)
+    ax.set_xticks(x, labels)
+    ax.bar_label(bars, labels=["" if np.isnan(m) else f"median {m:.1f} h to cancel" for m in medians],
+                 fontsize="small", padding=2)
+    ax.set_title("Cancellation rate, and median time from creation to cancellation")
+    ax.set_ylabel("cancelled (% of arrivals)")
+    ax.margins(y=0.15)
+    if not labels:
+        _empty_note(ax, "no arrivals")
+    return fig

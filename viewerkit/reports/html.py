@@ -1,0 +1,324 @@
+"""The severity and turnaround report as one self-contained HTML file, and its figures as PNGs.
+
+``render`` computes every KPI once over the same inputs (completion resolved once), draws
+the figures from the KPI tables, embeds them as base64 PNG, and writes one HTML file with
+no external reference (it opens offline, from e-mail, from a shared drive). Every file is
+written aside and renamed into place, so a reader never sees half a report.
+
+>>> import pandas as pd, tempfile, pathlib
+>>> t = pd.Timestamp("2026-11-02 08:00", tz="UTC")
+>>> one = pd.DataFrame({"study_id": ["stu_a"], "severity": ["stat"], "is_cancelled": [False],
+...     "study_viewer_status": ["complete"], "created_at": [t], "updated_at": [t + pd.Timedelta("1h")]})
+>>> with tempfile.TemporaryDirectory() as folder:
+...     page = render(one, pathlib.Path(folder) / "report.html", now=t + pd.Timedelta("2h"))
+...     "Turnaround" in page.read_text()
+True
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from viewerkit.reports import figures as plots
+from viewerkit.reports.kpis import (
+    HOUR_MS,
+    Hours,
+    Moment,
+    SlaTargets,
+    Window,
+    _moment_ms,
+    _now_ms,
+    _resolve_sla,
+    _window,
+    backlog,
+    cancellations,
+    customers,
+    overdue,
+    turnaround,
+    volume,
+    with_completion,
+    workload,
+)
+
+__all__ = ["SECTIONS", "figures", "render", "report_tables", "save_figures"]
+
+#: The sections of the report, in order: (HTML id, heading).
+SECTIONS: Final = (
+    ("summary", "Summary"),
+    ("sla", "SLA targets"),
+    ("turnaround", "Turnaround"),
+    ("backlog", "Backlog"),
+    ("overdue", "Overdue"),
+    ("volume", "Volume and severity mix"),
+    ("workload", "Workload"),
+    ("customers", "Customers"),
+    ("cancellations", "Cancellations"),
+)
+
+Sla = SlaTargets | Mapping[str, Hours] | None
+
+
+def _volume_freq(studies: pd.DataFrame, window: Window) -> str:
+    lo, hi = _window(window)
+    if not (np.isfinite(lo) and np.isfinite(hi)) and "created_at" in studies.columns and len(studies):
+        created = pd.to_datetime(studies["created_at"], utc=True)
+        lo = lo if np.isfinite(lo) else created.min().value / 1e6
+        hi = hi if np.isfinite(hi) else created.max().value / 1e6
+    span_days = (hi - lo) / (24 * HOUR_MS) if np.isfinite(hi - lo) else 0.0
+    return "h" if span_days <= 3 else "D" if span_days <= 120 else "W"
+
+
+def report_tables(
+    studies: pd.DataFrame,
+    *,
+    history: pd.DataFrame | None = None,
+    window: Window = None,
+    sla: Sla = None,
+    now: Moment = None,
+) -> dict[str, pd.DataFrame]:
+    """Every KPI table of the report, keyed ``turnaround``, ``turnaround_weekly``,
+    ``backlog``, ``overdue``, ``volume``, ``workload``, ``customers``, ``cancellations``.
+
+    Completion is resolved once (``with_completion``) and shared by all of them.
+    """
+    targets = _resolve_sla(sla)
+    at = pd.Timestamp(_now_ms(now), unit="ms", tz="UTC")
+    table = with_completion(studies, history)
+    return {
+        "turnaround": turnaround(table, "severity", sla=targets, window=window),
+        "turnaround_weekly": turnaround(table, ["severity", "week"], sla=targets, window=window),
+        "backlog": backlog(table, now=at, sla=targets, window=window),
+        "overdue": overdue(table, now=at, sla=targets, window=window),
+        "volume": volume(table, freq=_volume_freq(studies, window), window=window),  # type: ignore[arg-type]
+        "workload": workload(table, now=at, sla=targets, window=window),
+        "customers": customers(table, sla=targets, window=window),
+        "cancellations": cancellations(table, "severity", window=window),
+    }
+
+
+def _figures_of(tables: Mapping[str, pd.DataFrame], targets: SlaTargets) -> dict[str, Figure]:
+    return {
+        "turnaround": plots.plot_turnaround(tables["turnaround"], sla=targets),
+        "turnaround_weekly": plots.plot_turnaround(tables["turnaround_weekly"], sla=targets),
+        "backlog": plots.plot_backlog(tables["backlog"]),
+        "overdue": plots.plot_overdue(tables["overdue"]),
+        "volume": plots.plot_volume(tables["volume"]),
+        "workload": plots.plot_workload(tables["workload"]),
+        "customers": plots.plot_customers(tables["customers"]),
+        "cancellations": plots.plot_cancellations(tables["cancellations"]),
+    }
+
+
+def figures(
+    studies: pd.DataFrame,
+    *,
+    history: pd.DataFrame | None = None,
+    window: Window = None,
+    sla: Sla = None,
+    now: Moment = None,
+) -> dict[str, Figure]:
+    """Every figure of the report, keyed like ``report_tables``."""
+    tables = report_tables(studies, history=history, window=window, sla=sla, now=now)
+    return _figures_of(tables, _resolve_sla(sla))
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` beside ``path``, then rename it into place (readers never see half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, aside = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(aside, 0o644)  # mkstemp's 0600 would hide the report from colleagues
+        os.replace(aside, path)
+    except BaseException:
+        Path(aside).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_figures(
+    studies: pd.DataFrame,
+    folder: str | os.PathLike[str],
+    *,
+    history: pd.DataFrame | None = None,
+    window: Window = None,
+    sla: Sla = None,
+    now: Moment = None,
+    dpi: int = 100,
+) -> list[Path]:
+    """Write one PNG per figure of the report into ``folder`` (``<name>.png``), atomically.
+
+    Returns the paths written, in report order.
+    """
+    out = Path(folder)
+    written = []
+    for name, fig in figures(studies, history=history, window=window, sla=sla, now=now).items():
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi)
+        written.append(_write_bytes(out / f"{name}.png", buffer.getvalue()))
+    return written
+
+
+# --- HTML -------------------------------------------------------------------------------------
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2329;
+       margin: 0 auto; max-width: 1000px; padding: 1.5rem 2rem 3rem; line-height: 1.4; }
+h1 { margin-bottom: .2rem; } h2 { border-bottom: 2px solid #dde3ea; padding-bottom: .2rem;
+       margin-top: 2.2rem; }
+p.meta { color: #56606b; margin-top: 0; }
+nav a { margin-right: .8rem; font-size: .92rem; }
+dl.headline { display: grid; grid-template-columns: repeat(3, 1fr); gap: .6rem 1.2rem; }
+dl.headline div { background: #f3f6f9; border-radius: 6px; padding: .6rem .8rem; }
+dl.headline dt { font-size: .85rem; color: #56606b; } dl.headline dd { margin: 0; font-size: 1.4rem; font-weight: 600; }
+table.kpi { border-collapse: collapse; font-size: .85rem; margin: .6rem 0 1rem; }
+table.kpi th, table.kpi td { border-bottom: 1px solid #e3e8ee; padding: .25rem .6rem; text-align: right; }
+table.kpi th { background: #f3f6f9; } table.kpi td { white-space: nowrap; }
+div.scroll { overflow-x: auto; } table.kpi td:first-child, table.kpi th:first-child { text-align: left; }
+img.figure { width: 100%; max-width: 900px; display: block; margin: .6rem 0; }
+p.note { color: #56606b; font-size: .85rem; }
+"""
+
+
+def _fmt_cell(column: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
+        return "–"
+    if column.endswith("_share") or column.endswith("_rate") or column == "share":
+        return f"{float(value) * 100:.1f} %"
+    if column.endswith("_h"):
+        return f"{float(value):.2f}"
+    if isinstance(value, pd.Timestamp):
+        return value.strftime("%Y-%m-%d %H:%M UTC") if (value.hour or value.minute) else value.strftime("%Y-%m-%d")
+    return str(value)
+
+
+def _table_html(table: pd.DataFrame, *, max_rows: int | None = None, note: str = "") -> str:
+    shown = table if max_rows is None else table.head(max_rows)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt_cell(str(c), v))}</td>" for c, v in zip(shown.columns, row, strict=True)) + "</tr>"
+        for row in shown.itertuples(index=False, name=None)
+    )
+    more = ""
+    if max_rows is not None and len(table) > max_rows:
+        more = f'<p class="note">Showing the first {max_rows} of {len(table)} rows.</p>'
+    if note:
+        more += f'<p class="note">{html.escape(note)}</p>'
+    table_html = f'<table class="kpi"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<div class="scroll">{table_html}</div>{more}'
+
+
+def _png(fig: Figure, alt: str) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img class="figure" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _when(ms: float | None) -> str:
+    if ms is None or not np.isfinite(ms):
+        return "–"
+    return pd.Timestamp(int(ms), unit="ms", tz="UTC").strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _share(num: float, den: float) -> str:
+    return f"{num / den * 100:.1f} %" if den else "–"
+
+
+def render(
+    studies: pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    history: pd.DataFrame | None = None,
+    window: Window = None,
+    sla: Sla = None,
+    now: Moment = None,
+    refreshed_at: Moment = None,
+    title: str = "Severity and turnaround report",
+) -> Path:
+    """Write the report to ``path`` as one self-contained HTML file, atomically; return the path.
+
+    Sections (``SECTIONS``): summary (headline numbers), the SLA targets used, turnaround,
+    backlog, overdue, volume and severity mix, workload, customers, cancellations; each with
+    its figure(s) embedded as PNG and its KPI table. The header gives the window, ``now`` and
+    the data's freshness: the newest ``updated_at`` and, if given, ``refreshed_at`` (the
+    cache's last refresh).
+    """
+    targets = _resolve_sla(sla)
+    at_ms = _now_ms(now)
+    tables = report_tables(studies, history=history, window=window, sla=targets, now=pd.Timestamp(at_ms, unit="ms", tz="UTC"))
+    figs = _figures_of(tables, targets)
+    lo, hi = _window(window)
+    window_text = f"{_when(lo) if np.isfinite(lo) else 'the beginning'} to {_when(hi) if np.isfinite(hi) else 'now'}"
+    newest = (
+        float(pd.to_datetime(studies["updated_at"], utc=True).max().value // 1_000_000)
+        if "updated_at" in studies.columns and studies["updated_at"].notna().any()
+        else None
+    )
+    refreshed = _moment_ms(refreshed_at, "refreshed_at")
+    tat, bl, cust = tables["turnaround"], tables["backlog"], tables["customers"]
+    completed = float(tat["completed"].sum())
+    headline = {
+        "studies in the table": f"{len(studies):,}",
+        "completed in the window": f"{int(completed):,}",
+        "completed within target": _share(float(tat["within_target"].sum()), completed),
+        "open now": f"{int(bl['open'].sum()):,}",
+        "open and past target": f"{int(bl['past_target'].sum()):,}",
+        "cancelled (of arrivals)": _share(float(cust["cancelled"].sum()), float(cust["arrivals"].sum())),
+    }
+    sources = (
+        f"Completion times: {int(tat['from_history'].sum()):,} from the cache's change history, "
+        f"{int(tat['from_updated_at'].sum()):,} from updated_at (may overstate turnaround). "
+        f"{int(tat['cancelled'].sum()):,} cancelled studies left out. "
+        "Within target means turnaround <= target."
+    )
+    sections = {
+        "summary": '<dl class="headline">' + "".join(
+            f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd></div>" for k, v in headline.items()
+        ) + "</dl>",
+        "sla": f"<p>{html.escape(str(targets))}.</p>" + _table_html(targets.table()),
+        "turnaround": _png(figs["turnaround"], "turnaround by severity")
+        + _table_html(tat, note=sources)
+        + _png(figs["turnaround_weekly"], "weekly median turnaround by severity")
+        + _table_html(tables["turnaround_weekly"]),
+        "backlog": _png(figs["backlog"], "open studies by age") + _table_html(bl),
+        "overdue": _png(figs["overdue"], "most overdue studies") + _table_html(tables["overdue"], max_rows=50),
+        "volume": _png(figs["volume"], "arrivals by severity") + _table_html(tables["volume"], max_rows=90),
+        "workload": _png(figs["workload"], "workload per assignee") + _table_html(tables["workload"], max_rows=40),
+        "customers": _png(figs["customers"], "customers") + _table_html(cust, max_rows=40),
+        "cancellations": _png(figs["cancellations"], "cancellations by severity") + _table_html(tables["cancellations"]),
+    }
+    meta = (
+        f"Window: {window_text}. Generated for {_when(at_ms)}. "
+        f"Newest study update: {_when(newest)}"
+        + (f"; cache last refreshed: {_when(refreshed)}" if refreshed is not None else "")
+        + f". SLA targets: {targets}."
+    )
+    nav = "".join(f'<a href="#{sid}">{html.escape(name)}</a>' for sid, name in SECTIONS)
+    body = "".join(
+        f'<section id="{sid}"><h2>{html.escape(name)}</h2>{sections[sid]}</section>' for sid, name in SECTIONS
+    )
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body><header><h1>{html.escape(title)}</h1>"
+        f'<p class="meta" id="freshness">{html.escape(meta)}</p><nav>{nav}</nav></header>'
+        f"{body}<footer><p class=\"note\">viewerkit severity and turnaround report.</p></footer></body></html>\n"
+    )
+    for fig in figs.values():
+        fig.clear()
+    return _write_bytes(Path(path), page.encode("utf-8"))
