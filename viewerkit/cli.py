@@ -195,5 +195,57 @@ def cache_info_command(cache_path: str | None) -> None:
 # --- report ---------------------------------------------------------------------------------
 
 
+@main.command("report")
+@_cache_option
+@click.option("--window", nargs=2, metavar="START END", default=None,
+              help="Report on START <= time < END (ISO dates or times, UTC).")
+@click.option("--days", type=click.IntRange(min=1), default=None, help="Report on the last N days.")
+@click.option("--out", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="The HTML report to write.")
+@click.option("--figures", "figures_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write one PNG per figure into this folder.")
+def report_command(
+    cache_path: str | None,
+    window: tuple[str, str] | None,
+    days: int | None,
+    out: str,
+    figures_dir: str | None,
+) -> None:
+    """Write the severity and turnaround report of the cached studies as one HTML file.
+
+    Uses the namespace of AVARA_API_KEY / AVARA_BASE_URL when the key is set, else the
+    cache's only namespace. Run `viewerkit refresh` first to bring the cache up to date.
+
+    Example:
+
+        viewerkit report --cache data/cache --days 28 --out report.html
+    """
+    import os
+
+    import pandas as pd
+
+    from viewerkit.cache import StudyCache
+    from viewerkit.reports import render, save_figures
+
+    if window and days:
+        raise click.UsageError("give --window or --days, not both")
+    now = pd.Timestamp.now(tz="UTC")
+    span = (window[0], window[1]) if window else (now - pd.Timedelta(days=days), None) if days else None
+    cache = StudyCache(_cache_path(cache_path))
+    if os.environ.get("AVARA_API_KEY"):
+        from viewerkit.client import Client
+
+        with Client() as client:
+            studies, history, info = cache.load(client), cache.history(client), cache.info(client)
+    else:
+        studies, history, info = cache.load(), cache.history(), cache.info()
+    written = render(studies, out, history=history, window=span, now=now,
+                     refreshed_at=info.get("last_refresh_at"))
+    click.echo(f"Report on {len(studies):,} studies written to {written}")
+    if figures_dir:
+        pngs = save_figures(studies, figures_dir, history=history, window=span, now=now)
+        click.echo(f"{len(pngs)} figures written to {figures_dir}")
+
+
 if __name__ == "__main__":
     sys.exit(main())
