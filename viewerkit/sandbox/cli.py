@@ -82,6 +82,7 @@ def serve(
         rate_limit=rate_limit,
         live=live,
         live_seed=seed,
+        fault_seed=seed,
         reroute_ttl_s=reroute_ttl_s,
     )
     if fd is not None:
@@ -90,6 +91,7 @@ def serve(
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(512)  # connections queue from here on, before uvicorn accepts
     bound_host, bound_port = sock.getsockname()[:2]
     if not quiet:
         click.echo(f"Avara Viewer sandbox on http://{bound_host}:{bound_port}")

@@ -1,0 +1,140 @@
+"""Running the sandbox: restarts keep every study, kill is a crash, the key stays secret, the
+CLI serves and says where."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from viewerkit.sandbox.server import API_KEY_ENV, Sandbox, running
+
+
+def all_studies(server: Sandbox) -> list[dict[str, Any]]:
+    studies: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 100}
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {server.api_key}"}
+    ) as http:
+        while True:
+            page = http.get("/v1/viewer/studies", params=params).json()
+            studies.extend(page["studies"])
+            if not page["hasMore"]:
+                return studies
+            params["cursor"] = page["cursor"]
+
+
+def create(server: Sandbox) -> dict[str, Any]:
+    body = {"severity": "stat", "studyDescription": "CT Head", "studyInstanceUid": "2.25." + str(uuid.uuid4().int)}
+    response = httpx.post(
+        server.base_url + "/v1/viewer/studies",
+        json=body,
+        headers={"Authorization": f"Bearer {server.api_key}"},
+    )
+    assert response.status_code == 201
+    study: dict[str, Any] = response.json()
+    return study
+
+
+def test_restart_on_the_same_db_keeps_every_study_and_cursor(make_sandbox: Callable[..., Sandbox]) -> None:
+    server = make_sandbox(studies=300, seed=4)
+    created = create(server)
+    before = all_studies(server)
+    assert len(before) == 301 and created in before
+    with httpx.Client(headers={"Authorization": f"Bearer {server.api_key}"}) as http:
+        cursor = http.get(server.base_url + "/v1/viewer/studies", params={"limit": 10}).json()["cursor"]
+        server.restart()
+        after = all_studies(server)
+        assert after == before
+        # a cursor issued before the restart still works: the signing secret is in the db
+        page = http.get(server.base_url + "/v1/viewer/studies", params={"limit": 10, "cursor": cursor})
+        assert [s["studyId"] for s in page.json()["studies"]] == [s["studyId"] for s in before[10:20]]
+
+
+def test_a_killed_server_restarts_with_every_committed_write(make_sandbox: Callable[..., Sandbox]) -> None:
+    server = make_sandbox(studies=50, seed=4)
+    created = [create(server) for _ in range(5)]
+    server.kill()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.base_url + "/_sandbox/health", timeout=2.0)
+    server.restart()
+    ids = {s["studyId"] for s in all_studies(server)}
+    assert len(ids) == 55 and {s["studyId"] for s in created} <= ids
+    assert [r["operation"] for r in server.audit()] == ["create"] * 5
+
+
+def test_running_on_an_existing_db_does_not_reseed_it(tmp_path: Path) -> None:
+    db = tmp_path / "sandbox.db"
+    with running(studies=40, seed=1, db_path=db) as first:
+        studies = all_studies(first)
+        create(first)
+    assert db.exists()
+    with running(studies=40, seed=2, db_path=db, in_thread=True) as second:
+        again = all_studies(second)
+    assert len(again) == 41 and again[1:] == studies
+
+
+def test_the_key_stays_out_of_repr_and_the_command_line(make_sandbox: Callable[..., Sandbox]) -> None:
+    server = make_sandbox(studies=0)
+    assert server.api_key.startswith("sk-sandbox-")
+    assert server.api_key not in repr(server)
+    assert server.pid is not None
+    cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+    assert server.api_key.encode() not in cmdline
+    assert server.base_url.startswith("http://127.0.0.1:")
+
+
+def test_the_temporary_db_is_removed_on_exit() -> None:
+    with running(studies=0, in_thread=True) as server:
+        path = Path(server.db_path)
+        assert path.exists()
+        assert httpx.get(server.base_url + "/_sandbox/health").status_code == 200
+    assert not path.exists()
+
+
+def test_cli_serve_prints_the_base_url_and_key_and_serves(tmp_path: Path) -> None:
+    env = {**os.environ, API_KEY_ENV: "sk-cli-test"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "viewerkit.cli", "sandbox", "serve", "--studies", "20",
+         "--port", "0", "--db", str(tmp_path / "cli.db")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        base_url = first.strip().rsplit(" ", 1)[-1]
+        assert base_url.startswith("http://127.0.0.1:")
+        lines = [process.stdout.readline() for _ in range(3)]
+        assert any("AVARA_API_KEY=sk-cli-test" in line for line in lines)
+        response = httpx.get(
+            base_url + "/v1/viewer/studies", headers={"Authorization": "Bearer sk-cli-test"}
+        )
+        assert response.status_code == 200 and len(response.json()["studies"]) == 20
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_cli_serve_documents_every_knob() -> None:
+    from click.testing import CliRunner
+
+    from viewerkit.sandbox.cli import sandbox
+
+    result = CliRunner().invoke(sandbox, ["serve", "--help"])
+    assert result.exit_code == 0
+    for option in ("--studies", "--seed", "--port", "--host", "--db", "--api-key",
+                   "--latency-ms", "--fail-rate", "--rate-limit", "--live", "Example:"):
+        assert option in result.output
