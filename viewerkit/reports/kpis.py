@@ -327,7 +327,8 @@ def _history_completion(history: pd.DataFrame, study_ids: pd.Series, done: np.nd
     inc = ~complete & (codes >= 0) & ~np.isnan(observed)
     np.maximum.at(last_incomplete, codes[inc], observed[inc])
     transition = complete & (codes >= 0)
-    transition[transition] = observed[transition] > last_incomplete[codes[transition]]
+    before = last_incomplete[codes[transition]]  # -inf: never seen incomplete, no transition
+    transition[transition] = np.isfinite(before) & (observed[transition] > before)
     rows = np.flatnonzero(transition)
     rows = rows[np.lexsort((observed[rows], codes[rows]))]
     first_codes, first = np.unique(codes[rows], return_index=True)
