@@ -46,6 +46,43 @@ def _median_ms(call: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
+def _interleaved_medians_ms(calls: list[Callable[[], Any]], repeats: int) -> list[float]:
+    for call in calls:
+        call()
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for call, spent in zip(calls, times, strict=True):
+            started = time.perf_counter()
+            call()
+            spent.append((time.perf_counter() - started) * 1000)
+    return [statistics.median(spent) for spent in times]
+
+
+def _store_page_costs(db_path: str) -> None:
+    # the same pages in-process, without HTTP: what the SQLite query and rendering cost
+    from viewerkit.sandbox.store import Store, StudyFilters
+
+    store = Store(db_path)
+    try:
+        everything = StudyFilters()
+        last_after = None
+        after = None
+        while True:
+            _, after = store.list_studies(everything, 100, after)
+            if after is None:
+                break
+            last_after = after
+        first_ms, last_ms = _interleaved_medians_ms(
+            [lambda: store.list_studies(everything, 100), lambda: store.list_studies(everything, 100, last_after)],
+            50,
+        )
+    finally:
+        store.close()
+    _line("store only: first page, median of 50", first_ms, "ms")
+    _line("store only: last page, median of 50", last_ms, "ms")
+    _line("store only: last page / first page", last_ms / first_ms, "x", target=1.5)
+
+
 def _seed(db_path: str, api_key: str) -> tuple[float, float]:
     from viewerkit.sandbox.store import Store
     from viewerkit.sandbox.synth import generate_world
@@ -121,11 +158,12 @@ def _run(workdir: str) -> None:
             f"{'walk all pages over raw HTTP':<52} {walk_s:10.2f} s   "
             f"({seen:,} studies, {len(cursors) + 1} pages, {seen / walk_s:,.0f} studies/s)"
         )
-        first_ms = _median_ms(functools.partial(_serve, http, first_params), 50)
         second = {"limit": "100", "cursor": cursors[0]}
         last = {"limit": "100", "cursor": cursors[-1]}
-        second_ms = _median_ms(functools.partial(_serve, http, second), 50)
-        last_ms = _median_ms(functools.partial(_serve, http, last), 50)
+        # interleaved, so that the shared machine's load falls on all three alike
+        first_ms, second_ms, last_ms = _interleaved_medians_ms(
+            [functools.partial(_serve, http, q) for q in (first_params, second, last)], 50
+        )
         _line("page of 100 (first page), median of 50", first_ms, "ms", target=10)
         _line("page 2 (first cursor), median of 50", second_ms, "ms", target=10)
         _line(f"last page (page {len(cursors) + 1}), median of 50", last_ms, "ms", target=10)
@@ -152,6 +190,8 @@ def _run(workdir: str) -> None:
         for name, extra in filters:
             query = {"limit": "100", **extra}
             _line(f"filter {name}, median of 20", _median_ms(functools.partial(_serve, http, query), 20), "ms", target=10)
+
+        _store_page_costs(db_path)
 
         # the official SDK's auto-pagination over everything
         client = avara.Avara(base_url=sandbox.base_url, api_key=key)
