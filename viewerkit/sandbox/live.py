@@ -110,11 +110,11 @@ class LiveWorld:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self) -> None:
         """Stop the traffic and wait for the thread: no change is made after this returns."""
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
         with self._progress:
             self._progress.notify_all()
 
