@@ -177,25 +177,14 @@ def _iso(moment: datetime) -> str:
 # --- vectorised comparison ------------------------------------------------------------------
 
 
-def _align(table: pa.Table, names: list[str]) -> pa.Table:
-    """``table`` with exactly the columns ``names`` (missing meta columns as nulls)."""
-    columns = [
-        table.column(name) if name in table.column_names else pa.nulls(len(table), pa.string())
-        for name in names
-    ]
-    return pa.table(columns, names=names)
-
-
-def _row_hashes(table: pa.Table, names: list[str]) -> Any:
-    """One uint64 per row over the columns ``names`` (vectorised, via pandas' hashing)."""
-    import pandas as pd
-
-    frame = _align(table, names).to_pandas()
-    for name in frame.columns:
-        # hash values, not categorical codes, so two tables with other dictionaries agree
-        if isinstance(frame[name].dtype, pd.CategoricalDtype):
-            frame[name] = frame[name].astype(object)
-    return pd.util.hash_pandas_object(frame, index=False, categorize=False).to_numpy()
+def _cells_differ(old: pa.ChunkedArray, new: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Per row: do the two cells differ (null vs value counts as a difference)?"""
+    if pa.types.is_dictionary(old.type):
+        old = old.cast(old.type.value_type)
+    if pa.types.is_dictionary(new.type):
+        new = new.cast(new.type.value_type)
+    one_null = pc.xor(pc.is_null(old), pc.is_null(new))
+    return pc.or_(one_null, pc.fill_null(pc.not_equal(old, new), False))
 
 
 @dataclass
@@ -208,33 +197,36 @@ class _Diff:
 
 def _diff(old: pa.Table | None, new: pa.Table) -> _Diff:
     """Which studies of ``new`` are new or changed against ``old``, and which of ``old``
-    are gone: a join on study_id and a row-hash comparison, no per-study Python loop."""
-    import numpy as np
-
+    are gone: one join on study_id, then column-by-column vectorised comparison of the
+    matched rows (every column, meta.* included). No per-study Python loop."""
     empty = pa.array([], pa.string())
     if old is None or len(old) == 0:
         return _Diff(new.column("study_id").combine_chunks(), empty, empty, 0)
-    names = sorted(set(old.column_names) | set(new.column_names))
-    old_keys = pa.table(
-        {"study_id": old.column("study_id"), "old_hash": pa.array(_row_hashes(old, names))}
-    )
-    new_keys = pa.table(
-        {"study_id": new.column("study_id"), "new_hash": pa.array(_row_hashes(new, names))}
-    )
+    import numpy as np
+
+    old_keys = pa.table({"study_id": old.column("study_id"), "old_row": np.arange(len(old))})
+    new_keys = pa.table({"study_id": new.column("study_id"), "new_row": np.arange(len(new))})
     joined = new_keys.join(old_keys, "study_id", join_type="full outer")
-    old_hash = joined.column("old_hash")
-    new_hash = joined.column("new_hash")
-    is_new = pc.is_null(old_hash)
-    is_gone = pc.is_null(new_hash)
-    both = pc.and_(pc.invert(is_new), pc.invert(is_gone))
-    differs = pc.and_(both, pc.not_equal(pc.fill_null(old_hash, 0), pc.fill_null(new_hash, 0)))
     ids = joined.column("study_id")
-    changed_ids = pc.filter(ids, differs).combine_chunks()
+    is_new = pc.is_null(joined.column("old_row"))
+    is_gone = pc.is_null(joined.column("new_row"))
+    matched = joined.filter(pc.invert(pc.or_(is_new, is_gone)))
+    old_rows = old.take(matched.column("old_row"))
+    new_rows = new.take(matched.column("new_row"))
+    differs: Any = pa.repeat(pa.scalar(False), len(matched))
+    for name in sorted(set(old.column_names) | set(new.column_names)):
+        if name in old.column_names and name in new.column_names:
+            cells = _cells_differ(old_rows.column(name), new_rows.column(name))
+        else:  # a meta column only one side has: differs where that side has a value
+            side = old_rows if name in old.column_names else new_rows
+            cells = pc.is_valid(side.column(name))
+        differs = pc.or_(differs, cells)
+    changed_ids = pc.filter(matched.column("study_id"), differs).combine_chunks()
     return _Diff(
         new_ids=pc.filter(ids, is_new).combine_chunks(),
         changed_ids=changed_ids,
         gone_ids=pc.filter(ids, is_gone).combine_chunks(),
-        unchanged=int(np.count_nonzero(both.to_numpy(zero_copy_only=False))) - len(changed_ids),
+        unchanged=len(matched) - len(changed_ids),
     )
 
 
