@@ -354,3 +354,28 @@ def test_duplicates_keep_the_newest_update_and_the_list_order() -> None:
     result = newest_per_study(table)
     assert result.column("study_id").to_pylist() == [f"stu_{n:032x}" for n in (3, 2, 1)]
     assert result.column("severity").to_pylist() == ["normal", "normal", "stat"]
+
+
+# -- notebooks and terminals -------------------------------------------------------------
+
+
+def test_fetch_works_inside_a_running_event_loop(client: Client) -> None:
+    import asyncio
+
+    async def in_a_notebook_cell() -> int:
+        # what a Jupyter cell does: a plain synchronous call while the kernel's loop runs
+        return fetch_studies(client, progress=False, severity="high").shape[0]
+
+    rows = asyncio.run(in_a_notebook_cell())
+    assert rows == fetch_studies_arrow(client, progress=False, severity="high").num_rows > 0
+
+
+def test_progress_bar_counts_the_studies_fetched(
+    client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = fetch_studies_arrow(client, progress=True, severity="stat")
+    err = capsys.readouterr().err
+    assert table.num_rows > 100
+    assert f"fetching studies: {table.num_rows} studies" in err
+    fetch_studies_arrow(client, progress=False, severity="stat")
+    assert capsys.readouterr().err == ""

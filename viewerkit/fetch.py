@@ -113,20 +113,23 @@ def newest_per_study(table: pa.Table) -> pa.Table:
     """
     if table.num_rows <= 1:
         return table
-    by_id = table.take(
-        pc.sort_indices(
-            table, sort_keys=[("study_id", "ascending"), ("updated_at", "descending")]
+    keep: pa.Array | None = None  # row positions to keep; None: every row
+    ids = table.column("study_id")
+    if pc.count_distinct(ids).as_py() < table.num_rows:
+        by_id = pc.sort_indices(
+            table.select(["study_id", "updated_at"]),
+            sort_keys=[("study_id", "ascending"), ("updated_at", "descending")],
         )
-    )
-    ids = by_id.column("study_id").combine_chunks()
-    first = np.ones(len(ids), dtype=bool)
-    first[1:] = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
-    unique = by_id.filter(pa.array(first))
-    return unique.take(
-        pc.sort_indices(
-            unique, sort_keys=[("created_at", "descending"), ("study_id", "descending")]
-        )
-    )
+        sorted_ids = ids.take(by_id).combine_chunks()
+        first = np.ones(len(sorted_ids), dtype=bool)
+        first[1:] = pc.not_equal(sorted_ids[1:], sorted_ids[:-1]).to_numpy(zero_copy_only=False)
+        keep = by_id.filter(pa.array(first))
+    keys = table.select(["created_at", "study_id"])
+    if keep is not None:
+        keys = keys.take(keep)
+    order = pc.sort_indices(keys, sort_keys=[("created_at", "descending"), ("study_id", "descending")])
+    # one take of the whole table, whatever was dropped and reordered
+    return table.take(order if keep is None else keep.take(order))
 
 
 @dataclass
