@@ -204,11 +204,13 @@ def plot_volume(table: pd.DataFrame) -> Figure:
     base = np.zeros(len(periods))
     for sev in SEVERITIES:
         heights = _rows_of(table, sev)["arrivals"].to_numpy(dtype=float)
-        top.bar(x, heights, width=width, bottom=base, align="edge", color=SEVERITY_COLORS[sev], label=sev)
+        if len(periods):  # a bar width in time needs dates on the axis
+            top.bar(x, heights, width=width, bottom=base, align="edge", color=SEVERITY_COLORS[sev], label=sev)
         base += heights
     top.set_title("Arrivals by severity, and the share of stat")
     top.set_ylabel("arrivals (studies)")
-    top.legend(title="severity", fontsize="small", loc="upper left")
+    if len(periods):
+        top.legend(title="severity", fontsize="small", loc="upper left")
     stat = _rows_of(table, "stat")
     bottom_ax.plot(x, stat["share"].to_numpy(dtype=float) * 100, color=SEVERITY_COLORS["stat"], marker=".")
     bottom_ax.set_ylabel("stat share (%)")
