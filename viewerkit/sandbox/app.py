@@ -470,7 +470,8 @@ def create_app(
             ]
         },
     )
-    def list_studies(request: Request) -> Response:
+    async def list_studies(request: Request) -> Response:
+        # runs on the event loop: a page is a ~1 ms indexed read, cheaper than a thread hop
         authenticate(request)
         params: dict[str, str] = {}
         for name, value in request.query_params.multi_items():
@@ -487,7 +488,7 @@ def create_app(
         return _json({"studies": studies, "cursor": cursor, "hasMore": last is not None})
 
     @app.get("/v1/viewer/studies/by-uid/{studyInstanceUid}")
-    def retrieve_study_by_uid(studyInstanceUid: str, request: Request) -> Response:  # noqa: N803
+    async def retrieve_study_by_uid(studyInstanceUid: str, request: Request) -> Response:  # noqa: N803
         authenticate(request)
         uid = _check_uid(studyInstanceUid)
         study_id = store.study_id_for_uid(uid)
@@ -496,7 +497,7 @@ def create_app(
         return _json(study_or_404(study_id))
 
     @app.get("/v1/viewer/studies/{studyId}")
-    def retrieve_study(studyId: str, request: Request) -> Response:  # noqa: N803
+    async def retrieve_study(studyId: str, request: Request) -> Response:  # noqa: N803
         authenticate(request)
         return _json(study_or_404(_check_study_id(studyId)))
 
