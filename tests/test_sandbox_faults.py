@@ -122,3 +122,13 @@ def test_bad_fault_knobs_are_refused(make_sandbox: Callable[..., Sandbox]) -> No
             server.set_faults(**knobs)
     with client(server) as http:
         assert http.get("/_sandbox/faults").json() == {"latency_ms": 0, "fail_rate": 0, "rate_limit": None}
+
+
+def test_the_official_sdk_rides_out_faults_with_its_retries(make_sandbox: Callable[..., Sandbox]) -> None:
+    import avara
+
+    server = make_sandbox(studies=300, seed=9, fail_rate=0.25)
+    with avara.Avara(base_url=server.base_url, api_key=server.api_key, max_retries=8) as sdk:
+        ids = [s.study_id for s in sdk.viewer.studies.list(limit=100)]
+    server.set_faults(fail_rate=0.0)
+    assert len(ids) == len(set(ids)) == 300

@@ -138,3 +138,15 @@ def test_cli_serve_documents_every_knob() -> None:
     for option in ("--studies", "--seed", "--port", "--host", "--db", "--api-key",
                    "--latency-ms", "--fail-rate", "--rate-limit", "--live", "Example:"):
         assert option in result.output
+
+
+def test_live_mode_keeps_changing_studies_while_serving(make_sandbox: Callable[..., Sandbox]) -> None:
+    import time
+
+    server = make_sandbox(studies=100, seed=3, live=20)
+    first = len(server.audit())
+    deadline = time.monotonic() + 30
+    while len(server.audit()) <= first and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(server.audit()) > first
+    assert {row["operation"] for row in server.audit()} <= {"create", "update", "cancel", "uncancel"}
