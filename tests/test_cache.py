@@ -113,27 +113,57 @@ def test_unchanged_server_refresh_changes_nothing(make_sandbox: Any, tmp_path: P
     assert len(cache.history()) == 300
 
 
+@pytest.mark.parametrize("page_cost", [0.0, 1e9], ids=["closed-by-paging", "closed-by-retrieve"])
 def test_active_then_full_refresh_agree_with_a_fresh_fetch(
-    make_sandbox: Any, tmp_path: Path
+    make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page_cost: float
 ) -> None:
+    import viewerkit.cache as cache_module
+
+    # the cost model picks how closed studies are re-read: force each way once
+    monkeypatch.setattr(cache_module, "_PAGE_COST", page_cost)
+    retrieved: list[list[str]] = []
+    real_retrieve = StudyCache._retrieve
+
+    def spy(self: StudyCache, client: Client, study_ids: list[str], *args: Any) -> Any:
+        retrieved.append(sorted(study_ids))
+        return real_retrieve(self, client, study_ids, *args)
+
+    monkeypatch.setattr(StudyCache, "_retrieve", spy)
     server: Sandbox = make_sandbox(studies=1500, seed=22)
+    # three old complete studies are open again (set in the server's database), so that
+    # some open studies lie beyond the newest pages active mode reads for new studies
+    with sqlite3.connect(server.db_path) as db:
+        old_open = [
+            row[0]
+            for row in db.execute(
+                "SELECT study_id FROM studies WHERE study_viewer_status = 'complete'"
+                " AND is_cancelled = 0 ORDER BY created_at LIMIT 3 OFFSET 600"
+            )
+        ]
+        db.executemany(
+            "UPDATE studies SET study_viewer_status = 'incomplete' WHERE study_id = ?",
+            [(study_id,) for study_id in old_open],
+        )
     cache = StudyCache(tmp_path)
     with Client(api_key=server.api_key, base_url=server.base_url) as c:
         cache.refresh(c, progress=False)
         before = cache.load()
         is_open = (before["study_viewer_status"] == "incomplete") & ~before["is_cancelled"]
-        opened = before[is_open]["study_id"].tolist()
+        recent_open = before[is_open & ~before["study_id"].isin(old_open)]["study_id"].tolist()
         # closed studies older than the first pages of the list (which active mode reads
         # whole while looking for new studies)
         horizon = before["created_at"].sort_values(ascending=False).iloc[400]
         closed = before[~is_open & (before["created_at"] < horizon) & ~before["is_cancelled"]]
         closed_ids = closed["study_id"].tolist()
-        assert len(opened) >= 5 and len(closed_ids) >= 2
+        assert len(recent_open) >= 2 and len(closed_ids) >= 2
 
-        c.update_study(opened[0], study_viewer_status="complete")  # completed
-        c.cancel_study(opened[1])  # cancelled
-        c.update_study(opened[2], metadata={"reread reason": "motion"})  # open, edited
-        c.update_study(opened[3], severity="stat")
+        c.update_study(old_open[0], study_viewer_status="complete")  # completed
+        c.cancel_study(old_open[1])  # cancelled
+        with sqlite3.connect(server.db_path) as db:  # an open study disappears (no API delete)
+            db.execute("DELETE FROM studies WHERE study_id = ?", (old_open[2],))
+        c.update_study(recent_open[0], metadata={"reread reason": "motion"})  # open, edited
+        severity = before.set_index("study_id").loc[recent_open[1], "severity"]
+        c.update_study(recent_open[1], severity="high" if severity == "stat" else "stat")
         c.create_study(severity="high", study_description="CT new", study_instance_uid="1.2.5.1")
         done = c.create_study(severity="normal", study_description="XR new", study_instance_uid="1.2.5.2")
         c.update_study(done["studyId"], study_viewer_status="complete")  # new and already closed
@@ -141,11 +171,16 @@ def test_active_then_full_refresh_agree_with_a_fresh_fetch(
         c.update_study(closed_ids[1], study_viewer_status="incomplete")  # re-opened: open again
 
         active = cache.refresh(c, mode="active", progress=False)
-        assert (active.mode, active.new, active.changed, active.gone) == ("active", 2, 5, 0)
+        assert (active.mode, active.new, active.changed, active.gone) == ("active", 2, 5, 1)
+        if page_cost == 0.0:  # paged: only the vanished study is left to retrieve (a 404)
+            assert retrieved == [[old_open[2]]]
+        else:
+            assert retrieved == [sorted(old_open)]
         after_active = cache.load().set_index("study_id")
-        assert after_active.loc[opened[0], "study_viewer_status"] == "complete"
-        assert bool(after_active.loc[opened[1], "is_cancelled"]) is True
-        assert after_active.loc[opened[2], "meta.reread reason"] == "motion"
+        assert after_active.loc[old_open[0], "study_viewer_status"] == "complete"
+        assert bool(after_active.loc[old_open[1], "is_cancelled"]) is True
+        assert old_open[2] not in after_active.index
+        assert after_active.loc[recent_open[0], "meta.reread reason"] == "motion"
         assert after_active.loc[closed_ids[1], "study_viewer_status"] == "incomplete"
         assert after_active.loc[closed_ids[0], "study_description"] != "Edited after completion"
 
@@ -158,8 +193,8 @@ def test_active_then_full_refresh_agree_with_a_fresh_fetch(
 
     history = cache.history()
     later = history[history["observed_at"] > history["observed_at"].min()]
-    assert later["change"].value_counts().to_dict() == {"changed": 6, "new": 2}
-    completed = later[later["study_id"] == opened[0]]
+    assert later["change"].value_counts().to_dict() == {"changed": 6, "new": 2, "gone": 1}
+    completed = later[later["study_id"] == old_open[0]]
     assert completed["study_viewer_status"].tolist() == ["complete"]
     assert history[["observed_at", "study_id"]].equals(
         history[["observed_at", "study_id"]].sort_values(["observed_at", "study_id"])

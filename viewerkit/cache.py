@@ -578,11 +578,78 @@ class StudyCache:
         was_open_ids = old.column("study_id").filter(was_open)
         closed_ids = pc.filter(
             was_open_ids, pc.invert(pc.is_in(was_open_ids, value_set=seen))
-        ).to_pylist()
-        retrieved, vanished = self._retrieve(client, closed_ids, concurrency, progress)
-        if retrieved:
-            fresh.append(frame.studies_to_arrow(retrieved))
+        ).combine_chunks()
+        closed, vanished = self._fetch_closed(client, old, closed_ids, concurrency, progress)
+        fresh.extend(closed)
         return _newest_per_study(frame.concat_studies(fresh)), vanished
+
+    def _fetch_closed(
+        self,
+        client: Client,
+        old: pa.Table,
+        closed_ids: pa.Array,
+        concurrency: int,
+        progress: bool,
+    ) -> tuple[list[pa.Table], list[str]]:
+        """The new state of cached open studies that left the open list, and the IDs of those
+        the API no longer has.
+
+        Open studies are mostly recent, so the recently closed ones are found cheaply by
+        paging the closed partitions (complete x severity, cancelled), newest first, down to
+        a cutoff; the older ones are retrieved one by one, concurrently. The cutoff minimises
+        the estimated request rounds of the two (from the cached created_at values).
+        """
+        from viewerkit import frame
+
+        if len(closed_ids) == 0:
+            return [], []
+        workers = max(1, min(concurrency, client.max_concurrency))
+        cutoff = _paging_cutoff(old, closed_ids, workers)
+        tables: list[pa.Table] = []
+        remaining = closed_ids
+        if cutoff is not None:
+            paged = self._page_closed(client, cutoff, workers)
+            found = paged.filter(pc.is_in(paged.column("study_id"), value_set=closed_ids))
+            found = _newest_per_study(found)
+            tables.append(found)
+            remaining = pc.filter(
+                closed_ids, pc.invert(pc.is_in(closed_ids, value_set=found.column("study_id")))
+            )
+        retrieved, vanished = self._retrieve(client, remaining.to_pylist(), concurrency, progress)
+        if retrieved:
+            tables.append(frame.studies_to_arrow(retrieved))
+        return tables, vanished
+
+    def _page_closed(self, client: Client, cutoff: datetime, workers: int) -> pa.Table:
+        """Every closed study (complete, or cancelled) created at or after ``cutoff``: one
+        page chain per partition, newest first, run concurrently."""
+        from viewerkit import frame
+
+        partitions: list[dict[str, Any]] = [
+            {"study_viewer_status": "complete", "is_cancelled": False, "severity": severity}
+            for severity in ("normal", "high", "stat")
+        ]
+        partitions.append({"is_cancelled": True})
+
+        def chain(filters: dict[str, Any]) -> list[pa.Table]:
+            pages: list[pa.Table] = []
+            cursor: Any = None
+            while True:
+                extra = {"cursor": cursor} if cursor is not None else {}
+                raw = client.list_studies_raw(limit=100, **filters, **extra)
+                table, cursor, has_more = frame.page_to_arrow(raw)
+                pages.append(table)
+                oldest = pc.min(table.column("created_at")).as_py() if len(table) else None
+                if not has_more or cursor is None or oldest is None or oldest < cutoff:
+                    return pages
+
+        with ThreadPoolExecutor(min(workers, len(partitions))) as pool:
+            try:
+                chains = list(pool.map(chain, partitions))
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+        return frame.concat_studies([page for pages in chains for page in pages])
 
     def _fetch_new(self, client: Client, old: pa.Table) -> pa.Table:
         """Studies created since the cache's newest one: the unfiltered list, newest first,
@@ -688,6 +755,44 @@ class StudyCache:
             if entry.is_file() and name not in keep and name not in (_MANIFEST, ".lock"):
                 with contextlib.suppress(OSError):
                     entry.unlink()
+
+
+#: Estimated cost of one list page (100 studies) in single-study retrieves.
+_PAGE_COST = 3.0
+
+
+def _paging_cutoff(old: pa.Table, closed_ids: pa.Array, workers: int) -> datetime | None:
+    """The created_at down to which paging the closed partitions is cheaper than retrieving
+    (see ``_fetch_closed``), or None to retrieve every study."""
+    import numpy as np
+
+    candidates = _rows(old, closed_ids).column("created_at")
+    created = np.sort(candidates.cast(pa.int64()).fill_null(0).to_numpy())[::-1]  # newest first
+    n = len(created)
+    closed = pc.or_(
+        pc.fill_null(old.column("is_cancelled"), False),
+        pc.equal(old.column("study_viewer_status").cast(pa.string()), "complete"),
+    )
+    chains = [
+        pc.and_(pc.and_(closed, pc.invert(pc.fill_null(old.column("is_cancelled"), False))),
+                pc.equal(old.column("severity").cast(pa.string()), severity))
+        for severity in ("normal", "high", "stat")
+    ]
+    chains.append(pc.fill_null(old.column("is_cancelled"), False))
+    # studies each chain must page through to reach each candidate's created_at
+    longest = np.zeros(n, dtype=np.int64)
+    for mask in chains:
+        values = np.sort(
+            old.column("created_at").filter(mask).cast(pa.int64()).fill_null(0).to_numpy()
+        )
+        longest = np.maximum(longest, len(values) - np.searchsorted(values, created, "left"))
+    page_rounds = np.ceil((longest + 1) / 100.0) * _PAGE_COST
+    retrieve_rounds = np.ceil((n - np.arange(1, n + 1)) / workers)
+    costs = page_rounds + retrieve_rounds
+    best = int(np.argmin(costs))
+    if costs[best] >= np.ceil(n / workers):
+        return None
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=int(created[best]))
 
 
 def _in_list_order(table: pa.Table) -> pa.Table:
