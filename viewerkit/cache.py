@@ -485,9 +485,11 @@ class StudyCache:
 
         ``mode="active"`` fetches only what changes often: the open studies (not cancelled,
         ``incomplete``), the new studies (the unfiltered list, newest first, down to
-        ten minutes before the newest cached ``created_at``), and re-retrieves every cached
-        open study the open list no longer returns (it was completed or cancelled). On a
-        typical cache, 90 % complete, that is a small fraction of a full refresh.
+        ten minutes before the newest cached ``created_at``), and re-reads every cached
+        open study the open list no longer returns (it was completed, cancelled or is gone:
+        the recent ones by paging the closed partitions newest first, the older ones by
+        single retrieves). On a typical cache, 90 % complete, that is a small fraction of a
+        full refresh.
 
         What active mode misses: changes to studies that were closed (complete or
         cancelled) at the last refresh and are still closed: a completed study reassigned,
