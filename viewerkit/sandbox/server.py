@@ -129,7 +129,11 @@ class Sandbox:
 
         from viewerkit.sandbox.app import create_app
 
-        app = create_app(self.db_path, api_keys=[self._api_key], **self._knobs)
+        knobs = dict(self._knobs)
+        seed = knobs.pop("seed", 0)
+        app = create_app(
+            self.db_path, api_keys=[self._api_key], fault_seed=seed, live_seed=seed, **knobs
+        )
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
         server = uvicorn.Server(config)
         self._server = server
@@ -151,6 +155,7 @@ class Sandbox:
         if knobs.get("live"):
             args += ["--live", str(knobs["live"])]
         args += ["--reroute-ttl-s", str(knobs.get("reroute_ttl_s", 900))]
+        args += ["--seed", str(knobs.get("seed", 0)), "--studies", "0"]
         env = dict(os.environ)
         env[API_KEY_ENV] = self._api_key
         self._log = open(os.path.join(self._workdir, f"server-{self.port}.log"), "ab")  # noqa: SIM115
@@ -294,6 +299,7 @@ def running(
                 "rate_limit": rate_limit,
                 "live": live,
                 "reroute_ttl_s": reroute_ttl_s,
+                "seed": seed,
             },
             in_thread=in_thread,
             workdir=workdir,
