@@ -150,3 +150,14 @@ def test_live_mode_keeps_changing_studies_while_serving(make_sandbox: Callable[.
         time.sleep(0.2)
     assert len(server.audit()) > first
     assert {row["operation"] for row in server.audit()} <= {"create", "update", "cancel", "uncancel"}
+
+
+def test_a_thread_sandbox_restarts_on_its_port_with_its_studies() -> None:
+    with running(studies=30, seed=2, in_thread=True) as server:
+        created = create(server)
+        port = server.port
+        server.restart()
+        assert server.port == port
+        assert created in all_studies(server)
+        with pytest.raises(RuntimeError):
+            server.kill()

@@ -90,6 +90,7 @@ class Sandbox:
         self._process: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._server: Any = None
+        self._sock: socket.socket | None = None
 
     @property
     def api_key(self) -> str:
@@ -137,6 +138,7 @@ class Sandbox:
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
         server = uvicorn.Server(config)
         self._server = server
+        self._sock = sock
         self._thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="viewerkit-sandbox", daemon=True
         )
@@ -211,6 +213,9 @@ class Sandbox:
             self._server.should_exit = True
             thread.join(timeout=15)
             self._server = None
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
     def kill(self) -> None:
         """Kill the server process at once (SIGKILL), as a crash would."""
