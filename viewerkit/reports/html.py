@@ -69,14 +69,20 @@ SECTIONS: Final = (
 Sla = SlaTargets | Mapping[str, Hours] | None
 
 
-def _volume_freq(studies: pd.DataFrame, window: Window) -> str:
+def _volume_span(studies: pd.DataFrame, window: Window) -> tuple[Window, str]:
+    """The window of the volume chart (the report window cut to the arrivals it holds, so a
+    wide window does not draw years of empty periods) and a period length that suits it."""
     lo, hi = _window(window)
-    if not (np.isfinite(lo) and np.isfinite(hi)) and "created_at" in studies.columns and len(studies):
-        created = pd.to_datetime(studies["created_at"], utc=True)
-        lo = lo if np.isfinite(lo) else created.min().value / 1e6
-        hi = hi if np.isfinite(hi) else created.max().value / 1e6
-    span_days = (hi - lo) / (24 * HOUR_MS) if np.isfinite(hi - lo) else 0.0
-    return "h" if span_days <= 3 else "D" if span_days <= 120 else "W"
+    if "created_at" not in studies.columns or not studies["created_at"].notna().any():
+        return (window if window is not None else None), "D"
+    created = pd.to_datetime(studies["created_at"], utc=True)
+    first, last = created.min().value / 1e6, created.max().value / 1e6 + 1
+    lo, hi = max(lo, first), min(hi, last)
+    if lo >= hi:
+        return (window if window is not None else None), "D"
+    span_days = (hi - lo) / (24 * HOUR_MS)
+    freq = "h" if span_days <= 3 else "D" if span_days <= 120 else "W"
+    return (pd.Timestamp(int(lo), unit="ms", tz="UTC"), pd.Timestamp(int(hi), unit="ms", tz="UTC")), freq
 
 
 def report_tables(
@@ -95,12 +101,13 @@ def report_tables(
     targets = _resolve_sla(sla)
     at = pd.Timestamp(_now_ms(now), unit="ms", tz="UTC")
     table = with_completion(studies, history)
+    span, freq = _volume_span(studies, window)
     return {
         "turnaround": turnaround(table, "severity", sla=targets, window=window),
         "turnaround_weekly": turnaround(table, ["severity", "week"], sla=targets, window=window),
         "backlog": backlog(table, now=at, sla=targets, window=window),
         "overdue": overdue(table, now=at, sla=targets, window=window),
-        "volume": volume(table, freq=_volume_freq(studies, window), window=window),  # type: ignore[arg-type]
+        "volume": volume(table, freq=freq, window=span),  # type: ignore[arg-type]
         "workload": workload(table, now=at, sla=targets, window=window),
         "customers": customers(table, sla=targets, window=window),
         "cancellations": cancellations(table, "severity", window=window),
