@@ -61,7 +61,7 @@ def test_load_after_full_refresh_equals_a_fresh_fetch_value_for_value(
     loaded = filled.load()
     assert list(loaded.columns) == list(fresh.columns)
     assert loaded.dtypes.equals(fresh.dtypes)
-    pdt.assert_frame_equal(by_id(loaded), by_id(fresh))
+    pdt.assert_frame_equal(loaded, fresh)  # same rows, same order (newest first)
 
 
 def test_parquet_round_trip_preserves_schema_and_metadata(
@@ -176,7 +176,11 @@ def test_active_then_full_refresh_agree_with_a_fresh_fetch(
             assert retrieved == [[old_open[2]]]
         else:
             assert retrieved == [sorted(old_open)]
-        after_active = cache.load().set_index("study_id")
+        after_active = cache.load()
+        after_active_order = list(
+            zip(after_active["created_at"], after_active["study_id"], strict=True)
+        )
+        after_active = after_active.set_index("study_id")
         assert after_active.loc[old_open[0], "study_viewer_status"] == "complete"
         assert bool(after_active.loc[old_open[1], "is_cancelled"]) is True
         assert old_open[2] not in after_active.index
@@ -190,6 +194,9 @@ def test_active_then_full_refresh_agree_with_a_fresh_fetch(
     loaded = cache.load()
     assert loaded.dtypes.equals(fresh.dtypes)
     pdt.assert_frame_equal(by_id(loaded), by_id(fresh))
+    assert after_active_order == sorted(
+        after_active_order, key=lambda k: (k[0], k[1]), reverse=True
+    )  # merged rows kept in list order
 
     history = cache.history()
     later = history[history["observed_at"] > history["observed_at"].min()]

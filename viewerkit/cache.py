@@ -798,9 +798,11 @@ def _paging_cutoff(old: pa.Table, closed_ids: pa.Array, workers: int) -> datetim
 
 
 def _in_list_order(table: pa.Table) -> pa.Table:
-    """Rows in the API's list order: newest created_at first, ties by study_id."""
+    """Rows in list order as the fetcher returns them: newest created_at first, then study_id
+    descending."""
     order = pc.sort_indices(
-        table, sort_keys=[("created_at", "descending"), ("study_id", "ascending")]
+        table.select(["created_at", "study_id"]),
+        sort_keys=[("created_at", "descending"), ("study_id", "descending")],
     )
     return table.take(order)
 
