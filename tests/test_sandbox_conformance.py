@@ -417,3 +417,17 @@ def test_rate_limit_and_server_faults_reach_the_sdk_as_its_exception_classes(
     server.set_faults(rate_limit=None, fail_rate=1.0)
     with pytest.raises((avara.InternalServerError, avara.APIConnectionError)):
         client.viewer.studies.list(limit=1)
+
+
+def test_description_filter_takes_wildcards_and_non_ascii_literally(fresh: Sandbox) -> None:
+    client = sdk(fresh)
+    made = {
+        text: client.viewer.studies.create(
+            severity="normal", study_description=text, study_instance_uid=new_uid()
+        ).study_id
+        for text in ("CT 100% Dose", "CT 1000 Dose", "US Ä_B", "US AxB", "MR Back\\Slash")
+    }
+    assert _listed(fresh, study_description="0%") == [made["CT 100% Dose"]]
+    assert _listed(fresh, study_description="ä_b") == [made["US Ä_B"]]
+    assert _listed(fresh, study_description="_") == [made["US Ä_B"]]
+    assert _listed(fresh, study_description="k\\s") == [made["MR Back\\Slash"]]

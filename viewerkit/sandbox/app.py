@@ -488,7 +488,7 @@ def create_app(
         after = None
         if "cursor" in params:
             after = decode_cursor(secret, params["cursor"], filters)
-        studies, last = store.list_studies(filters, limit, after)
+        studies, last = store.list_studies(filters, limit, after, raw_metadata=True)
         cursor = None if last is None else encode_cursor(secret, last, filters)
         return _json({"studies": studies, "cursor": cursor, "hasMore": last is not None})
 
