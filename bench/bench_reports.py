@@ -22,7 +22,8 @@ HOUR_MS = 3_600_000
 
 
 def _strings(rng: np.random.Generator, prefix: str, count: int) -> np.ndarray:
-    return np.array([f"{prefix}{h:032x}" for h in rng.integers(0, 2**62, size=count)], dtype=object)
+    raw = rng.bytes(16 * count)
+    return np.array([prefix + raw[i : i + 16].hex() for i in range(0, 16 * count, 16)], dtype=object)
 
 
 def synthetic_studies(n: int = N_STUDIES, seed: int = 7) -> tuple[pd.DataFrame, pd.DataFrame]:

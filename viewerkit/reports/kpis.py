@@ -274,6 +274,19 @@ def _timestamps(ms: np.ndarray) -> pd.Series:
     return pd.Series(ints.view("datetime64[ms]")).dt.tz_localize("UTC")
 
 
+# pandas' default string dtype: Arrow-backed "str" on pandas 3, object on pandas 2
+_TEXT_DTYPE: Final[Any] = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
+
+
+def _text(values: pd.Series | list[Any]) -> pd.Series:
+    """Strings in pandas' default string dtype, nulls kept null (never the text "None")."""
+    if _TEXT_DTYPE is not object and isinstance(values, pd.Series) and values.dtype == _TEXT_DTYPE:
+        return values
+    series = values.astype(object) if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
+    series = series.where(series.notna(), None)
+    return series if _TEXT_DTYPE is object else series.astype(_TEXT_DTYPE)
+
+
 def _severity_labels(codes: np.ndarray) -> pd.Categorical:
     dtype = pd.CategoricalDtype(list(SEVERITIES), ordered=True)
     return pd.Categorical.from_codes(np.asarray(codes, dtype=np.int64), dtype=dtype)
@@ -509,8 +522,8 @@ def _reference_keys(s: _Studies, rows: np.ndarray, who: str) -> tuple[np.ndarray
     rank[order] = np.arange(len(order))
     keys = pd.DataFrame(
         {
-            id_col: pd.Series([key_ids[i] for i in order], dtype="str"),
-            label: pd.Series([names[i] for i in order], dtype="str"),
+            id_col: _text([key_ids[i] for i in order]),
+            label: _text([names[i] for i in order]),
         }
     )
     return rank[codes] if len(codes) else codes.astype(np.int64), keys
@@ -719,27 +732,25 @@ def overdue(
     rows, late_by = rows[order], late_by[order]
     who_codes, who = _reference_keys(s, rows, "assignee")
     cust_codes, cust = _reference_keys(s, rows, "customer")
-    out = pd.DataFrame(
+    def text(name: str) -> pd.Series:
+        return _text(_column(s.frame, name).take(rows).reset_index(drop=True))
+
+    return pd.DataFrame(
         {
-            "study_id": _column(s.frame, "study_id").take(rows).astype("str").to_numpy(),
-            "study_instance_uid": _column(s.frame, "study_instance_uid").take(rows).astype("str").to_numpy(),
-            "study_description": _column(s.frame, "study_description").take(rows).astype("str").to_numpy(),
+            "study_id": text("study_id"),
+            "study_instance_uid": text("study_instance_uid"),
+            "study_description": text("study_description"),
             "severity": _severity_labels(s.severity[rows]),
-            "assigned_to_user_id": who["assigned_to_user_id"].take(who_codes).to_numpy(),
-            "assignee": who["assignee"].take(who_codes).to_numpy(),
-            "express_customer_id": cust["express_customer_id"].take(cust_codes).to_numpy(),
-            "customer": cust["customer"].take(cust_codes).to_numpy(),
-            "created_at": _timestamps(s.created[rows]).to_numpy(),
+            "assigned_to_user_id": _text(who["assigned_to_user_id"].take(who_codes).reset_index(drop=True)),
+            "assignee": _text(who["assignee"].take(who_codes).reset_index(drop=True)),
+            "express_customer_id": _text(cust["express_customer_id"].take(cust_codes).reset_index(drop=True)),
+            "customer": _text(cust["customer"].take(cust_codes).reset_index(drop=True)),
+            "created_at": _timestamps(s.created[rows]),
             "age_h": age[rows],
             "target_h": targets[rows],
             "overdue_h": late_by,
         }
     )
-    for col in ("study_id", "study_instance_uid", "study_description", "assigned_to_user_id",
-                "assignee", "express_customer_id", "customer"):
-        out[col] = out[col].astype("str")
-    out["created_at"] = out["created_at"].astype("datetime64[ms, UTC]")
-    return out
 
 
 def volume(studies: pd.DataFrame, *, freq: Freq = "D", window: Window = None) -> pd.DataFrame:
