@@ -161,3 +161,16 @@ def test_a_thread_sandbox_restarts_on_its_port_with_its_studies() -> None:
         assert created in all_studies(server)
         with pytest.raises(RuntimeError):
             server.kill()
+
+
+def test_cli_serve_without_the_sandbox_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from viewerkit.sandbox.cli import sandbox
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    result = CliRunner().invoke(sandbox, ["serve", "--studies", "0"])
+    assert result.exit_code != 0
+    assert "pip install 'viewerkit[sandbox]'" in result.output
