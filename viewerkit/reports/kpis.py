@@ -613,7 +613,8 @@ def turnaround(
     """Turnaround (created -> complete) of the studies completed in the window, per group.
 
     ``by``: ``"severity"``, ``["severity", "week"]`` (the Monday-starting UTC week of
-    completion), ``"assignee"``, ``"customer"``, or any combination of these.
+    completion; a cancelled study counts in the week of its cancellation), ``"assignee"``,
+    ``"customer"``, or any combination of these.
 
     Columns: the group keys, then ``completed``, ``median_h``, ``p90_h``, ``mean_h``,
     ``within_target`` (turnaround <= its severity's target, per customer where set),
