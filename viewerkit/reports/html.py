@@ -229,6 +229,13 @@ def _table_html(table: pd.DataFrame, *, max_rows: int | None = None, note: str =
     return f'<div class="scroll">{table_html}</div>{more}'
 
 
+def _recent_weeks_html(weekly: pd.DataFrame, *, weeks: int) -> str:
+    recent = sorted(set(weekly["week"]))[-weeks:]
+    shown = weekly[weekly["week"].isin(recent)]
+    note = f"The last {weeks} weeks; the figure shows every week." if len(shown) < len(weekly) else ""
+    return _table_html(shown, note=note)
+
+
 def _png(fig: Figure, alt: str) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -301,7 +308,7 @@ def render(
         "turnaround": _png(figs["turnaround"], "turnaround by severity")
         + _table_html(tat, note=sources)
         + _png(figs["turnaround_weekly"], "weekly median turnaround by severity")
-        + _table_html(tables["turnaround_weekly"]),
+        + _recent_weeks_html(tables["turnaround_weekly"], weeks=8),
         "backlog": _png(figs["backlog"], "open studies by age") + _table_html(bl),
         "overdue": _png(figs["overdue"], "most overdue studies") + _table_html(tables["overdue"], max_rows=50),
         "volume": _png(figs["volume"], "arrivals by severity") + _table_html(tables["volume"], max_rows=90),
