@@ -10,7 +10,8 @@ Rules every KPI follows:
 - **Turnaround** runs from ``created_at`` to completion. Completion comes from the cache's
   change history (``StudyCache.history()``) where a refresh saw the study incomplete and a
   later one saw it complete: the ``updated_at`` recorded in that first complete observation,
-  bounded above by its ``observed_at``. Otherwise it is the ``updated_at`` of a complete
+  bounded above by its ``observed_at`` (for a study reopened and completed again, the last
+  such transition). Otherwise it is the ``updated_at`` of a complete
   study, which can only overstate it (any later edit moves ``updated_at``). Results count
   which rows used which source (``from_history``, ``from_updated_at``).
 - **Within target** means turnaround <= target: a study finished exactly at its target is
