@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from viewerkit.frame import to_pandas
-from viewerkit.reports import SECTIONS, SLA, render, save_figures
+from viewerkit.reports import SECTIONS, SLA, backlog, render, save_figures, turnaround
 from viewerkit.schema import SEVERITIES, STUDY_SCHEMA
 
 NOW = pd.Timestamp("2026-11-20 12:00", tz="UTC")
@@ -77,6 +77,20 @@ def test_report_is_one_self_contained_html_file(report: Path) -> None:
     assert "stat 1 h, high 4 h, normal 12 h" in text  # the SLA used, not the default
     assert "cache last refreshed: 2026-11-20 11:55 UTC" in text
     assert [p.name for p in report.parent.iterdir()] == ["report.html"], "a temporary file was left"
+
+
+def test_report_headline_numbers_are_the_kpi_tables(report: Path, studies: pd.DataFrame) -> None:
+    text = report.read_text(encoding="utf-8")
+    sla = SLA.with_targets(normal=12)
+    open_now = backlog(studies, now=NOW, sla=sla, window=WINDOW)
+    done = turnaround(studies, sla=sla, window=WINDOW)
+    assert f"<dt>open now</dt><dd>{int(open_now['open'].sum()):,}</dd>" in text
+    assert f"<dt>open and past target</dt><dd>{int(open_now['past_target'].sum()):,}</dd>" in text
+    assert f"<dt>completed in the window</dt><dd>{int(done['completed'].sum()):,}</dd>" in text
+    share = done["within_target"].sum() / done["completed"].sum() * 100
+    assert f"<dt>completed within target</dt><dd>{share:.1f} %</dd>" in text
+    stat = done[done["severity"].astype(str) == "stat"].iloc[0]
+    assert f"<td>stat</td><td>{stat['completed']}</td><td>{stat['median_h']:.2f}</td>" in text
 
 
 def test_render_replaces_an_existing_report_atomically(studies: pd.DataFrame, tmp_path: Path) -> None:
