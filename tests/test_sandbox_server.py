@@ -174,3 +174,52 @@ def test_cli_serve_without_the_sandbox_extra_says_what_to_install(
     result = CliRunner().invoke(sandbox, ["serve", "--studies", "0"])
     assert result.exit_code != 0
     assert "pip install 'viewerkit[sandbox]'" in result.output
+
+
+def test_a_subprocess_server_stops_when_the_process_that_started_it_dies() -> None:
+    import time
+
+    script = (
+        "import os\n"
+        "from viewerkit.sandbox import running\n"
+        "with running(studies=0) as sandbox:\n"
+        "    print(sandbox.pid, flush=True)\n"
+        "    os._exit(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    pid = int(done.stdout.strip())
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists()
+
+
+def test_concurrent_writers_each_apply_exactly_once(make_sandbox: Callable[..., Sandbox]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = make_sandbox(studies=20, seed=6)
+
+    def work(worker: int) -> list[str]:
+        ids = []
+        with httpx.Client(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {server.api_key}"}
+        ) as http:
+            for _ in range(8):
+                body = {"severity": "normal", "studyDescription": f"XR worker {worker}",
+                        "studyInstanceUid": "2.25." + str(uuid.uuid4().int)}
+                created = http.post("/v1/viewer/studies", json=body)
+                assert created.status_code == 201
+                study_id = created.json()["studyId"]
+                changed = http.patch(f"/v1/viewer/studies/{study_id}", json={"severity": "stat"})
+                assert changed.status_code == 200
+                assert http.post("/v1/viewer/studies/cancel", json={"studyId": study_id}).json() == {"success": True}
+                assert http.get("/v1/viewer/studies", params={"limit": 100}).status_code == 200
+                ids.append(study_id)
+        return ids
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = [i for batch in pool.map(work, range(8)) for i in batch]
+    assert len(set(ids)) == 64
+    operations = [(row["study_id"], row["operation"]) for row in server.audit()]
+    assert sorted(operations) == sorted((i, op) for i in ids for op in ("create", "update", "cancel"))
+    assert len(all_studies(server)) == 84

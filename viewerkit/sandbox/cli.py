@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
+from typing import Any
 
 import click
 
@@ -42,6 +45,8 @@ def sandbox() -> None:
 @click.option("--reroute-ttl-s", type=click.FloatRange(min=0), default=900.0, hidden=True)
 @click.option("--fd", type=int, default=None, hidden=True, help="Serve on this inherited socket.")
 @click.option("--quiet", is_flag=True, hidden=True, help="Print nothing.")
+@click.option("--parent-pid", type=int, default=None, hidden=True,
+              help="Stop when this process (the one that started the server) is gone.")
 def serve(
     studies: int,
     seed: int,
@@ -56,6 +61,7 @@ def serve(
     reroute_ttl_s: float,
     fd: int | None,
     quiet: bool,
+    parent_pid: int | None,
 ) -> None:
     """Serve the Avara Viewer Studies API on HOST:PORT until Ctrl-C.
 
@@ -100,4 +106,21 @@ def serve(
         click.echo(f"  database: {db_path}  (Ctrl-C to stop)")
     # the access log is off: reroute URLs carry secret tokens in their query strings
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(config)
+    if parent_pid is not None:
+        _stop_when_orphaned(server, parent_pid)
+    server.run(sockets=[sock])
+
+
+def _stop_when_orphaned(server: Any, parent_pid: int) -> None:
+    """A server started by ``running()`` stops when its parent dies (e.g. a killed test run)
+    instead of lingering on the machine."""
+
+    def watch() -> None:
+        while not server.should_exit:
+            if os.getppid() != parent_pid:
+                server.should_exit = True
+                return
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="viewerkit-sandbox-parent-watch", daemon=True).start()

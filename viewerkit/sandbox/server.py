@@ -146,7 +146,7 @@ class Sandbox:
 
     def _start_process(self, sock: socket.socket) -> None:
         args = [sys.executable, "-m", "viewerkit.sandbox", "serve", "--db", self.db_path]
-        args += ["--fd", str(sock.fileno()), "--quiet"]
+        args += ["--fd", str(sock.fileno()), "--quiet", "--parent-pid", str(os.getpid())]
         knobs = self._knobs
         if knobs.get("latency_ms"):
             args += ["--latency-ms", str(knobs["latency_ms"])]
