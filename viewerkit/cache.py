@@ -371,6 +371,9 @@ class StudyCache:
         if directory is None or not (directory / _MANIFEST).exists():
             return frame.empty_studies()
         manifest = self._manifest(directory)
+        if not (directory / manifest["studies_file"]).exists():
+            # a refresh in another process committed and swept the file we were told of
+            manifest = self._manifest(directory)
         return self._read_table(directory, manifest["studies_file"])
 
     def load(self, client: Client | None = None) -> pd.DataFrame:
