@@ -551,9 +551,8 @@ class StudyCache:
     def _fetch_full(self, client: Client, *, concurrency: int, progress: bool) -> pa.Table:
         from viewerkit import fetch, frame
 
-        lister: Any = client  # fetch types its client as a protocol with **filters
         return frame.conform(
-            fetch.fetch_studies_arrow(lister, concurrency=concurrency, progress=progress)
+            fetch.fetch_studies_arrow(client, concurrency=concurrency, progress=progress)
         )
 
     def _fetch_active(
@@ -563,10 +562,9 @@ class StudyCache:
         studies the API no longer has."""
         from viewerkit import fetch, frame
 
-        lister: Any = client  # fetch types its client as a protocol with **filters
         open_now = frame.conform(
             fetch.fetch_studies_arrow(
-                lister,
+                client,
                 is_cancelled=False,
                 study_viewer_status="incomplete",
                 concurrency=concurrency,

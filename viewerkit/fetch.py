@@ -41,7 +41,7 @@ from __future__ import annotations
 import itertools
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -61,13 +61,9 @@ from viewerkit.schema import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from viewerkit.client import Client
+
 __all__ = ["fetch_studies", "fetch_studies_arrow", "study_partitions", "newest_per_study"]
-
-
-class StudyLister(Protocol):
-    """What the fetcher needs of a client (``viewerkit.Client`` is one)."""
-
-    def list_studies_raw(self, **filters: Any) -> bytes: ...
 
 
 # The partition dimensions, each value list ordered so the usually-largest partition
@@ -143,13 +139,13 @@ class _Chain:
     pages_read: list[pa.StructArray] = field(default_factory=list)
 
 
-def _fetch_page(client: StudyLister, chain: _Chain) -> tuple[pa.StructArray, str | None, bool]:
+def _fetch_page(client: Client, chain: _Chain) -> tuple[pa.StructArray, str | None, bool]:
     body = client.list_studies_raw(**chain.filters, limit=MAX_PAGE_LIMIT, cursor=chain.cursor)
     return read_page(body)
 
 
 def fetch_studies_arrow(
-    client: StudyLister,
+    client: Client,
     *,
     assigned_to: str | None | NotGiven = NOT_GIVEN,
     express_customer_id: str | None | NotGiven = NOT_GIVEN,
@@ -203,7 +199,7 @@ def fetch_studies_arrow(
     return newest_per_study(table).combine_chunks()
 
 
-def _page_chains(client: StudyLister, chains: list[_Chain], workers: int, progress: bool) -> None:
+def _page_chains(client: Client, chains: list[_Chain], workers: int, progress: bool) -> None:
     """Page every chain to its end, at most ``workers`` pages in flight."""
     from tqdm.auto import tqdm
 
@@ -242,7 +238,7 @@ def _page_chains(client: StudyLister, chains: list[_Chain], workers: int, progre
 
 
 def fetch_studies(
-    client: StudyLister,
+    client: Client,
     *,
     assigned_to: str | None | NotGiven = NOT_GIVEN,
     express_customer_id: str | None | NotGiven = NOT_GIVEN,
