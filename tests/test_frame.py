@@ -277,3 +277,23 @@ def test_row_becomes_the_api_body() -> None:
     }
     assert all(type(v) in (str, dict, type(None)) for v in body.values())
     assert orjson.loads(orjson.dumps(study_to_api_body(second))) == study_to_api_body(second)
+
+
+def test_compact_makes_repeated_strings_categoricals_with_the_same_values() -> None:
+    studies = [
+        study(n, assignedTo=USER if n % 2 else None, metadata={"site": "North", "acc": f"A{n}"})
+        for n in range(1, 9)
+    ]
+    table = studies_to_arrow(studies)
+    plain, compact = to_pandas(table), to_pandas(table, compact=True)
+    # repeated values (one assignee, one site) become categoricals ...
+    assert isinstance(compact["assigned_to_email"].dtype, pd.CategoricalDtype)
+    assert isinstance(compact["meta.site"].dtype, pd.CategoricalDtype)
+    # ... values unique to each study stay strings
+    for name in ("study_id", "study_instance_uid", "study_description", "meta.acc"):
+        assert compact[name].dtype == plain[name].dtype, name
+    assert compact["severity"].dtype == plain["severity"].dtype
+    for name in plain.columns:
+        assert compact[name].astype(object).equals(plain[name].astype(object)), name
+    # and the compact frame converts back to the very same study table
+    assert from_pandas(compact).equals(table)

@@ -376,11 +376,12 @@ class StudyCache:
             manifest = self._manifest(directory)
         return self._read_table(directory, manifest["studies_file"])
 
-    def load(self, client: Client | None = None) -> pd.DataFrame:
-        """The cached studies as a DataFrame, dtypes identical to ``viewerkit.fetch_studies``."""
+    def load(self, client: Client | None = None, *, compact: bool = False) -> pd.DataFrame:
+        """The cached studies as a DataFrame, dtypes identical to ``viewerkit.fetch_studies``
+        (``compact=True``: repeated string columns as categoricals, as there)."""
         from viewerkit import frame
 
-        return frame.to_pandas(self.load_arrow(client))
+        return frame.to_pandas(self.load_arrow(client), compact=compact)
 
     def history_arrow(self, client: Client | None = None) -> pa.Table:
         """The change history as Arrow (see :meth:`history`)."""

@@ -249,9 +249,11 @@ def fetch_studies(
     concurrency: int = 8,
     progress: bool = True,
     partitioned: bool = True,
+    compact: bool = False,
 ) -> pd.DataFrame:
     """Every study matching the filters as a DataFrame (``to_pandas`` of
-    :func:`fetch_studies_arrow`; see there for the arguments).
+    :func:`fetch_studies_arrow`; see there for the arguments; ``compact=True`` makes
+    repeated string columns categoricals, see :func:`viewerkit.frame.to_pandas`).
 
     >>> from viewerkit import Client
     >>> with Client(api_key="sk-x", base_url="http://127.0.0.1:9") as client:
@@ -273,5 +275,6 @@ def fetch_studies(
             concurrency=concurrency,
             progress=progress,
             partitioned=partitioned,
-        )
+        ),
+        compact=compact,
     )
