@@ -197,3 +197,78 @@ def test_cancel_answered_409_is_a_no_op_not_a_failure() -> None:
         assert (result.success, result.changed) == (True, False)
         with pytest.raises(Conflict):
             c.create_study(severity="stat", study_description="CT", study_instance_uid="1.2.3")
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        httpx.Response(429, headers={"retry-after-ms": "1"}),
+        httpx.Response(408, headers={"retry-after-ms": "1"}),
+        httpx.ConnectError("refused"),
+    ],
+    ids=["429", "408", "connect-refused"],
+)
+def test_create_409_after_a_try_that_applied_nothing_is_a_conflict(
+    first: httpx.Response | Exception,
+) -> None:
+    # The UID already belongs to another study; the first try was never processed, so the
+    # 409 is a real conflict, not our own earlier create.
+    seen: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if len(seen) == 1:
+            if isinstance(first, Exception):
+                raise first
+            return first
+        if request.method == "POST":
+            return httpx.Response(409, json={"error": {"type": "conflict", "message": "exists"}})
+        return httpx.Response(200, content=orjson.dumps({"studyId": "stu_" + "e" * 32}))
+
+    with httpx.Client(transport=httpx.MockTransport(server)) as http, Client(
+        api_key="k", base_url="http://avara.test", http_client=http
+    ) as c, pytest.raises(Conflict, match=r"create_study 1\.2\.3: 409"):
+        c.create_study(severity="stat", study_description="CT", study_instance_uid="1.2.3")
+    assert seen == ["POST /v1/viewer/studies"] * 2  # never resolved to the other study
+
+
+def test_create_whose_connection_dropped_mid_request_resolves_to_the_existing_study() -> None:
+    study = {"studyId": "stu_" + "f" * 32, "studyInstanceUid": "1.2.4", "severity": "stat"}
+    seen: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if len(seen) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        if request.method == "POST":
+            return httpx.Response(409, json={"error": {"type": "conflict", "message": "exists"}})
+        return httpx.Response(200, content=orjson.dumps(study))
+
+    with httpx.Client(transport=httpx.MockTransport(server)) as http, Client(
+        api_key="k", base_url="http://avara.test", http_client=http
+    ) as c:
+        assert c.create_study(severity="stat", study_description="CT", study_instance_uid="1.2.4") == study
+    assert seen[-1] == "GET /v1/viewer/studies/by-uid/1.2.4"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Retry-After": "nan"}, {"retry-after-ms": "nan"}, {"retry-after-ms": "NaN", "Retry-After": "2"}],
+)
+def test_a_nan_retry_after_falls_back_to_a_finite_delay(headers: dict[str, str]) -> None:
+    delay = retry_delay(0, response=httpx.Response(429, headers=headers))
+    assert delay is not None and 0.0 <= delay <= 2.0
+    calls = 0
+
+    def server(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return httpx.Response(429, headers=headers)
+        return httpx.Response(200, json={"studies": [], "cursor": None, "hasMore": False})
+
+    with httpx.Client(transport=httpx.MockTransport(server)) as http, Client(
+        api_key="k", base_url="http://avara.test", http_client=http
+    ) as c:
+        assert c.list_studies()["studies"] == []  # time.sleep(nan) would raise ValueError
+    assert calls == 2

@@ -25,6 +25,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import logging
+import math
 import os
 import random
 import threading
@@ -129,17 +130,15 @@ def _retry_after_hint(headers: httpx.Headers | None) -> float | None:
         return None
     raw_ms = headers.get("retry-after-ms")
     if raw_ms is not None:
-        try:
-            return max(float(raw_ms) / 1000.0, 0.0)
-        except ValueError:
-            pass
+        seconds = _seconds(raw_ms, 1000.0)
+        if seconds is not None:
+            return seconds
     raw = headers.get("retry-after")
     if raw is None:
         return None
-    try:
-        return max(float(raw), 0.0)
-    except ValueError:
-        pass
+    seconds = _seconds(raw, 1.0)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):
@@ -147,6 +146,18 @@ def _retry_after_hint(headers: httpx.Headers | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
+
+
+def _seconds(raw: str, per_second: float) -> float | None:
+    """A numeric hint in seconds, or None when it is not a number ("nan" is not: it would
+    make ``time.sleep`` raise)."""
+    try:
+        value = float(raw) / per_second
+    except ValueError:
+        return None
+    if math.isnan(value):
+        return None
+    return max(value, 0.0)
 
 
 def retry_delay(
@@ -405,8 +416,10 @@ class Client:
         express_customer_id: str | None | NotGiven = NOT_GIVEN,
         metadata: Mapping[str, str] | None | NotGiven = NOT_GIVEN,
     ) -> dict[str, Any]:
-        """Create a study; returns it. A retry that meets 409 for this UID (our earlier try
-        was applied) returns the existing study; a 409 on the first try raises Conflict."""
+        """Create a study; returns it. A retry that meets 409 for this UID after a try that
+        may have been applied (a 5xx, or the connection lost mid-request) returns the existing
+        study; any other 409 (first try, or after 408 / 429, which apply nothing) raises
+        Conflict."""
         checks = _Checks("create_study")
         checks.enum("severity", severity, SEVERITIES)
         checks.text("study_description", study_description)
@@ -646,7 +659,8 @@ class Client:
 
         Every method we send is safe to repeat: GET, PATCH (same body, same state), cancel
         and uncancel (no-op answers), reroute URL (a new link), and create, whose repeat is
-        recognised by its 409 (``conflict_on_retry_ok``) and resolved by the caller.
+        recognised by its 409 after a try that may have been applied (``conflict_on_retry_ok``)
+        and resolved by the caller.
         """
         url = self._base_url + path
         content = orjson.dumps(json) if json is not None else None
@@ -654,6 +668,7 @@ class Client:
         if content is not None:
             headers["Content-Type"] = "application/json"
         attempt = 0
+        maybe_applied = False  # might an earlier try have reached the server and been applied?
         while True:
             response: httpx.Response | None = None
             error: Exception | None = None
@@ -670,11 +685,18 @@ class Client:
                 log.debug("%s %s %s -> %d (try %d)", call, method, path, response.status_code, attempt + 1)
                 if response.is_success:
                     return response
-                if response.status_code == 409 and conflict_on_retry_ok and attempt > 0:
+                if response.status_code == 409 and conflict_on_retry_ok and maybe_applied:
                     # An earlier try of this create was applied but its answer was lost.
                     raise _CreateAlreadyApplied()
             else:
                 log.debug("%s %s %s -> %s (try %d)", call, method, path, type(error).__name__, attempt + 1)
+            # 408 and 429 say the request was not processed, and a failed connect or pool wait
+            # never sent it; a 5xx or a connection lost mid-request may follow a commit.
+            maybe_applied = maybe_applied or (
+                response.status_code >= 500
+                if response is not None
+                else not isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+            )
             delay = retry_delay(attempt, response=response, error=error)
             if delay is None or attempt >= self.max_retries:
                 raise self._error(call, study, response, error, attempt + 1)
