@@ -384,3 +384,99 @@ def test_empty_cache_loads_an_empty_study_table(tmp_path: Path, client: Client) 
     fresh = to_pandas(fetch_studies_arrow(client, severity="stat", progress=False))
     assert cache.load().dtypes.equals(fresh[[c for c in fresh.columns if not c.startswith("meta.")]].dtypes)
     assert list(cache.history().columns[:2]) == ["observed_at", "change"]
+
+
+def test_active_refresh_of_a_cache_holding_no_study_runs_full(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    # the server was empty at the first refresh; a study created and completed since is
+    # only found by a full fetch (active mode has no newest created_at to page back to)
+    server: Sandbox = make_sandbox(studies=0, in_thread=True)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        assert cache.refresh(c, progress=False).total == 0
+        c.create_study(severity="stat", study_description="CT open", study_instance_uid="1.2.8.1")
+        done = c.create_study(severity="high", study_description="CT done", study_instance_uid="1.2.8.2")
+        c.update_study(done["studyId"], study_viewer_status="complete")
+        summary = cache.refresh(c, mode="active", progress=False)
+        fresh = to_pandas(fetch_studies_arrow(c, progress=False))
+    assert (summary.mode, summary.new, summary.total) == ("full", 2, 2)
+    pdt.assert_frame_equal(cache.load(), fresh)
+
+
+def test_active_refresh_drops_a_metadata_column_no_study_has_any_more(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    server: Sandbox = make_sandbox(studies=0, in_thread=True)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        only = c.create_study(
+            severity="stat", study_description="CT", study_instance_uid="1.2.9.1",
+            metadata={"only here": "x"},
+        )
+        c.create_study(severity="stat", study_description="CT", study_instance_uid="1.2.9.2",
+                       metadata={"site": "North"})
+        cache.refresh(c, progress=False)
+        assert "meta.only here" in cache.load().columns
+        c.update_study(only["studyId"], metadata={"site": "South"})
+        summary = cache.refresh(c, mode="active", progress=False)
+        fresh = to_pandas(fetch_studies_arrow(c, progress=False))
+    assert (summary.mode, summary.changed) == ("active", 1)
+    loaded = cache.load()
+    assert "meta.only here" not in loaded.columns
+    pdt.assert_frame_equal(loaded, fresh)
+    # the history keeps what was observed: the key at the first refresh, gone at the second
+    history = cache.history()
+    assert history["meta.only here"].notna().sum() == 1
+
+
+def _copy(filled: StudyCache, tmp_path: Path) -> tuple[StudyCache, Path]:
+    import shutil
+
+    copy = StudyCache(tmp_path / "copy")
+    shutil.copytree(filled.path, copy.path)
+    return copy, next(copy.path.rglob("manifest.json"))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"studies_file": None},
+        {"studies_file": "../../elsewhere.parquet"},
+        {"history_files": "history/x.parquet"},
+        {"refreshes": None},
+    ],
+    ids=["no-studies-file", "path-outside", "history-not-a-list", "no-refreshes"],
+)
+def test_manifest_with_malformed_fields_is_a_cache_error_naming_it(
+    filled: StudyCache, tmp_path: Path, damage: dict[str, Any]
+) -> None:
+    copy, manifest = _copy(filled, tmp_path)
+    data = json.loads(manifest.read_text())
+    data.update(damage)
+    manifest.write_text(json.dumps(data))
+    for read in (copy.load, copy.history, copy.info):
+        with pytest.raises(CacheError, match=r"manifest\.json is corrupt.*viewerkit refresh --mode full"):
+            read()
+
+
+def test_history_file_without_the_history_columns_is_a_cache_error(
+    filled: StudyCache, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    copy, _ = _copy(filled, tmp_path)
+    history = next(copy.path.rglob("history/*.parquet"))
+    pq.write_table(pq.read_table(history).drop_columns(["change"]), history)
+    with pytest.raises(CacheError, match=rf"{history.name} lacks the history columns change.*delete"):
+        copy.history()
+
+
+def test_info_with_a_missing_data_file_is_a_cache_error(filled: StudyCache, tmp_path: Path) -> None:
+    copy, _ = _copy(filled, tmp_path)
+    studies = next(copy.path.rglob("studies-*.parquet"))
+    studies.unlink()
+    with pytest.raises(CacheError, match=rf"{studies.name} is missing.*delete"):
+        copy.info()
+    with pytest.raises(CacheError, match=rf"{studies.name} is missing.*delete"):
+        copy.load()

@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from viewerkit.errors import CacheError, NotFound, ViewerkitError
-from viewerkit.schema import STUDY_SCHEMA
+from viewerkit.schema import META_PREFIX, STUDY_SCHEMA
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -98,6 +98,13 @@ class RefreshSummary:
         return self.new + self.changed + self.unchanged
 
 
+def _file_size(directory: Path, name: str) -> int:
+    try:
+        return (directory / name).stat().st_size
+    except FileNotFoundError:
+        raise CacheError(f"{directory / name} is missing; {_rebuild_hint(directory)}") from None
+
+
 def _rebuild_hint(directory: Path) -> str:
     return f"delete {directory} and run `viewerkit refresh --mode full`"
 
@@ -109,6 +116,31 @@ def namespace_of(base_url: str, key_fingerprint: str) -> str:
     '55c98e13795fc27c'
     """
     return hashlib.sha256(f"{base_url}\n{key_fingerprint}".encode()).hexdigest()[:16]
+
+
+def _manifest_fields_ok(manifest: dict[str, Any]) -> bool:
+    """Do the fields the cache reads have their shape? File names must be this cache's own
+    (no path leaving the namespace directory)."""
+    studies_file = manifest.get("studies_file")
+    history_files = manifest.get("history_files")
+    refreshes = manifest.get("refreshes")
+    return (
+        isinstance(studies_file, str)
+        and studies_file.startswith("studies-")
+        and "/" not in studies_file
+        and "\\" not in studies_file
+        and isinstance(history_files, list)
+        and all(
+            isinstance(name, str)
+            and name.startswith("history/")
+            and ".." not in name
+            and "\\" not in name
+            for name in history_files
+        )
+        and isinstance(manifest.get("studies"), int)
+        and isinstance(refreshes, list)
+        and all(isinstance(r, dict) and "refreshed_at" in r and "mode" in r for r in refreshes)
+    )
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -332,6 +364,10 @@ class StudyCache:
                 f"{target} belongs to another namespace than its directory (a foreign or moved "
                 f"file); {_rebuild_hint(directory)}"
             )
+        if not _manifest_fields_ok(manifest):
+            raise CacheError(
+                f"{target} is corrupt (missing or malformed fields); {_rebuild_hint(directory)}"
+            )
         return manifest
 
     def _read_table(self, directory: Path, name: str) -> pa.Table:
@@ -400,6 +436,16 @@ class StudyCache:
                         f"{target} is not a readable history file ({type(exc).__name__}); "
                         f"{_rebuild_hint(directory)}"
                     ) from None
+                missing = [
+                    name
+                    for name in (*HISTORY_COLUMNS, *STUDY_SCHEMA.names)
+                    if name not in table.column_names
+                ]
+                if missing:
+                    raise CacheError(
+                        f"{target} lacks the history columns {', '.join(missing[:5])}; "
+                        f"{_rebuild_hint(directory)}"
+                    )
                 parts.append(table)
         heads = pa.schema(
             [pa.field("observed_at", _TIMESTAMP), pa.field("change", pa.string())]
@@ -459,6 +505,8 @@ class StudyCache:
         if directory is None or not (directory / _MANIFEST).exists():
             return info
         manifest = self._manifest(directory)
+        if not (directory / manifest["studies_file"]).exists():
+            manifest = self._manifest(directory)  # another process's refresh just committed
         last = manifest["refreshes"][-1] if manifest["refreshes"] else None
         files = [_MANIFEST, manifest["studies_file"], *manifest["history_files"]]
         info.update(
@@ -469,7 +517,7 @@ class StudyCache:
             last_refresh_mode=last["mode"] if last else None,
             last_refresh=last,
             refreshes=len(manifest["refreshes"]),
-            file_bytes={name: (directory / name).stat().st_size for name in files},
+            file_bytes={name: _file_size(directory, name) for name in files},
         )
         return info
 
@@ -516,7 +564,9 @@ class StudyCache:
         with _refresh_lock(directory):
             manifest = self._manifest(directory) if (directory / _MANIFEST).exists() else None
             old = self._read_table(directory, manifest["studies_file"]) if manifest else None
-            if old is None:
+            if old is None or len(old) == 0:
+                # nothing cached (or no study yet): active mode has no newest created_at to
+                # look for new studies from, and would miss every new closed one
                 mode = "full"
             if mode == "full":
                 current = self._fetch_full(client, concurrency=concurrency, progress=progress)
@@ -534,7 +584,9 @@ class StudyCache:
                 diff = _diff(old_touched, updates)
                 diff.unchanged = len(old) - len(diff.changed_ids) - len(diff.gone_ids)
                 kept = old.filter(pc.invert(pc.is_in(old.column("study_id"), value_set=touched)))
-                current = _in_list_order(frame.concat_studies([kept, updates]))
+                current = _without_empty_meta(
+                    _in_list_order(frame.concat_studies([kept, updates]))
+                )
                 old = old_touched
             summary = RefreshSummary(
                 mode=mode,
@@ -807,6 +859,17 @@ def _in_list_order(table: pa.Table) -> pa.Table:
         sort_keys=[("created_at", "descending"), ("study_id", "descending")],
     )
     return table.take(order)
+
+
+def _without_empty_meta(table: pa.Table) -> pa.Table:
+    """Drop ``meta.*`` columns no study has a value in (a key the last study holding it lost),
+    as a fresh fetch would not have them."""
+    empty = [
+        name
+        for name in table.column_names
+        if name.startswith(META_PREFIX) and table.column(name).null_count == len(table)
+    ]
+    return table.drop_columns(empty) if empty else table
 
 
 def _newest_per_study(table: pa.Table) -> pa.Table:
