@@ -23,8 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--live-seconds", type=float, default=5.0)
     args = parser.parse_args(argv)
 
+    import pandas as pd
+
     from viewerkit import Client, StudyCache
-    from viewerkit.reports import SLA, backlog, render, save_figures, turnaround
+    from viewerkit.reports import SLA, render, report_tables, save_figures
     from viewerkit.sandbox import running
 
     out: Path = args.out
@@ -44,21 +46,25 @@ def main(argv: list[str] | None = None) -> None:
                 f"Active refresh: {active.new:,} new, {active.changed:,} changed, "
                 f"{active.gone:,} gone in {active.duration_s:.1f} s"
             )
+            # each run's sandbox is a new namespace (new port and key): read this run's, by
+            # client, since an earlier run's studies stay in the same cache folder
+            studies, history, info = cache.load(client), cache.history(client), cache.info(client)
 
-    studies = cache.load()
-    history = cache.history()
-    report = render(studies, out / "report.html", history=history)
-    figures = save_figures(studies, out / "figures", history=history)
+    now = pd.Timestamp.now(tz="UTC")  # one "now" for the report, the figures and the headlines
+    report = render(studies, out / "report.html", history=history, now=now, refreshed_at=info["last_refresh_at"])
+    figures = save_figures(studies, out / "figures", history=history, now=now)
+    tables = report_tables(studies, history=history, now=now)
 
     print()
-    print(f"Studies in the cache: {len(studies):,} ({cache.info()['path']})")
-    tat = turnaround(studies, by="severity", history=history)
-    open_now = backlog(studies)
+    print(f"Studies in the cache: {len(studies):,} ({info['path']})")
+    tat, open_now = tables["turnaround"], tables["backlog"]
     print("Turnaround by severity (created -> complete):")
     print(tat.to_string(index=False))
     print()
-    print("Open backlog by severity and age:")
-    print(open_now.to_string(index=False))
+    by_severity = open_now.groupby("severity", observed=False)[["open", "past_target"]].sum()
+    print("Open now by severity:")
+    print(by_severity.iloc[::-1].to_string())
+    print(f"Open studies past target: {int(open_now['past_target'].sum()):,} of {int(open_now['open'].sum()):,}")
     print()
     print(f"SLA targets: {SLA}")
     print(f"HTML report: {report.resolve()}")
