@@ -149,3 +149,21 @@ def test_report_of_an_empty_table_still_has_every_section(tmp_path: Path) -> Non
     for section_id, _ in SECTIONS:
         assert f'<section id="{section_id}">' in text
     assert "Newest study update: –" in text
+
+
+def test_report_volume_table_shows_the_latest_periods(tmp_path: Path) -> None:
+    # one normal study a day for 100 days: a daily volume table of 100 periods x 3 severities
+    first = pd.Timestamp("2026-08-01 10:00", tz="UTC")
+    rows = [
+        {"study_id": f"stu_{i:032x}", "study_instance_uid": f"1.2.{i}", "severity": "normal",
+         "study_viewer_status": "incomplete", "is_cancelled": False,
+         "created_at": first + pd.Timedelta(days=i), "updated_at": first + pd.Timedelta(days=i)}
+        for i in range(100)
+    ]
+    studies = to_pandas(pa.Table.from_pylist(rows, schema=STUDY_SCHEMA))
+    text = render(studies, tmp_path / "report.html", now="2026-11-10").read_text(encoding="utf-8")
+    volume = text[text.index('<section id="volume">'):text.index('<section id="workload">')]
+    days = re.findall(r"<tr><td>(\d{4}-\d\d-\d\d)</td>", volume)
+    assert len(days) == 90  # 30 days x 3 severities
+    assert (days[0], days[-1]) == ("2026-10-10", "2026-11-08")  # the newest 30 of 08-01 .. 11-08
+    assert "Showing the last 90 of 300 rows." in volume

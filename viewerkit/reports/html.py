@@ -213,8 +213,9 @@ def _fmt_cell(column: str, value: Any) -> str:
     return str(value)
 
 
-def _table_html(table: pd.DataFrame, *, max_rows: int | None = None, note: str = "") -> str:
-    shown = table if max_rows is None else table.head(max_rows)
+def _table_html(table: pd.DataFrame, *, max_rows: int | None = None, latest: bool = False, note: str = "") -> str:
+    """The table as HTML; past ``max_rows``, its first rows (or its last, with ``latest``)."""
+    shown = table if max_rows is None else table.tail(max_rows) if latest else table.head(max_rows)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_fmt_cell(str(c), v))}</td>" for c, v in zip(shown.columns, row, strict=True)) + "</tr>"
@@ -222,7 +223,7 @@ def _table_html(table: pd.DataFrame, *, max_rows: int | None = None, note: str =
     )
     more = ""
     if max_rows is not None and len(table) > max_rows:
-        more = f'<p class="note">Showing the first {max_rows} of {len(table)} rows.</p>'
+        more = f'<p class="note">Showing the {"last" if latest else "first"} {max_rows} of {len(table)} rows.</p>'
     if note:
         more += f'<p class="note">{html.escape(note)}</p>'
     table_html = f'<table class="kpi"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
@@ -311,7 +312,7 @@ def render(
         + _recent_weeks_html(tables["turnaround_weekly"], weeks=8),
         "backlog": _png(figs["backlog"], "open studies by age") + _table_html(bl),
         "overdue": _png(figs["overdue"], "most overdue studies") + _table_html(tables["overdue"], max_rows=50),
-        "volume": _png(figs["volume"], "arrivals by severity") + _table_html(tables["volume"], max_rows=90),
+        "volume": _png(figs["volume"], "arrivals by severity") + _table_html(tables["volume"], max_rows=90, latest=True),
         "workload": _png(figs["workload"], "workload per assignee") + _table_html(tables["workload"], max_rows=40),
         "customers": _png(figs["customers"], "customers") + _table_html(cust, max_rows=40),
         "cancellations": _png(figs["cancellations"], "cancellations by severity") + _table_html(tables["cancellations"]),
