@@ -451,3 +451,19 @@ def test_plain_string_columns_and_naive_times_give_the_same_result() -> None:
     })
     assert row_of(turnaround(plain), severity="stat")["median_h"] == 1.25
     assert row_of(turnaround(plain, window=("2026-11-02 01:00", None)), severity="stat")["completed"] == 1
+
+
+def test_volume_skips_a_study_without_created_at() -> None:
+    rows = table([study("stu_v1", "stat", 1), study("stu_v2", "normal", 30)])
+    rows.loc[1, "created_at"] = pd.NaT  # a hand-made table may lack a creation time
+    result = volume(rows, freq="D")  # warnings are errors here: no NaN -> int cast
+    assert list(result["arrivals"]) == [0, 0, 1]
+    assert list(result["period"]) == [T0] * 3
+
+
+def test_sla_targets_accept_numpy_numbers() -> None:
+    sla = SLA.with_targets(stat=np.int64(2), high=np.float64(5.5))
+    assert sla.target("stat") == pd.Timedelta(hours=2) and sla.target("high") == pd.Timedelta(hours=5.5)
+    assert SLA.for_customer("cus_n", normal=np.int32(12)).target("normal", "cus_n") == pd.Timedelta(hours=12)
+    with pytest.raises(ValidationError, match="hours"):
+        SLA.with_targets(stat=np.bool_(True))

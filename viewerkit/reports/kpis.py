@@ -43,6 +43,7 @@ Rules every KPI follows:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -96,7 +97,7 @@ Freq: TypeAlias = 'Literal["h", "D", "W"]'
 
 
 def _as_timedelta(value: Hours, what: str) -> pd.Timedelta:
-    if isinstance(value, bool) or not isinstance(value, (int, float, timedelta)):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, timedelta)):
         raise ValidationError(f"SLA target {what} must be hours (a number) or a timedelta, got {value!r}")
     td = pd.Timedelta(value) if isinstance(value, timedelta) else pd.Timedelta(hours=float(value))
     if td <= pd.Timedelta(0):
@@ -782,7 +783,8 @@ def volume(studies: pd.DataFrame, *, freq: Freq = "D", window: Window = None) ->
     last = _floor(np.array([win[1] - 1]), freq)[0] if np.isfinite(win[1]) else (have.max() if len(have) else np.nan)
     k = len(SEVERITIES)
     count = 0 if np.isnan(first) or np.isnan(last) else int((last - first) // step) + 1
-    index = ((periods - first) // step).astype(np.int64) if count else np.zeros(s.n, np.int64)
+    # only arrivals get a period index (a null created_at would not survive the int cast)
+    index = np.where(arrived, (periods - first) // step, 0).astype(np.int64) if count else np.zeros(s.n, np.int64)
     cell = np.where(arrived, index * k + s.severity, -1)
     arrivals = _counts(cell, arrived, count * k).reshape(count, k)
     totals = arrivals.sum(axis=1, keepdims=True).astype(np.float64)
