@@ -124,3 +124,29 @@ def test_every_command_documents_an_example(command: list[str]) -> None:
     assert result.exit_code == 0
     assert "Example:" in result.output
     assert "viewerkit " in result.output.split("Example:")[1]
+
+
+def test_fetch_into_a_missing_folder_fails_before_fetching(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # nothing listens here: a fetch would fail differently
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    runner = CliRunner(env={"AVARA_API_KEY": "sk-unused", "AVARA_BASE_URL": url})
+    for name in ("studies.parquet", "studies.csv"):
+        out = tmp_path / "no-such-folder" / name
+        result = runner.invoke(main, ["fetch", "--out", str(out), "--no-progress"])
+        assert result.exit_code == 2, result.output
+        assert f"folder {out.parent} does not exist" in result.output
+        assert not out.parent.exists()
+
+
+def test_a_cache_path_that_cannot_be_used_fails_with_one_line(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
+    result = runner.invoke(main, ["refresh", "--cache", str(not_a_folder), "--no-progress"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ") and "Not a directory" in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -11,15 +11,16 @@ from viewerkit.errors import ViewerkitError
 
 
 class _Group(click.Group):
-    """Turns a ViewerkitError into one line on stderr and exit status 1."""
+    """Turns a ViewerkitError, or an OSError (a path that cannot be written or read), into
+    one line on stderr and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except ViewerkitError as exc:
+        except (ViewerkitError, OSError) as exc:
             # one line, but keep the detail lines (e.g. which field was bad), joined by "; "
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            raise click.ClickException("; ".join(lines)) from exc
+            raise click.ClickException("; ".join(lines) or type(exc).__name__) from exc
 
 
 @click.group(cls=_Group)
@@ -88,6 +89,8 @@ def fetch_command(
 
         viewerkit fetch --severity stat --status incomplete --out open-stat.parquet
     """
+    import os
+
     from viewerkit.client import Client
     from viewerkit.fetch import fetch_studies_arrow
     from viewerkit.frame import to_pandas
@@ -95,6 +98,11 @@ def fetch_command(
 
     if out is not None and not out.endswith((".parquet", ".csv")):
         raise click.BadParameter("must end with .parquet or .csv", param_hint="--out")
+    if out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        # checked before the fetch, which may take minutes
+        raise click.BadParameter(
+            f"folder {os.path.dirname(os.path.abspath(out))} does not exist", param_hint="--out"
+        )
     filters: dict[str, object] = {
         "severity": severity if severity is not None else NOT_GIVEN,
         "study_viewer_status": study_viewer_status if study_viewer_status is not None else NOT_GIVEN,
@@ -108,7 +116,6 @@ def fetch_command(
     if out is None:
         click.echo(f"{table.num_rows} studies (use --out FILE.parquet to keep them)")
         return
-    import os
     import uuid
 
     aside = os.path.join(os.path.dirname(os.path.abspath(out)), f".tmp-{uuid.uuid4().hex}-{os.path.basename(out)}")
