@@ -187,6 +187,10 @@ def test_identify_bodies_with_bad_fields_answer_400(
         ("limit", "ten"),
         ("limit", "nan"),
         ("limit", "1e400"),
+        ("limit", "1e1"),
+        ("limit", "1_0"),
+        ("limit", " 10"),
+        ("limit", "0x10"),
         ("severity", "urgent"),
         ("studyViewerStatus", "open"),
         ("isCancelled", "yes"),
@@ -211,6 +215,20 @@ def test_list_with_a_bad_query_parameter_answers_400_naming_it(
 def test_limit_rules_accept_1_and_100(http: httpx.Client) -> None:
     assert len(http.get("/v1/viewer/studies", params={"limit": 1}).json()["studies"]) == 1
     assert len(http.get("/v1/viewer/studies", params={"limit": 100}).json()["studies"]) == 50
+    # the SDK types limit as a float: limit=7.0 arrives as "7.0"
+    assert len(http.get("/v1/viewer/studies", params={"limit": 7.0}).json()["studies"]) == 7
+
+
+@pytest.mark.parametrize("param", ["severity", "assignedTo", "limit", "cursor", "isCancelled"])
+def test_a_list_parameter_given_twice_answers_400_naming_it(http: httpx.Client, param: str) -> None:
+    values = {
+        "severity": ["normal", "stat"],
+        "assignedTo": ["null", "null"],
+        "limit": ["5", "5"],
+        "cursor": ["AAAA", "AAAA"],
+        "isCancelled": ["true", "false"],
+    }[param]
+    assert_bad(http.get("/v1/viewer/studies", params=[(param, v) for v in values]), param)
 
 
 def test_a_tampered_cursor_answers_400(http: httpx.Client) -> None:

@@ -223,3 +223,47 @@ def test_concurrent_writers_each_apply_exactly_once(make_sandbox: Callable[..., 
     operations = [(row["study_id"], row["operation"]) for row in server.audit()]
     assert sorted(operations) == sorted((i, op) for i in ids for op in ("create", "update", "cancel"))
     assert len(all_studies(server)) == 84
+
+
+@pytest.mark.parametrize("in_thread", [False, True])
+def test_ctrl_c_while_the_server_starts_leaves_no_server_and_no_temp_dir(
+    monkeypatch: pytest.MonkeyPatch, in_thread: bool
+) -> None:
+    import time
+
+    started: dict[str, Any] = {}
+    ready = Sandbox._wait_ready
+
+    def interrupted(self: Sandbox, timeout: float) -> None:
+        ready(self, timeout)  # the server is up and answering when Ctrl-C lands
+        started.update(pid=self.pid, thread=self._thread, workdir=self._workdir, url=self.base_url)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Sandbox, "_wait_ready", interrupted)
+    with pytest.raises(KeyboardInterrupt), running(studies=0, in_thread=in_thread):
+        pytest.fail("the body must not run")
+    assert not Path(started["workdir"]).exists()
+    if in_thread:
+        assert not started["thread"].is_alive()
+    else:
+        pid = started["pid"]
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # reaped by stop(); never left for the parent watch to find
+        assert not Path(f"/proc/{pid}").exists()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(started["url"] + "/_sandbox/health", timeout=2.0)
+
+
+def test_cli_serve_refuses_an_out_of_range_knob_before_touching_the_db(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from viewerkit.sandbox.cli import sandbox
+
+    db = tmp_path / "never.db"
+    result = CliRunner().invoke(
+        sandbox, ["serve", "--studies", "0", "--port", "0", "--db", str(db), "--latency-ms", "700000"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--latency-ms" in result.output
+    assert not db.exists()

@@ -27,7 +27,7 @@ import binascii
 import hashlib
 import hmac
 import html
-import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -482,6 +482,9 @@ def create_app(
         for name, value in request.query_params.multi_items():
             if name not in _LIST_PARAMS:
                 raise _bad(name, f"unknown query parameter {name!r}; allowed: {', '.join(_LIST_PARAMS)}")
+            if name in params:
+                # each filter takes one value: silently keeping one would drop studies unseen
+                raise _bad(name, f"query parameter {name!r} is given more than once")
             params[name] = value
         filters = _list_filters(params)
         limit = _page_limit(params.get("limit"))
@@ -671,13 +674,13 @@ def _list_filters(params: Mapping[str, str]) -> StudyFilters:
     )
 
 
+# the SDK types limit as a float, so "25.0" is a whole number too; "1e1", "1_0", " 10" are not
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,6}(\.0*)?")
+
+
 def _page_limit(text: str | None) -> int:
     if text is None:
         return DEFAULT_PAGE_LIMIT
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value != int(value) or not 1 <= value <= MAX_PAGE_LIMIT:
+    if not _WHOLE_NUMBER.fullmatch(text) or not 1 <= float(text) <= MAX_PAGE_LIMIT:
         raise _bad("limit", f"limit must be a whole number from 1 to {MAX_PAGE_LIMIT}")
-    return int(value)
+    return int(float(text))

@@ -35,7 +35,8 @@ def sandbox() -> None:
               show_default=True, help="SQLite database file (kept between runs).")
 @click.option("--api-key", envvar="VIEWERKIT_SANDBOX_API_KEY", default=None,
               help="Bearer key to accept (default: a fresh random key).")
-@click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, help="Added latency per request.")
+@click.option("--latency-ms", type=click.FloatRange(0, 600_000), default=0.0,
+              help="Added latency per request, in milliseconds.")
 @click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0,
               help="Share of requests answered 500/503 or dropped.")
 @click.option("--rate-limit", type=click.FloatRange(min=0, min_open=True), default=None,

@@ -9,8 +9,8 @@ the viewer page). Its ``Faults`` knobs can be changed while the server runs.
   (headers sent, body cut short). Half of the failures happen *after* the request was
   handled, so a write may have been committed although its answer is lost.
 - ``rate_limit``: requests per second per API key (a token bucket as deep as one second of
-  requests); beyond it the answer is 429 with ``Retry-After`` (seconds) and
-  ``retry-after-ms``.
+  requests, and at least one request, so a rate below 1/s still serves); beyond it the
+  answer is 429 with ``Retry-After`` (seconds) and ``retry-after-ms``.
 
 >>> faults = Faults(fail_rate=0.5, seed=1)
 >>> faults.update(latency_ms=20)
@@ -105,8 +105,10 @@ class Faults:
             if rate is None:
                 return 0.0
             now = time.monotonic()
-            tokens, last = self._buckets.get(key, (rate, now))
-            tokens = min(rate, tokens + (now - last) * rate)
+            # at least one request deep: a bucket shallower than that (rate < 1/s) never fills
+            depth = max(1.0, rate)
+            tokens, last = self._buckets.get(key, (depth, now))
+            tokens = min(depth, tokens + (now - last) * rate)
             if tokens >= 1.0:
                 self._buckets[key] = (tokens - 1.0, now)
                 return 0.0

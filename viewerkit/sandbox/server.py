@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -91,6 +91,7 @@ class Sandbox:
         self._thread: threading.Thread | None = None
         self._server: Any = None
         self._sock: socket.socket | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def api_key(self) -> str:
@@ -116,14 +117,19 @@ class Sandbox:
             sock = _bind(self.host, 0)
         self.port = sock.getsockname()[1]
         try:
-            if self.in_thread:
-                self._start_thread(sock)
-            else:
-                self._start_process(sock)
-        finally:
-            if not self.in_thread:
-                sock.close()  # the child holds its own copy
-        self._wait_ready(timeout)
+            try:
+                if self.in_thread:
+                    self._start_thread(sock)
+                else:
+                    self._start_process(sock)
+            finally:
+                if self._sock is not sock:
+                    sock.close()  # a child holds its own copy; a thread that never started none
+            self._wait_ready(timeout)
+        except BaseException:
+            # Ctrl-C or a failure while starting: leave no server, socket or open log behind
+            self.stop()
+            raise
 
     def _start_thread(self, sock: socket.socket) -> None:
         import uvicorn
@@ -185,7 +191,6 @@ class Sandbox:
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline:
-                    self.stop()
                     raise RuntimeError(f"sandbox server did not answer within {timeout:g} s")
                 time.sleep(0.05)
 
@@ -207,7 +212,7 @@ class Sandbox:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-            self._log.close()
+        self._close_log()
         if self._thread is not None:
             thread, self._thread = self._thread, None
             self._server.should_exit = True
@@ -224,7 +229,12 @@ class Sandbox:
         process, self._process = self._process, None
         process.kill()
         process.wait()
-        self._log.close()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def restart(self) -> None:
         """Stop (if running) and start again on the same database, on the same port if free."""
