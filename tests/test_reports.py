@@ -467,3 +467,11 @@ def test_sla_targets_accept_numpy_numbers() -> None:
     assert SLA.for_customer("cus_n", normal=np.int32(12)).target("normal", "cus_n") == pd.Timedelta(hours=12)
     with pytest.raises(ValidationError, match="hours"):
         SLA.with_targets(stat=np.bool_(True))
+
+
+def test_a_window_may_reach_beyond_the_nanosecond_range() -> None:
+    # "everything": 0001 to 9999 lies outside pandas' nanosecond timestamps (1677-2262)
+    everything = ("0001-01-01", "9999-12-31")
+    stat = row_of(turnaround(table(TURNAROUND_ROWS), window=everything), severity="stat")
+    assert (stat["completed"], stat["median_h"]) == (5, 3.0)
+    assert backlog(table(BACKLOG_ROWS), now=NOW, window=("1900-01-01", "2300-01-01"))["open"].sum() == 9

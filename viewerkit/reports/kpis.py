@@ -244,7 +244,8 @@ def _moment_ms(value: Moment, what: str) -> float | None:
     if pd.isna(ts):
         return None
     ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return float(ts.as_unit("ns").value // 1_000_000)
+    # via datetime64[ms], not nanoseconds: a window may reach past 2262 ("everything until 9999")
+    return float(ts.asm8.astype("datetime64[ms]").astype(np.int64))
 
 
 def _window(window: Window) -> tuple[float, float]:
