@@ -150,10 +150,35 @@ def test_empty_page_gives_the_study_schema_and_no_rows() -> None:
 
 
 def test_a_body_that_is_not_a_page_is_an_api_error() -> None:
-    with pytest.raises(ApiError, match="not a Page"):
+    with pytest.raises(ApiError, match="^list_studies: .*not a Page"):
         page_to_arrow(b'{"data": []}')
-    with pytest.raises(ApiError, match="not a Page"):
+    with pytest.raises(ApiError, match="^list_studies: .*not a Page"):
         page_to_arrow(b"<html>")
+    with pytest.raises(ApiError, match="^list_studies: a study does not have the Study shape"):
+        page_to_arrow(page([study(1, isCancelled=[1])]))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"severity": "urgent"}, "unknown severity 'urgent': expected one of normal, high, stat"),
+        ({"studyViewerStatus": "done"}, "unknown study_viewer_status 'done'"),
+    ],
+)
+def test_a_value_outside_the_contract_is_an_api_error_naming_the_call_and_study(
+    fields: dict[str, object], message: str
+) -> None:
+    studies = [study(1), study(2, **fields), study(3)]
+    with pytest.raises(ApiError) as caught:
+        page_to_arrow(page(studies))
+    assert str(caught.value).startswith(f"list_studies stu_{2:032x}: {message}")
+    with pytest.raises(ApiError, match=f"^retrieve_study stu_{2:032x}: "):
+        studies_to_arrow(studies)
+
+
+def test_a_timestamp_that_is_not_iso_8601_is_an_api_error_naming_the_call() -> None:
+    with pytest.raises(ApiError, match="^list_studies: a created_at value is not an ISO 8601 time"):
+        page_to_arrow(page([study(1), study(2, createdAt="yesterday")]))
 
 
 def test_unknown_severity_is_an_error_not_a_silent_null() -> None:

@@ -673,7 +673,7 @@ class StudyCache:
             )
         retrieved, vanished = self._retrieve(client, remaining.to_pylist(), concurrency, progress)
         if retrieved:
-            tables.append(frame.studies_to_arrow(retrieved))
+            tables.append(frame.studies_to_arrow(retrieved, call="retrieve_study"))
         return tables, vanished
 
     def _page_closed(self, client: Client, cutoff: datetime, workers: int) -> pa.Table:

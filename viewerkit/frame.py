@@ -159,32 +159,39 @@ def read_page(body: bytes) -> tuple[pa.StructArray, str | None, bool]:
         cursor = page.get("cursor")
         has_more = bool(page.get("hasMore", False))
     except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-        raise ApiError(f"the list page is not a Page object ({type(exc).__name__})", call="list") from exc
+        raise ApiError(
+            f"the list page is not a Page object ({type(exc).__name__})", call="list_studies"
+        ) from None
     if not isinstance(studies, list) or not (cursor is None or isinstance(cursor, str)):
-        raise ApiError("the list page is not a Page object", call="list")
-    return _wire_array(studies), cursor, has_more
+        raise ApiError("the list page is not a Page object", call="list_studies")
+    return _wire_array(studies, "list_studies"), cursor, has_more
 
 
-def _wire_array(studies: list[dict[str, Any]]) -> pa.StructArray:
+def _wire_array(studies: list[dict[str, Any]], call: str) -> pa.StructArray:
     try:
         return pa.array(studies, type=_WIRE_STUDY_TYPE)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ApiError(f"a study in the page does not have the Study shape: {exc}", call="list") from exc
+        raise ApiError(f"a study does not have the Study shape: {exc}", call=call) from None
 
 
-def studies_to_arrow(studies: list[dict[str, Any]]) -> pa.Table:
+def studies_to_arrow(studies: list[dict[str, Any]], *, call: str = "retrieve_study") -> pa.Table:
     """Already-parsed wire ``Study`` dicts (e.g. single retrieves) -> a conformed study table.
+    ``call`` names the API call they came from in errors about their values.
 
     >>> studies_to_arrow([{"studyId": "stu_" + "0" * 32, "studyInstanceUid": "1.2",
     ...                    "assignedTo": None}]).column("assigned_to_email").to_pylist()
     [None]
     """
-    return flatten_studies(_wire_array(studies))
+    return flatten_studies(_wire_array(studies, call), call=call)
 
 
-def flatten_studies(wire: pa.StructArray | pa.ChunkedArray | list[pa.StructArray]) -> pa.Table:
+def flatten_studies(
+    wire: pa.StructArray | pa.ChunkedArray | list[pa.StructArray], *, call: str = "list_studies"
+) -> pa.Table:
     """Wire ``Study`` struct arrays (from ``read_page``; one, chunked, or a list of them)
-    -> one conformed study table, in their order.
+    -> one conformed study table, in their order. A value outside the contract (an unknown
+    severity or viewer status, a timestamp that is not ISO 8601) is an ``ApiError`` naming
+    ``call`` (and the study, for the enums).
 
     >>> a, _, _ = read_page(b'{"studies": [{"studyId": "a", "metadata": {"k": "1"}}]}')
     >>> b, _, _ = read_page(b'{"studies": [{"studyId": "b"}]}')
@@ -205,7 +212,21 @@ def flatten_studies(wire: pa.StructArray | pa.ChunkedArray | list[pa.StructArray
         for wire_name, name in parts:
             columns[name] = children[wire_name]
     for name in _TIMESTAMP_COLUMNS:
-        columns[name] = _parse_timestamps(columns[name])
+        try:
+            columns[name] = _parse_timestamps(columns[name])
+        except pa.ArrowInvalid as exc:
+            raise ApiError(f"a {name} value is not an ISO 8601 time ({exc})", call=call) from None
+    for name, (_, dictionary) in _FIXED_DICTIONARIES.items():
+        values = columns[name]
+        unknown = pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, value_set=dictionary)))
+        if pc.any(unknown).as_py():
+            row = pc.index(unknown, True).as_py()
+            raise ApiError(
+                f"unknown {name} {values[row].as_py()!r}: expected one of "
+                f"{', '.join(dictionary.to_pylist())}",
+                call=call,
+                study=columns["study_id"][row].as_py(),
+            )
     columns.update(_metadata_columns(fields["metadata"]))
     return conform(pa.table(columns))
 
