@@ -67,3 +67,12 @@ def test_report_command_is_documented_with_an_example() -> None:
     result = CliRunner().invoke(main, ["report", "--help"])
     assert result.exit_code == 0
     assert "Example:" in result.output and "viewerkit report" in result.output
+
+
+def test_report_command_refuses_a_cache_that_was_never_refreshed(tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    runner = CliRunner(env={"AVARA_API_KEY": None, "AVARA_BASE_URL": None})
+    result = runner.invoke(main, ["report", "--cache", str(tmp_path / "no-such-cache"), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "no refreshed studies in" in result.output and "viewerkit refresh" in result.output
+    assert not out.exists(), "an empty report would read as an empty backlog"

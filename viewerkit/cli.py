@@ -246,6 +246,12 @@ def report_command(
             studies, history, info = cache.load(client), cache.history(client), cache.info(client)
     else:
         studies, history, info = cache.load(), cache.history(), cache.info()
+    if info["last_refresh_at"] is None:
+        # a mistyped --cache or another API namespace: an empty report would read as "no backlog"
+        raise click.ClickException(
+            f"no refreshed studies in {info['path']} for this API namespace: "
+            "run `viewerkit refresh` first (same --cache and AVARA_BASE_URL / AVARA_API_KEY)"
+        )
     written = render(studies, out, history=history, window=span, now=now,
                      refreshed_at=info.get("last_refresh_at"))
     click.echo(f"Report on {len(studies):,} studies written to {written}")
