@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import random
 import threading
@@ -155,7 +156,20 @@ class _Dropped(Exception):
     """Raised to make the server abort a response midway (the client sees a cut connection)."""
 
 
+class _QuietDrops(logging.Filter):
+    """Keeps a dropped connection, which the knob asked for, out of the server's error log:
+    uvicorn logs every exception that aborts a response as a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], _Dropped))
+
+
+_QUIET_DROPS = _QuietDrops()
+
+
 async def _drop(send: Send) -> None:
+    # idempotent: a logger holds a filter once; uvicorn's logging setup keeps filters
+    logging.getLogger("uvicorn.error").addFilter(_QUIET_DROPS)
     await send(
         {
             "type": "http.response.start",
