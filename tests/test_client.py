@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -323,3 +324,33 @@ def test_sync_api_works_inside_a_running_event_loop(client: Client) -> None:
         return len(client.list_studies(limit=3)["studies"])
 
     assert asyncio.run(notebook_cell()) == 3
+
+
+def test_rate_limit_holds_when_threads_wait_for_a_concurrency_slot() -> None:
+    # Two slow requests hold both slots for a second while six threads wait; when the slots
+    # free, the waiting threads must still be paced (a token bucket of 4/s, 4 deep), not
+    # sent in one burst on tokens they took while waiting.
+    release = threading.Event()
+    lock = threading.Lock()
+    sent: list[float] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        with lock:
+            sent.append(time.monotonic())
+            first = len(sent) <= 2
+        if first:
+            release.wait(1.0)
+        return httpx.Response(200, json={"studies": [], "cursor": None, "hasMore": False})
+
+    with httpx.Client(transport=httpx.MockTransport(server)) as http, Client(
+        api_key="k", base_url="http://avara.test", http_client=http, rate_limit=4,
+        max_concurrency=2,
+    ) as c:
+        threads = [threading.Thread(target=c.list_studies) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(sent) == 8
+    for start in sent:  # a token bucket allows at most depth + rate * window per window
+        assert sum(start <= s < start + 0.1 for s in sent) <= 4

@@ -672,9 +672,11 @@ class Client:
         while True:
             response: httpx.Response | None = None
             error: Exception | None = None
-            if self._bucket is not None:
-                self._bucket.acquire()
             with self._slots:
+                # the token is taken once a slot is ours, right before sending: a token taken
+                # while waiting for a slot would let the waiting threads send in one burst
+                if self._bucket is not None:
+                    self._bucket.acquire()
                 try:
                     response = self._http.request(
                         method, url, params=params, content=content, headers=headers
