@@ -3,6 +3,7 @@ browser (Debian's chromium) showing every section; a screenshot lands in the tes
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -167,3 +168,15 @@ def test_report_volume_table_shows_the_latest_periods(tmp_path: Path) -> None:
     assert len(days) == 90  # 30 days x 3 severities
     assert (days[0], days[-1]) == ("2026-10-10", "2026-11-08")  # the newest 30 of 08-01 .. 11-08
     assert "Showing the last 90 of 300 rows." in volume
+
+
+def test_render_keeps_the_report_private_under_a_private_umask(studies: pd.DataFrame, tmp_path: Path) -> None:
+    # study descriptions and radiologists' names: a umask of 077 must not be widened to 644
+    old = os.umask(0o077)
+    try:
+        written = render(studies.head(20), tmp_path / "private.html", now=NOW)
+        pngs = save_figures(studies.head(20), tmp_path / "figures", now=NOW)
+    finally:
+        os.umask(old)
+    for path in [written, *pngs]:
+        assert path.stat().st_mode & 0o777 == 0o600, path.name

@@ -140,6 +140,12 @@ def figures(
     return _figures_of(tables, _resolve_sla(sla))
 
 
+def _umask() -> int:
+    mask = os.umask(0o077)  # reading it means setting it (to the strictest, for other threads), then back
+    os.umask(mask)
+    return mask
+
+
 def _write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` beside ``path``, then rename it into place (readers never see half)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +155,7 @@ def _write_bytes(path: Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(aside, 0o644)  # mkstemp's 0600 would hide the report from colleagues
+        os.chmod(aside, 0o666 & ~_umask())  # as open() would: not mkstemp's 0600, not past the umask
         os.replace(aside, path)
     except BaseException:
         Path(aside).unlink(missing_ok=True)
