@@ -6,6 +6,7 @@ import _thread
 import datetime as dt
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,27 @@ def test_ctrl_c_stops_the_fetch_and_leaves_no_thread_running(
         assert interrupting.calls <= 15 + 4
         # and the client still works afterwards
         assert fetch_studies_arrow(c, progress=False, severity="stat").num_rows > 0
+
+
+def test_ctrl_c_does_not_wait_out_the_in_flight_pages_retries(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    # every request fails: each worker is in a retry loop whose backoffs add up to ~30 s
+    server = make_sandbox(studies=300, seed=5, fail_rate=1.0)
+    with Client(api_key=server.api_key, base_url=server.base_url, max_retries=6) as c:
+        timer = threading.Timer(0.5, _thread.interrupt_main)
+        started = time.monotonic()
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                fetch_studies_arrow(c, progress=False, concurrency=4)
+        finally:
+            timer.cancel()
+        assert time.monotonic() - started < 3.0
+        assert not [t for t in threading.enumerate() if t.name.startswith("viewerkit-fetch")]
+        # a call outside any fetch still retries as before
+        server.set_faults(fail_rate=0.0)
+        assert c.list_studies(limit=1)["studies"]
 
 
 # -- de-duplication ---------------------------------------------------------------------

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from viewerkit.client import _stop_retrying_when
 from viewerkit.errors import CacheError, NotFound, ViewerkitError
 from viewerkit.schema import META_PREFIX, STUDY_SCHEMA
 
@@ -687,12 +689,15 @@ class StudyCache:
         ]
         partitions.append({"is_cancelled": True})
 
+        stop = threading.Event()  # set on Ctrl-C or a failure: in-flight calls stop retrying
+
         def chain(filters: dict[str, Any]) -> list[pa.Table]:
             pages: list[pa.Table] = []
             cursor: Any = None
             while True:
                 extra = {"cursor": cursor} if cursor is not None else {}
-                raw = client.list_studies_raw(limit=100, **filters, **extra)
+                with _stop_retrying_when(stop):
+                    raw = client.list_studies_raw(limit=100, **filters, **extra)
                 table, cursor, has_more = frame.page_to_arrow(raw)
                 pages.append(table)
                 oldest = pc.min(table.column("created_at")).as_py() if len(table) else None
@@ -703,6 +708,7 @@ class StudyCache:
             try:
                 chains = list(pool.map(chain, partitions))
             except BaseException:
+                stop.set()
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
         return frame.concat_studies([page for pages in chains for page in pages])
@@ -739,9 +745,12 @@ class StudyCache:
             return [], []
         from tqdm.auto import tqdm
 
+        stop = threading.Event()  # set on Ctrl-C or a failure: in-flight calls stop retrying
+
         def one(study_id: str) -> dict[str, Any] | None:
             try:
-                return client.retrieve_study(study_id)
+                with _stop_retrying_when(stop):
+                    return client.retrieve_study(study_id)
             except NotFound:
                 return None
 
@@ -759,6 +768,7 @@ class StudyCache:
                         found.append(study)
                     bar.update()
             except BaseException:
+                stop.set()
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
         return found, vanished

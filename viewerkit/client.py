@@ -22,6 +22,7 @@ viewerkit.errors.ValidationError: retrieve_study: 1 problem
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import logging
@@ -703,7 +704,12 @@ class Client:
             if delay is None or attempt >= self.max_retries:
                 raise self._error(call, study, response, error, attempt + 1)
             log.debug("%s: retrying in %.2f s", call, delay)
-            time.sleep(delay)
+            stop: threading.Event | None = getattr(_this_thread, "stop", None)
+            if stop is None:
+                time.sleep(delay)
+            elif stop.wait(delay):
+                # the work this call belongs to was interrupted (Ctrl-C) or failed elsewhere
+                raise ApiError(f"stopped before retry {attempt + 1}", call=call, study=study)
             attempt += 1
 
     def _error(
@@ -744,6 +750,21 @@ class Client:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self.__key.value, _REDACTED)
+
+
+_this_thread = threading.local()
+
+
+@contextlib.contextmanager
+def _stop_retrying_when(event: threading.Event) -> Iterator[None]:
+    """Internal: calls made in this thread stop waiting to retry once ``event`` is set, so a
+    concurrent fetch interrupted by Ctrl-C does not sit out its workers' backoffs."""
+    previous = getattr(_this_thread, "stop", None)
+    _this_thread.stop = event
+    try:
+        yield
+    finally:
+        _this_thread.stop = previous
 
 
 class _Secret:

@@ -39,6 +39,7 @@ paged past its position, missed; a later fetch or cache refresh sees it.
 from __future__ import annotations
 
 import itertools
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from viewerkit.client import _stop_retrying_when
 from viewerkit.errors import ApiError, ValidationError
 from viewerkit.frame import flatten_studies, read_page, to_pandas
 from viewerkit.schema import (
@@ -139,8 +141,11 @@ class _Chain:
     pages_read: list[pa.StructArray] = field(default_factory=list)
 
 
-def _fetch_page(client: Client, chain: _Chain) -> tuple[pa.StructArray, str | None, bool]:
-    body = client.list_studies_raw(**chain.filters, limit=MAX_PAGE_LIMIT, cursor=chain.cursor)
+def _fetch_page(
+    client: Client, chain: _Chain, stop: threading.Event
+) -> tuple[pa.StructArray, str | None, bool]:
+    with _stop_retrying_when(stop):
+        body = client.list_studies_raw(**chain.filters, limit=MAX_PAGE_LIMIT, cursor=chain.cursor)
     return read_page(body)
 
 
@@ -164,7 +169,8 @@ def fetch_studies_arrow(
     before any request. ``concurrency`` caps pages in flight (and never exceeds the client's
     ``max_concurrency``); ``partitioned=False`` pages the filter as one sequential chain.
     ``progress`` shows a tqdm bar of studies fetched. Ctrl-C cancels the pages not yet sent,
-    waits for those in flight, and re-raises ``KeyboardInterrupt``; no thread is left running.
+    waits for those in flight (which no longer retry), and re-raises ``KeyboardInterrupt``;
+    no thread is left running.
 
     >>> from viewerkit import Client
     >>> with Client(api_key="sk-x", base_url="http://127.0.0.1:9") as client:
@@ -206,6 +212,7 @@ def _page_chains(client: Client, chains: list[_Chain], workers: int, progress: b
     ready = list(chains)
     in_flight: dict[Future[tuple[pa.StructArray, str | None, bool]], _Chain] = {}
     bar = tqdm(total=None, unit=" studies", desc="fetching studies", disable=not progress)
+    stop = threading.Event()  # set on Ctrl-C or a failed page: in-flight pages stop retrying
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="viewerkit-fetch")
     try:
         while ready or in_flight:
@@ -213,7 +220,7 @@ def _page_chains(client: Client, chains: list[_Chain], workers: int, progress: b
                 # the chain with the most pages done (likely the largest partition) first
                 ready.sort(key=lambda c: (-c.pages, c.order))
                 chain = ready.pop(0)
-                in_flight[pool.submit(_fetch_page, client, chain)] = chain
+                in_flight[pool.submit(_fetch_page, client, chain, stop)] = chain
             done, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
             for future in done:
                 chain = in_flight.pop(future)
@@ -227,7 +234,9 @@ def _page_chains(client: Client, chains: list[_Chain], workers: int, progress: b
                     chain.cursor = cursor
                     ready.append(chain)
     except BaseException:
-        # Ctrl-C or a failed page: send nothing more, let in-flight pages finish, re-raise
+        # Ctrl-C or a failed page: send nothing more, let in-flight pages finish (without
+        # retrying), re-raise
+        stop.set()
         for future in in_flight:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
