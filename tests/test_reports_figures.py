@@ -3,6 +3,7 @@ labelled axes, and leave matplotlib's global state alone."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -230,3 +231,36 @@ def test_plotting_uses_no_pyplot_and_changes_no_global_matplotlib_state() -> Non
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "clean"
+
+
+def test_names_with_dollar_signs_and_twins_draw_as_written() -> None:
+    # free text from the API: "$...$" must not be parsed as mathtext (which fails on "$x_$"),
+    # and two radiologists of the same name are two bars, not one category
+    t = NOW - pd.Timedelta(hours=30)
+    rows = [
+        {"study_id": f"stu_{i:032x}", "study_instance_uid": f"1.2.{i}", "study_description": desc,
+         "severity": sev, "study_viewer_status": status, "is_cancelled": cancelled, "created_at": t,
+         "updated_at": t + pd.Timedelta(hours=took), "cancelled_at": t + pd.Timedelta(hours=1) if cancelled else None,
+         "assigned_to_user_id": f"usr_{user:032x}", "assigned_to_first_name": name,
+         "express_customer_id": f"cus_{user:032x}", "express_customer_name": name}
+        for i, (desc, sev, status, cancelled, took, user, name) in enumerate([
+            ("CT $x_$ head", "stat", "incomplete", False, 0, 1, "Ann $x_$"),
+            ("MR knee", "high", "complete", False, 2, 2, "J Smith"),
+            ("XR hand", "high", "complete", False, 6, 3, "J Smith"),
+            ("US $5 or $10", "normal", "incomplete", True, 1, 1, "Ann $x_$"),
+        ])
+    ]
+    studies = to_pandas(pa.Table.from_pylist(rows, schema=STUDY_SCHEMA))
+    by_user = turnaround(studies, "assignee")
+    figs = [plot_turnaround(by_user), plot_overdue(overdue(studies, now=NOW)), plot_workload(workload(studies, now=NOW)),
+            plot_customers(customers(studies)), plot_cancellations(cancellations(studies, "customer"))]
+    for fig in figs:
+        fig.savefig(io.BytesIO(), format="png")  # mathtext would raise here
+    ax = figs[0].axes[0]
+    top = by_user.sort_values("completed", ascending=False, kind="stable").iloc[::-1]
+    assert_close(bars(ax.containers[0], "width"), top["median_h"])
+    smiths = [t for t in ax.get_yticklabels() if t.get_text() == "J Smith"]
+    assert len(smiths) == 2, "two assignees named J Smith, two bars"
+    assert [t.get_text() for t in figs[1].axes[0].get_yticklabels()] == [r"CT \$x_\$ head (…00000000)"]
+    workload_names = [t.get_text() for t in figs[2].axes[0].get_yticklabels()]
+    assert r"Ann \$x_\$" in workload_names  # "\$" is matplotlib's literal dollar

@@ -74,6 +74,12 @@ def _empty_note(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color=_NEUTRAL)
 
 
+def _labels(values: pd.Series | list[str]) -> list[str]:
+    """Data text (descriptions, names) as literal tick labels: a "$" would start mathtext,
+    which draws "$5 or $10" in italics and fails the whole figure on "$x_$"."""
+    return [str(v).replace("$", r"\$") for v in values]
+
+
 def _dates(values: pd.Series) -> np.ndarray:
     """UTC timestamps as naive datetimes for the x axis (matplotlib's date units)."""
     return np.asarray(pd.to_datetime(values, utc=True).dt.tz_localize(None).to_numpy())
@@ -131,7 +137,10 @@ def plot_turnaround(table: pd.DataFrame, *, sla: SlaTargets | Mapping[str, float
     top = table.sort_values("completed", ascending=False, kind="stable").head(25).iloc[::-1]
     fig, axes = _figure()
     ax = axes[0, 0]
-    ax.barh(top[label].astype(str).to_numpy(), top["median_h"].to_numpy(), color=_NEUTRAL)
+    # positions, not the names as categories: two assignees of the same name are two bars
+    y = np.arange(len(top))
+    ax.barh(y, top["median_h"].to_numpy(dtype=float), color=_NEUTRAL)
+    ax.set_yticks(y, _labels(top[label].astype(str).tolist()), fontsize="small")
     ax.set_title(f"Median turnaround by {label}")
     ax.set_xlabel("median turnaround (hours)")
     ax.set_ylabel(label)
@@ -180,7 +189,7 @@ def plot_overdue(table: pd.DataFrame, *, top: int = 20) -> Figure:
     ]
     colors = [SEVERITY_COLORS.get(str(s), _NEUTRAL) for s in shown["severity"].astype(str)]
     ax.barh(np.arange(len(shown)), shown["overdue_h"].to_numpy(dtype=float), color=colors)
-    ax.set_yticks(np.arange(len(shown)), labels, fontsize="small")
+    ax.set_yticks(np.arange(len(shown)), _labels(labels), fontsize="small")
     ax.legend(handles=[Patch(color=SEVERITY_COLORS[s], label=s) for s in SEVERITIES],
               title="severity", fontsize="small", loc="lower right")
     ax.set_title(f"Most overdue open studies ({len(table)} past target)")
@@ -235,7 +244,7 @@ def plot_workload(table: pd.DataFrame, *, top: int = 15) -> Figure:
         widths = shown[f"open_{sev}"].to_numpy(dtype=float)
         left.barh(y, widths, left=base, color=SEVERITY_COLORS[sev], label=sev)
         base += widths
-    left.set_yticks(y, shown["assignee"].astype(str).tolist(), fontsize="small")
+    left.set_yticks(y, _labels(shown["assignee"].astype(str).tolist()), fontsize="small")
     left.set_title("Open now, by severity")
     left.set_xlabel("open studies (count)")
     left.set_ylabel("assignee")
@@ -258,7 +267,7 @@ def plot_customers(table: pd.DataFrame, *, top: int = 15) -> Figure:
     left, right = axes[0, 0], axes[0, 1]
     y = np.arange(len(shown))
     left.barh(y, shown["within_target_share"].to_numpy(dtype=float) * 100, color="#4e9a6b")
-    left.set_yticks(y, shown["customer"].astype(str).tolist(), fontsize="small")
+    left.set_yticks(y, _labels(shown["customer"].astype(str).tolist()), fontsize="small")
     left.set_xlim(0, 100)
     left.set_title("Completed within target")
     left.set_xlabel("within target (% of completed)")
@@ -289,7 +298,7 @@ def plot_cancellations(table: pd.DataFrame) -> Figure:
         colors = [SEVERITY_COLORS[s] for s in SEVERITIES]
         ax.set_xlabel("severity")
     else:
-        labels = table["customer"].astype(str).tolist()
+        labels = _labels(table["customer"].astype(str).tolist())
         rates = (table["cancellation_rate"].to_numpy(dtype=float) * 100).tolist()
         medians = table["median_to_cancel_h"].to_numpy(dtype=float).tolist()
         colors = [_NEUTRAL] * len(labels)
