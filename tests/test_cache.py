@@ -480,3 +480,16 @@ def test_info_with_a_missing_data_file_is_a_cache_error(filled: StudyCache, tmp_
         copy.info()
     with pytest.raises(CacheError, match=rf"{studies.name} is missing.*delete"):
         copy.load()
+
+
+def test_a_bad_refresh_mode_is_a_validation_error_before_any_request(tmp_path: Path) -> None:
+    from viewerkit import ValidationError
+
+    # nothing listens on port 9: a request would be an ApiConnectionError instead
+    with Client(api_key="sk-unused", base_url="http://127.0.0.1:9", max_retries=0) as c, pytest.raises(
+        ValidationError, match="field mode: must be 'full' or 'active'"
+    ) as caught:
+        StudyCache(tmp_path).refresh(c, mode="fast", progress=False)  # type: ignore[arg-type]
+    assert caught.value.failure_cases is not None
+    assert caught.value.failure_cases["field"].tolist() == ["mode"]
+    assert not list(tmp_path.iterdir())  # nothing written either

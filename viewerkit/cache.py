@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from viewerkit.client import _stop_retrying_when
-from viewerkit.errors import CacheError, NotFound, ViewerkitError
+from viewerkit.errors import CacheError, NotFound, ValidationError, ViewerkitError
 from viewerkit.schema import META_PREFIX, STUDY_SCHEMA
 
 if TYPE_CHECKING:
@@ -558,7 +558,10 @@ class StudyCache:
         from viewerkit import frame
 
         if mode not in ("full", "active"):
-            raise ViewerkitError(f"refresh mode must be 'full' or 'active', not {mode!r}")
+            raise ValidationError.from_cases(
+                "bad refresh options",
+                [{"row": None, "field": "mode", "value": mode, "reason": "must be 'full' or 'active'"}],
+            )
         started = time.perf_counter()
         observed_at = _now_ms()
         directory = self.path / namespace_of(client.base_url, client.key_fingerprint)
