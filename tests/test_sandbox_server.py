@@ -176,22 +176,27 @@ def test_cli_serve_without_the_sandbox_extra_says_what_to_install(
     assert "pip install 'viewerkit[sandbox]'" in result.output
 
 
-def test_a_subprocess_server_stops_when_the_process_that_started_it_dies() -> None:
+def test_a_subprocess_server_stops_when_the_process_that_started_it_dies(tmp_path: Path) -> None:
     import time
 
     script = (
         "import os\n"
         "from viewerkit.sandbox import running\n"
         "with running(studies=0) as sandbox:\n"
-        "    print(sandbox.pid, flush=True)\n"
+        "    print(sandbox.pid, os.path.dirname(sandbox.db_path), flush=True)\n"
         "    os._exit(0)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    pid = int(done.stdout.strip())
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the dying parent's temporary directory
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    pid_text, workdir = done.stdout.split()
+    pid = int(pid_text)
+    assert Path(workdir).parent == tmp_path
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+    while (Path(f"/proc/{pid}").exists() or Path(workdir).exists()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not Path(f"/proc/{pid}").exists()
+    # the server removed the directory (database, log) its dead parent could not
+    assert not Path(workdir).exists()
 
 
 def test_concurrent_writers_each_apply_exactly_once(make_sandbox: Callable[..., Sandbox]) -> None:

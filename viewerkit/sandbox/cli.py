@@ -7,6 +7,7 @@ The command imports FastAPI and uvicorn only when it runs; without them it says 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -48,6 +49,8 @@ def sandbox() -> None:
 @click.option("--quiet", is_flag=True, hidden=True, help="Print nothing.")
 @click.option("--parent-pid", type=int, default=None, hidden=True,
               help="Stop when this process (the one that started the server) is gone.")
+@click.option("--orphan-cleanup", type=click.Path(file_okay=False), default=None, hidden=True,
+              help="With --parent-pid: remove this directory when stopping for a gone parent.")
 def serve(
     studies: int,
     seed: int,
@@ -63,6 +66,7 @@ def serve(
     fd: int | None,
     quiet: bool,
     parent_pid: int | None,
+    orphan_cleanup: str | None,
 ) -> None:
     """Serve the Avara Viewer Studies API on HOST:PORT until Ctrl-C.
 
@@ -108,18 +112,23 @@ def serve(
     # the access log is off: reroute URLs carry secret tokens in their query strings
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
+    orphaned = threading.Event()
     if parent_pid is not None:
-        _stop_when_orphaned(server, parent_pid)
+        _stop_when_orphaned(server, parent_pid, orphaned)
     server.run(sockets=[sock])
+    if orphaned.is_set() and orphan_cleanup is not None:
+        # the parent died before its running() could remove its temporary directory
+        shutil.rmtree(orphan_cleanup, ignore_errors=True)
 
 
-def _stop_when_orphaned(server: Any, parent_pid: int) -> None:
+def _stop_when_orphaned(server: Any, parent_pid: int, orphaned: threading.Event) -> None:
     """A server started by ``running()`` stops when its parent dies (e.g. a killed test run)
     instead of lingering on the machine."""
 
     def watch() -> None:
         while not server.should_exit:
             if os.getppid() != parent_pid:
+                orphaned.set()
                 server.should_exit = True
                 return
             time.sleep(1.0)

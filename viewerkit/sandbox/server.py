@@ -79,6 +79,7 @@ class Sandbox:
         knobs: dict[str, Any],
         in_thread: bool,
         workdir: str,
+        owns_workdir: bool = False,
     ) -> None:
         self.db_path = db_path
         self._api_key = api_key
@@ -87,6 +88,7 @@ class Sandbox:
         self._knobs = knobs
         self.in_thread = in_thread
         self._workdir = workdir
+        self._owns_workdir = owns_workdir
         self._process: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._server: Any = None
@@ -153,6 +155,9 @@ class Sandbox:
     def _start_process(self, sock: socket.socket) -> None:
         args = [sys.executable, "-m", "viewerkit.sandbox", "serve", "--db", self.db_path]
         args += ["--fd", str(sock.fileno()), "--quiet", "--parent-pid", str(os.getpid())]
+        if self._owns_workdir:
+            # if this process dies before running() removes its temporary directory, the child does
+            args += ["--orphan-cleanup", self._workdir]
         knobs = self._knobs
         if knobs.get("latency_ms"):
             args += ["--latency-ms", str(knobs["latency_ms"])]
@@ -318,6 +323,7 @@ def running(
             },
             in_thread=in_thread,
             workdir=workdir,
+            owns_workdir=True,
         )
         sandbox.start()
         try:
