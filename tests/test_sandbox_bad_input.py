@@ -217,6 +217,8 @@ def test_limit_rules_accept_1_and_100(http: httpx.Client) -> None:
     assert len(http.get("/v1/viewer/studies", params={"limit": 100}).json()["studies"]) == 50
     # the SDK types limit as a float: limit=7.0 arrives as "7.0"
     assert len(http.get("/v1/viewer/studies", params={"limit": 7.0}).json()["studies"]) == 7
+    assert len(http.get("/v1/viewer/studies", params={"limit": "0000010"}).json()["studies"]) == 10
+    assert_bad(http.get("/v1/viewer/studies", params={"limit": "9" * 400}), "limit")
 
 
 @pytest.mark.parametrize("param", ["severity", "assignedTo", "limit", "cursor", "isCancelled"])

@@ -673,7 +673,7 @@ def _list_filters(params: Mapping[str, str]) -> StudyFilters:
 
 
 # the SDK types limit as a float, so "25.0" is a whole number too; "1e1", "1_0", " 10" are not
-_WHOLE_NUMBER = re.compile(r"[0-9]{1,6}(\.0*)?")
+_WHOLE_NUMBER = re.compile(r"[0-9]+(\.0*)?")
 
 
 def _page_limit(text: str | None) -> int:
