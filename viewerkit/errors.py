@@ -98,6 +98,13 @@ class ApiError(ViewerkitError):
         super().__init__(f"{where}: {message}")
         self.call = call
         self.study = study
+        self._init: tuple[str, dict[str, Any]] = (message, {"call": call, "study": study})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keyword-only constructor: the default (cls, args) would lose call / status_code,
+        # so the error could not cross a process boundary (multiprocessing, ProcessPool)
+        message, kwargs = self._init
+        return (_rebuild, (type(self), message, kwargs))
 
 
 class ApiConnectionError(ApiError):
@@ -124,6 +131,17 @@ class ApiStatusError(ApiError):
         self.error_type = error_type
         self.param = param
         self.retry_after = retry_after
+        self._init = (
+            message,
+            {
+                "call": call,
+                "study": study,
+                "status_code": status_code,
+                "error_type": error_type,
+                "param": param,
+                "retry_after": retry_after,
+            },
+        )
 
 
 class BadRequest(ApiStatusError):
@@ -148,6 +166,10 @@ class RateLimited(ApiStatusError):
 
 class ServerError(ApiStatusError):
     """5xx: the server failed."""
+
+
+def _rebuild(cls: type[ApiError], message: str, kwargs: dict[str, Any]) -> ApiError:
+    return cls(message, **kwargs)
 
 
 _BY_STATUS: dict[int, type[ApiStatusError]] = {
