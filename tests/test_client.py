@@ -354,3 +354,10 @@ def test_rate_limit_holds_when_threads_wait_for_a_concurrency_slot() -> None:
     assert len(sent) == 8
     for start in sent:  # a token bucket allows at most depth + rate * window per window
         assert sum(start <= s < start + 0.1 for s in sent) <= 4
+
+
+def test_key_and_url_swapped_by_position_never_print_the_key() -> None:
+    key = "sk-live-0123456789abcdef"
+    with pytest.raises(ConfigurationError, match=r"base URL \(base_url=\) must start with http") as caught:
+        Client("https://api.avarasoftware.com", key)
+    assert key not in str(caught.value) and key not in repr(caught.value)

@@ -351,7 +351,11 @@ class Client:
         url = base_url if base_url is not None else os.environ.get("AVARA_BASE_URL")
         url = (url or DEFAULT_BASE_URL).rstrip("/")
         if not url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"base URL must start with http:// or https://, got {url!r}")
+            # the value is not shown: with the key and URL swapped by position it is the key
+            source = "base_url=" if base_url is not None else "AVARA_BASE_URL"
+            raise ConfigurationError(
+                f"the base URL ({source}) must start with http:// or https://"
+            )
         if max_retries < 0:
             raise ConfigurationError("max_retries must be 0 or more")
         if max_concurrency < 1:
