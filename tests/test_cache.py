@@ -493,3 +493,45 @@ def test_a_bad_refresh_mode_is_a_validation_error_before_any_request(tmp_path: P
     assert caught.value.failure_cases is not None
     assert caught.value.failure_cases["field"].tolist() == ["mode"]
     assert not list(tmp_path.iterdir())  # nothing written either
+
+
+def test_active_refresh_refuses_a_new_studies_page_with_more_but_no_cursor(
+    tmp_path: Path,
+) -> None:
+    # (a wire case the sandbox cannot produce) the open list answers normally; the
+    # unfiltered list, paged for new studies, claims more pages but gives no cursor
+    import httpx
+    import orjson
+
+    from viewerkit import ApiError
+
+    def study(n: int, created: str, status: str) -> dict[str, Any]:
+        return {"studyId": f"stu_{n:032x}", "studyInstanceUid": f"1.{n}", "severity": "normal",
+                "studyViewerStatus": status, "isCancelled": False, "createdAt": created,
+                "updatedAt": created}
+
+    world = [study(1, "2026-11-27T10:00:00Z", "incomplete"), study(2, "2026-11-27T09:55:00Z", "complete")]
+    broken = {"value": False}
+
+    def server(request: httpx.Request) -> httpx.Response:
+        params = request.url.params
+        chosen = [
+            s for s in world
+            if params.get("severity", s["severity"]) == s["severity"]
+            and params.get("studyViewerStatus", s["studyViewerStatus"]) == s["studyViewerStatus"]
+            and params.get("isCancelled", "false") == "false"
+        ]
+        unfiltered = "studyViewerStatus" not in params and "isCancelled" not in params
+        more = broken["value"] and unfiltered
+        body = {"studies": chosen, "cursor": None, "hasMore": more}
+        return httpx.Response(200, content=orjson.dumps(body))
+
+    cache = StudyCache(tmp_path)
+    with httpx.Client(transport=httpx.MockTransport(server)) as http, Client(
+        api_key="k", base_url="http://avara.test", http_client=http
+    ) as c:
+        assert cache.refresh(c, progress=False).total == 2
+        broken["value"] = True
+        with pytest.raises(ApiError, match="^list_studies: a page said hasMore but gave no cursor"):
+            cache.refresh(c, mode="active", progress=False)
+    assert cache.info()["refreshes"] == 1

@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from viewerkit import ApiConnectionError, Client, Conflict, ServerError
+from viewerkit import ApiConnectionError, ApiError, Client, Conflict, ServerError
 from viewerkit.client import retry_delay
 from viewerkit.sandbox.server import Sandbox
 
@@ -272,3 +272,14 @@ def test_a_nan_retry_after_falls_back_to_a_finite_delay(headers: dict[str, str])
     ) as c:
         assert c.list_studies()["studies"] == []  # time.sleep(nan) would raise ValueError
     assert calls == 2
+
+
+def test_iter_studies_refuses_a_page_that_has_more_but_no_cursor() -> None:
+    def server(request: httpx.Request) -> httpx.Response:
+        study = {"studyId": "stu_" + "a" * 32}
+        return httpx.Response(200, json={"studies": [study], "cursor": None, "hasMore": True})
+
+    with httpx.Client(transport=httpx.MockTransport(server)) as http, Client(
+        api_key="k", base_url="http://avara.test", http_client=http
+    ) as c, pytest.raises(ApiError, match="^list_studies: a page said hasMore but gave no cursor"):
+        list(c.iter_studies())

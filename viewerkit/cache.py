@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from viewerkit.client import _stop_retrying_when
-from viewerkit.errors import CacheError, NotFound, ValidationError, ViewerkitError
+from viewerkit.errors import ApiError, CacheError, NotFound, ValidationError, ViewerkitError
 from viewerkit.schema import META_PREFIX, STUDY_SCHEMA
 
 if TYPE_CHECKING:
@@ -735,8 +735,11 @@ class StudyCache:
             table, next_cursor, has_more = frame.page_to_arrow(raw)
             pages.append(table)
             oldest = pc.min(table.column("created_at")).as_py() if len(table) else None
-            if not has_more or next_cursor is None or oldest is None or oldest < horizon:
+            if not has_more or oldest is None or oldest < horizon:
                 break
+            if not next_cursor:
+                # stopping here would silently miss the new studies on the next pages
+                raise ApiError("a page said hasMore but gave no cursor", call="list_studies")
             cursor = next_cursor
         return frame.concat_studies(pages)
 

@@ -534,8 +534,11 @@ class Client:
                 cursor=cursor,
             )
             yield from page["studies"]
-            if not page.get("hasMore") or not page.get("cursor"):
+            if not page.get("hasMore"):
                 return
+            if not page.get("cursor"):
+                # stopping here would silently return part of the list
+                raise ApiError("a page said hasMore but gave no cursor", call="list_studies")
             cursor = page["cursor"]
 
     def retrieve_study(self, study_id: str) -> dict[str, Any]:
