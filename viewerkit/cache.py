@@ -642,7 +642,7 @@ class StudyCache:
         ).combine_chunks()
         closed, vanished = self._fetch_closed(client, old, closed_ids, concurrency, progress)
         fresh.extend(closed)
-        return _newest_per_study(frame.concat_studies(fresh)), vanished
+        return fetch.newest_per_study(frame.concat_studies(fresh)), vanished
 
     def _fetch_closed(
         self,
@@ -660,7 +660,7 @@ class StudyCache:
         a cutoff; the older ones are retrieved one by one, concurrently. The cutoff minimises
         the estimated request rounds of the two (from the cached created_at values).
         """
-        from viewerkit import frame
+        from viewerkit import fetch, frame
 
         if len(closed_ids) == 0:
             return [], []
@@ -671,7 +671,7 @@ class StudyCache:
         if cutoff is not None:
             paged = self._page_closed(client, cutoff, workers)
             found = paged.filter(pc.is_in(paged.column("study_id"), value_set=closed_ids))
-            found = _newest_per_study(found)
+            found = fetch.newest_per_study(found)
             tables.append(found)
             remaining = pc.filter(
                 closed_ids, pc.invert(pc.is_in(closed_ids, value_set=found.column("study_id")))
@@ -886,18 +886,3 @@ def _without_empty_meta(table: pa.Table) -> pa.Table:
         if name.startswith(META_PREFIX) and table.column(name).null_count == len(table)
     ]
     return table.drop_columns(empty) if empty else table
-
-
-def _newest_per_study(table: pa.Table) -> pa.Table:
-    """One row per study_id, the one with the newest updated_at."""
-    if len(table) == 0:
-        return table
-    order = pc.sort_indices(
-        table, sort_keys=[("study_id", "ascending"), ("updated_at", "descending")]
-    )
-    table = table.take(order)
-    ids = table.column("study_id").combine_chunks()
-    # sorted by study_id: a row starts its study when its ID differs from the previous one
-    keep = pa.concat_arrays([pa.array([True]), pc.not_equal(ids[1:], ids[:-1])])
-    return table.filter(keep)
-
