@@ -475,3 +475,23 @@ def test_a_window_may_reach_beyond_the_nanosecond_range() -> None:
     stat = row_of(turnaround(table(TURNAROUND_ROWS), window=everything), severity="stat")
     assert (stat["completed"], stat["median_h"]) == (5, 3.0)
     assert backlog(table(BACKLOG_ROWS), now=NOW, window=("1900-01-01", "2300-01-01"))["open"].sum() == 9
+
+
+def test_open_work_counts_whatever_the_window_while_completions_respect_it() -> None:
+    from viewerkit.reports import report_tables
+
+    rows = [
+        study("stu_o1", "stat", 0, user="usr_a"),  # open for 3 weeks: must still show
+        study("stu_o2", "normal", 500, user="usr_a"),  # open, created in the window
+        study("stu_o3", "high", 0, done=2, user="usr_a"),  # completed before the window
+        study("stu_o4", "high", 490, done=495, user="usr_a"),  # completed in the window
+    ]
+    now, window = h(504), (h(480), h(504))  # a one-day report, three weeks after stu_o1
+    load = workload(table(rows), now=now, window=window).iloc[0]
+    assert (load["open_stat"], load["open_normal"], load["open"]) == (1, 1, 2)
+    assert (load["completed"], load["median_h"]) == (1, 5.0)
+    tables = report_tables(table(rows), now=now, window=window)
+    assert tables["backlog"]["open"].sum() == 2
+    assert row_of(tables["backlog"], severity="stat", age_band="> 48 h")["past_target"] == 1
+    assert list(tables["overdue"]["study_id"]) == ["stu_o1"]
+    assert tables["turnaround"]["completed"].sum() == 1

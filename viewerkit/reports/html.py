@@ -96,7 +96,10 @@ def report_tables(
     """Every KPI table of the report, keyed ``turnaround``, ``turnaround_weekly``,
     ``backlog``, ``overdue``, ``volume``, ``workload``, ``customers``, ``cancellations``.
 
-    Completion is resolved once (``with_completion``) and shared by all of them.
+    Completion is resolved once (``with_completion``) and shared by all of them. The
+    window bounds arrivals, completions and cancellations; the backlog, the overdue list and
+    the open counts are what is open at ``now``, however old (a morning report over the last
+    7 days must still show the study that has waited for three weeks).
     """
     targets = _resolve_sla(sla)
     at = pd.Timestamp(_now_ms(now), unit="ms", tz="UTC")
@@ -105,8 +108,8 @@ def report_tables(
     return {
         "turnaround": turnaround(table, "severity", sla=targets, window=window),
         "turnaround_weekly": turnaround(table, ["severity", "week"], sla=targets, window=window),
-        "backlog": backlog(table, now=at, sla=targets, window=window),
-        "overdue": overdue(table, now=at, sla=targets, window=window),
+        "backlog": backlog(table, now=at, sla=targets),
+        "overdue": overdue(table, now=at, sla=targets),
         "volume": volume(table, freq=freq, window=span),  # type: ignore[arg-type]
         "workload": workload(table, now=at, sla=targets, window=window),
         "customers": customers(table, sla=targets, window=window),
@@ -316,7 +319,8 @@ def render(
         + _table_html(tat, note=sources)
         + _png(figs["turnaround_weekly"], "weekly median turnaround by severity")
         + _recent_weeks_html(tables["turnaround_weekly"], weeks=8),
-        "backlog": _png(figs["backlog"], "open studies by age") + _table_html(bl),
+        "backlog": _png(figs["backlog"], "open studies by age")
+        + _table_html(bl, note="Everything open now, however old: the window does not apply here."),
         "overdue": _png(figs["overdue"], "most overdue studies") + _table_html(tables["overdue"], max_rows=50),
         "volume": _png(figs["volume"], "arrivals by severity") + _table_html(tables["volume"], max_rows=90, latest=True),
         "workload": _png(figs["workload"], "workload per assignee") + _table_html(tables["workload"], max_rows=40),

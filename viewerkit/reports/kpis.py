@@ -811,9 +811,10 @@ def workload(
     """Per assignee: open now by severity, completed in the window, median turnaround, breaches.
 
     Columns: ``assigned_to_user_id`` (null for unassigned work), ``assignee``,
-    ``open_normal``, ``open_high``, ``open_stat``, ``open`` (open at ``now``, created in the
-    window), ``completed`` (completed in the window), ``median_h``, ``breached`` (completed
-    past target). Busiest first: most open, then most completed, then by name.
+    ``open_normal``, ``open_high``, ``open_stat``, ``open`` (open at ``now``, whenever
+    created: the window bounds completions only), ``completed`` (completed in the window),
+    ``median_h``, ``breached`` (completed past target). Busiest first: most open, then most
+    completed, then by name.
 
     >>> import pandas as pd
     >>> now = pd.Timestamp("2026-11-02 12:00", tz="UTC")
@@ -826,7 +827,7 @@ def workload(
     at = _now_ms(now)
     targets = s.target_h(_resolve_sla(sla))
     win = _window(window)
-    is_open = s.open & (s.created <= at) & _inside(s.created, win)
+    is_open = s.open & (s.created <= at)
     done = _inside(s.completed_at, win)
     codes, keys = _group(s, "assignee", _rows(is_open | done))
     n = len(keys)
