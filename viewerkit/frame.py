@@ -37,11 +37,13 @@ import pyarrow.compute as pc
 
 from viewerkit.errors import ApiError, ViewerkitError
 from viewerkit.schema import (
+    CREATE_FIELDS,
     META_PREFIX,
     REFERENCE_USER_FIELDS,
     SEVERITIES,
     SEVERITY_TYPE,
     STUDY_SCHEMA,
+    UPDATE_FIELDS,
     VIEWER_STATUS_TYPE,
     VIEWER_STATUSES,
 )
@@ -452,17 +454,7 @@ _BODY_FIELDS: Final = {
     "assigned_to_user_id": "assignedTo",
     "express_customer_id": "expressCustomerId",
 }
-_CALL_FIELDS: Final = {
-    "create": (
-        "severity",
-        "studyDescription",
-        "studyInstanceUid",
-        "assignedTo",
-        "expressCustomerId",
-        "metadata",
-    ),
-    "update": ("assignedTo", "metadata", "severity", "studyDescription", "studyViewerStatus"),
-}
+_CALL_FIELDS: Final = {"create": CREATE_FIELDS, "update": UPDATE_FIELDS}
 
 
 def study_to_api_body(

@@ -41,6 +41,9 @@ __all__ = [
     "NOT_GIVEN",
     "NotGiven",
     "list_query_params",
+    "CREATE_FIELDS",
+    "UPDATE_FIELDS",
+    "IDENTIFY_FIELDS",
 ]
 
 Severity = Literal["normal", "high", "stat"]
@@ -117,6 +120,21 @@ def metadata_problems(metadata: object) -> list[str]:
                 f"{MAX_METADATA_VALUE_LENGTH} are allowed"
             )
     return problems
+
+
+#: The body fields each write accepts, as the wire spells them (create's first three are
+#: required); the client, the study table's row -> body direction and the sandbox share them.
+CREATE_FIELDS: Final = (
+    "severity",
+    "studyDescription",
+    "studyInstanceUid",
+    "assignedTo",
+    "expressCustomerId",
+    "metadata",
+)
+UPDATE_FIELDS: Final = ("assignedTo", "metadata", "severity", "studyDescription", "studyViewerStatus")
+#: How cancel, uncancel and reroute-url name their study: one of the two.
+IDENTIFY_FIELDS: Final = ("studyId", "studyInstanceUid")
 
 
 #: Prefix of the metadata columns: key ``site`` becomes column ``meta.site``.

@@ -43,8 +43,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from viewerkit.sandbox.faults import FaultMiddleware, Faults
 from viewerkit.sandbox.store import Keyset, Store, StudyFilters
 from viewerkit.schema import (
+    CREATE_FIELDS,
+    IDENTIFY_FIELDS,
     MAX_PAGE_LIMIT,
     SEVERITIES,
+    UPDATE_FIELDS,
     VIEWER_STATUSES,
     is_customer_id,
     is_dicom_uid,
@@ -246,16 +249,6 @@ def check_reroute_token(secret: bytes, study_id: str, token: str) -> int:
 
 # -- the app --------------------------------------------------------------------------------
 
-_CREATE_FIELDS = (
-    "severity",
-    "studyDescription",
-    "studyInstanceUid",
-    "assignedTo",
-    "expressCustomerId",
-    "metadata",
-)
-_UPDATE_FIELDS = ("assignedTo", "metadata", "severity", "studyDescription", "studyViewerStatus")
-_IDENTIFY_FIELDS = ("studyId", "studyInstanceUid")
 _LIST_PARAMS = (
     "assignedTo",
     "expressCustomerId",
@@ -429,7 +422,7 @@ def create_app(
     )
     async def create_study(request: Request) -> Response:
         key_id = authenticate(request)
-        body = await _body(request, _CREATE_FIELDS)
+        body = await _body(request, CREATE_FIELDS)
 
         def work() -> dict[str, Any]:
             for field in ("severity", "studyDescription", "studyInstanceUid"):
@@ -522,7 +515,7 @@ def create_app(
     async def update_study(studyId: str, request: Request) -> Response:  # noqa: N803
         authenticate(request)
         study_id = _check_study_id(studyId)
-        body = await _body(request, _UPDATE_FIELDS)
+        body = await _body(request, UPDATE_FIELDS)
 
         def work() -> dict[str, Any]:
             changes: dict[str, Any] = {}
@@ -547,7 +540,7 @@ def create_app(
     @app.post("/v1/viewer/studies/cancel", openapi_extra=identify_body)
     async def cancel_study(request: Request) -> Response:
         authenticate(request)
-        body = await _body(request, _IDENTIFY_FIELDS)
+        body = await _body(request, IDENTIFY_FIELDS)
 
         def work() -> dict[str, Any]:
             study_id = identify(body)
@@ -561,7 +554,7 @@ def create_app(
     @app.post("/v1/viewer/studies/uncancel", openapi_extra=identify_body)
     async def uncancel_study(request: Request) -> Response:
         authenticate(request)
-        body = await _body(request, _IDENTIFY_FIELDS)
+        body = await _body(request, IDENTIFY_FIELDS)
 
         def work() -> dict[str, Any]:
             study_id = identify(body)
@@ -575,7 +568,7 @@ def create_app(
     @app.post("/v1/viewer/studies/reroute-url", openapi_extra=identify_body)
     async def reroute_url(request: Request) -> Response:
         authenticate(request)
-        body = await _body(request, _IDENTIFY_FIELDS)
+        body = await _body(request, IDENTIFY_FIELDS)
         study_id = await in_thread(lambda: identify(body))
         expires = int((time.time() + reroute_ttl_s) * 1000)
         base = str(request.base_url).rstrip("/")
