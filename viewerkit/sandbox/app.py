@@ -537,33 +537,31 @@ def create_app(
 
     identify_body = _json_body({"studyId": _STUDY_ID, "studyInstanceUid": _UID})
 
-    @app.post("/v1/viewer/studies/cancel", openapi_extra=identify_body)
-    async def cancel_study(request: Request) -> Response:
-        authenticate(request)
-        body = await _body(request, IDENTIFY_FIELDS)
+    def set_cancelled_route(cancelled: bool, same_state: dict[str, Any]) -> Any:
+        """The cancel or uncancel endpoint: ``same_state`` is the answer when the study is
+        already in the state asked for (the contract's no-op answers)."""
 
-        def work() -> dict[str, Any]:
-            study_id = identify(body)
-            changed = store.set_cancelled(study_id, True)
-            if changed is None:
-                raise SandboxError(404, f"no study {study_id}", "studyId")
-            return {"success": True} if changed else {"success": True, "message": "already cancelled"}
+        async def route(request: Request) -> Response:
+            authenticate(request)
+            body = await _body(request, IDENTIFY_FIELDS)
 
-        return _json(await in_thread(work))
+            def work() -> dict[str, Any]:
+                study_id = identify(body)
+                changed = store.set_cancelled(study_id, cancelled)
+                if changed is None:
+                    raise SandboxError(404, f"no study {study_id}", "studyId")
+                return {"success": True} if changed else same_state
 
-    @app.post("/v1/viewer/studies/uncancel", openapi_extra=identify_body)
-    async def uncancel_study(request: Request) -> Response:
-        authenticate(request)
-        body = await _body(request, IDENTIFY_FIELDS)
+            return _json(await in_thread(work))
 
-        def work() -> dict[str, Any]:
-            study_id = identify(body)
-            changed = store.set_cancelled(study_id, False)
-            if changed is None:
-                raise SandboxError(404, f"no study {study_id}", "studyId")
-            return {"success": True} if changed else {"success": False, "message": "study is not cancelled"}
+        return route
 
-        return _json(await in_thread(work))
+    app.post("/v1/viewer/studies/cancel", openapi_extra=identify_body, name="cancel_study")(
+        set_cancelled_route(True, {"success": True, "message": "already cancelled"})
+    )
+    app.post("/v1/viewer/studies/uncancel", openapi_extra=identify_body, name="uncancel_study")(
+        set_cancelled_route(False, {"success": False, "message": "study is not cancelled"})
+    )
 
     @app.post("/v1/viewer/studies/reroute-url", openapi_extra=identify_body)
     async def reroute_url(request: Request) -> Response:
