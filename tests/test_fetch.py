@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from raw_api import list_all_raw
 
 from viewerkit import Client
 from viewerkit.errors import ApiConnectionError, ValidationError
@@ -27,25 +27,6 @@ from viewerkit.sandbox.server import Sandbox
 from viewerkit.schema import NOT_GIVEN, REFERENCE_USER_FIELDS, STUDY_SCHEMA
 
 # -- an independent reading of the API: raw JSON pages via httpx, flattened by hand -------
-
-
-def api_studies(sandbox: Sandbox, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Every study the list endpoint returns for ``params``, in list order, via plain httpx."""
-    studies: list[dict[str, Any]] = []
-    query = dict(params or {}, limit="100")
-    with httpx.Client(
-        base_url=sandbox.base_url,
-        headers={"Authorization": f"Bearer {sandbox.api_key}"},
-        timeout=30.0,
-    ) as http:
-        while True:
-            response = http.get("/v1/viewer/studies", params=query)
-            response.raise_for_status()
-            page = orjson.loads(response.content)
-            studies.extend(page["studies"])
-            if not page["hasMore"]:
-                return studies
-            query["cursor"] = page["cursor"]
 
 
 def _when(value: str | None) -> dt.datetime | None:
@@ -107,7 +88,7 @@ def client(sandbox: Sandbox) -> Iterator[Client]:
 
 @pytest.fixture(scope="module")
 def everything(sandbox: Sandbox) -> list[dict[str, Any]]:
-    return api_studies(sandbox)
+    return list_all_raw(sandbox)
 
 
 # -- completeness and exactness ---------------------------------------------------------
@@ -165,7 +146,7 @@ def test_filters_select_exactly_what_the_api_lists_partitioned_and_sequential(
     sandbox: Sandbox, client: Client, everything: list[dict[str, Any]]
 ) -> None:
     for filters in _filter_cases(everything):
-        expected = api_studies(sandbox, _wire(filters))
+        expected = list_all_raw(sandbox, _wire(filters))
         assert expected, filters  # a filter that selects nothing would prove little
         partitioned = fetch_studies_arrow(client, progress=False, **filters)
         sequential = fetch_studies_arrow(client, progress=False, partitioned=False, **filters)

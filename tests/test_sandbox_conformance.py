@@ -10,6 +10,7 @@ from typing import Any
 import avara
 import httpx
 import pytest
+from raw_api import list_all_raw
 
 from viewerkit.sandbox.server import Sandbox
 
@@ -47,17 +48,7 @@ def list_order(study: dict[str, Any]) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def everything(sandbox: Sandbox) -> list[dict[str, Any]]:
     """Every study of the shared sandbox as raw JSON, read page by page with httpx."""
-    studies: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 100}
-    with httpx.Client(
-        base_url=sandbox.base_url, headers={"Authorization": f"Bearer {sandbox.api_key}"}
-    ) as http:
-        while True:
-            page = http.get("/v1/viewer/studies", params=params).json()
-            studies.extend(page["studies"])
-            if not page["hasMore"]:
-                return studies
-            params["cursor"] = page["cursor"]
+    return list_all_raw(sandbox)
 
 
 @pytest.fixture

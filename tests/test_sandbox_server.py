@@ -14,22 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from raw_api import list_all_raw
 
 from viewerkit.sandbox.server import API_KEY_ENV, Sandbox, running
-
-
-def all_studies(server: Sandbox) -> list[dict[str, Any]]:
-    studies: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 100}
-    with httpx.Client(
-        base_url=server.base_url, headers={"Authorization": f"Bearer {server.api_key}"}
-    ) as http:
-        while True:
-            page = http.get("/v1/viewer/studies", params=params).json()
-            studies.extend(page["studies"])
-            if not page["hasMore"]:
-                return studies
-            params["cursor"] = page["cursor"]
 
 
 def create(server: Sandbox) -> dict[str, Any]:
@@ -47,12 +34,12 @@ def create(server: Sandbox) -> dict[str, Any]:
 def test_restart_on_the_same_db_keeps_every_study_and_cursor(make_sandbox: Callable[..., Sandbox]) -> None:
     server = make_sandbox(studies=300, seed=4)
     created = create(server)
-    before = all_studies(server)
+    before = list_all_raw(server)
     assert len(before) == 301 and created in before
     with httpx.Client(headers={"Authorization": f"Bearer {server.api_key}"}) as http:
         cursor = http.get(server.base_url + "/v1/viewer/studies", params={"limit": 10}).json()["cursor"]
         server.restart()
-        after = all_studies(server)
+        after = list_all_raw(server)
         assert after == before
         # a cursor issued before the restart still works: the signing secret is in the db
         page = http.get(server.base_url + "/v1/viewer/studies", params={"limit": 10, "cursor": cursor})
@@ -66,7 +53,7 @@ def test_a_killed_server_restarts_with_every_committed_write(make_sandbox: Calla
     with pytest.raises(httpx.TransportError):
         httpx.get(server.base_url + "/_sandbox/health", timeout=2.0)
     server.restart()
-    ids = {s["studyId"] for s in all_studies(server)}
+    ids = {s["studyId"] for s in list_all_raw(server)}
     assert len(ids) == 55 and {s["studyId"] for s in created} <= ids
     assert [r["operation"] for r in server.audit()] == ["create"] * 5
 
@@ -74,11 +61,11 @@ def test_a_killed_server_restarts_with_every_committed_write(make_sandbox: Calla
 def test_running_on_an_existing_db_does_not_reseed_it(tmp_path: Path) -> None:
     db = tmp_path / "sandbox.db"
     with running(studies=40, seed=1, db_path=db) as first:
-        studies = all_studies(first)
+        studies = list_all_raw(first)
         create(first)
     assert db.exists()
     with running(studies=40, seed=2, db_path=db, in_thread=True) as second:
-        again = all_studies(second)
+        again = list_all_raw(second)
     assert len(again) == 41 and again[1:] == studies
 
 
@@ -158,7 +145,7 @@ def test_a_thread_sandbox_restarts_on_its_port_with_its_studies() -> None:
         port = server.port
         server.restart()
         assert server.port == port
-        assert created in all_studies(server)
+        assert created in list_all_raw(server)
         with pytest.raises(RuntimeError):
             server.kill()
 
@@ -227,7 +214,7 @@ def test_concurrent_writers_each_apply_exactly_once(make_sandbox: Callable[..., 
     assert len(set(ids)) == 64
     operations = [(row["study_id"], row["operation"]) for row in server.audit()]
     assert sorted(operations) == sorted((i, op) for i in ids for op in ("create", "update", "cancel"))
-    assert len(all_studies(server)) == 84
+    assert len(list_all_raw(server)) == 84
 
 
 @pytest.mark.parametrize("in_thread", [False, True])
