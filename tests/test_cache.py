@@ -487,7 +487,7 @@ def test_a_bad_refresh_mode_is_a_validation_error_before_any_request(tmp_path: P
 
     # nothing listens on port 9: a request would be an ApiConnectionError instead
     with Client(api_key="sk-unused", base_url="http://127.0.0.1:9", max_retries=0) as c, pytest.raises(
-        ValidationError, match="field mode: must be 'full' or 'active'"
+        ValidationError, match="field mode: is not one of the allowed values, allowed: full, active"
     ) as caught:
         StudyCache(tmp_path).refresh(c, mode="fast", progress=False)  # type: ignore[arg-type]
     assert caught.value.failure_cases is not None

@@ -14,6 +14,7 @@ from viewerkit.errors import (
     CacheError,
     NotFound,
     RateLimited,
+    Reason,
     ServerError,
     ValidationError,
 )
@@ -45,7 +46,7 @@ def test_errors_pickle_with_their_message_and_attributes(error: Exception) -> No
 
 def test_validation_error_pickles_with_its_failure_cases() -> None:
     error = ValidationError.from_cases(
-        "create_study", [{"row": 3, "field": "severity", "value": "urgent", "reason": "bad"}]
+        "create_study", [{"row": 3, "field": "severity", "value": "urgent", "reason": Reason.NOT_SEVERITY}]
     )
     copy = pickle.loads(pickle.dumps(error))
     assert str(copy) == str(error)

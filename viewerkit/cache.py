@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from viewerkit.client import _stop_retrying_when
-from viewerkit.errors import ApiError, CacheError, NotFound, ValidationError, ViewerkitError
+from viewerkit.errors import ApiError, CacheError, NotFound, Reason, ValidationError, ViewerkitError
 from viewerkit.schema import META_PREFIX, STUDY_SCHEMA
 
 if TYPE_CHECKING:
@@ -560,7 +560,8 @@ class StudyCache:
         if mode not in ("full", "active"):
             raise ValidationError.from_cases(
                 "bad refresh options",
-                [{"row": None, "field": "mode", "value": mode, "reason": "must be 'full' or 'active'"}],
+                [{"row": None, "field": "mode", "value": mode, "reason": Reason.NOT_A_CHOICE,
+                  "detail": "allowed: full, active"}],
             )
         started = time.perf_counter()
         observed_at = _now_ms()

@@ -45,6 +45,7 @@ from viewerkit.errors import (
     ApiError,
     ConfigurationError,
     Conflict,
+    Reason,
     ValidationError,
     error_for_status,
 )
@@ -248,42 +249,44 @@ class _Checks:
         self.call = call
         self.cases: list[dict[str, Any]] = []
 
-    def bad(self, name: str, value: object, reason: str) -> None:
-        self.cases.append({"row": None, "field": name, "value": value, "reason": reason})
+    def bad(self, name: str, value: object, reason: Reason, detail: str | None = None) -> None:
+        self.cases.append(
+            {"row": None, "field": name, "value": value, "reason": reason, "detail": detail}
+        )
 
     def study_id(self, name: str, value: object) -> None:
         if value == "" or value is None:
-            self.bad(name, value, "must not be empty")
+            self.bad(name, value, Reason.EMPTY)
         elif not is_study_id(value):
-            self.bad(name, value, "must be stu_ + 32 lowercase hex")
+            self.bad(name, value, Reason.NOT_STUDY_ID)
 
     def uid(self, name: str, value: object) -> None:
         if value == "" or value is None:
-            self.bad(name, value, "must not be empty")
+            self.bad(name, value, Reason.EMPTY)
         elif not is_dicom_uid(value):
-            self.bad(name, value, "must be a DICOM UID (1-64 digits and single dots, no leading zeros)")
+            self.bad(name, value, Reason.NOT_DICOM_UID)
 
-    def enum(self, name: str, value: object, allowed: tuple[str, ...]) -> None:
+    def enum(self, name: str, value: object, allowed: tuple[str, ...], reason: Reason) -> None:
         if value not in allowed:
-            self.bad(name, value, f"must be one of {', '.join(allowed)}")
+            self.bad(name, value, reason)
 
     def text(self, name: str, value: object) -> None:
         if not isinstance(value, str) or not value:
-            self.bad(name, value, "must be a non-empty string")
+            self.bad(name, value, Reason.EMPTY if value == "" else Reason.NOT_TEXT)
 
     def user(self, name: str, value: object) -> None:
         if value is not None and not is_user_id(value):
-            self.bad(name, value, "must be usr_ + 32 lowercase hex, or None")
+            self.bad(name, value, Reason.NOT_USER_ID, "or None")
 
     def customer(self, name: str, value: object) -> None:
         if value is not None and not is_customer_id(value):
-            self.bad(name, value, "must be cus_ + 32 lowercase hex, or None")
+            self.bad(name, value, Reason.NOT_CUSTOMER_ID, "or None")
 
     def metadata(self, name: str, value: object) -> None:
         if value is None:
             return
         for problem in metadata_problems(value):
-            self.bad(name, _short(value), problem)
+            self.bad(name, _short(value), Reason.NOT_METADATA, problem)
 
     def done(self) -> None:
         if self.cases:
@@ -301,7 +304,7 @@ def _target(
     """The body naming one study by ID or UID, and the label for messages."""
     checks = _Checks(call)
     if study_id is None and study_instance_uid is None:
-        checks.bad("study_id", None, "give study_id or study_instance_uid")
+        checks.bad("study_id", None, Reason.REQUIRED, "give study_id or study_instance_uid")
     if study_id is not None:
         checks.study_id("study_id", study_id)
     if study_instance_uid is not None:
@@ -426,7 +429,7 @@ class Client:
         study; any other 409 (first try, or after 408 / 429, which apply nothing) raises
         Conflict."""
         checks = _Checks("create_study")
-        checks.enum("severity", severity, SEVERITIES)
+        checks.enum("severity", severity, SEVERITIES, Reason.NOT_SEVERITY)
         checks.text("study_description", study_description)
         checks.uid("study_instance_uid", study_instance_uid)
         body: dict[str, Any] = {
@@ -584,13 +587,13 @@ class Client:
             checks.metadata("metadata", metadata)
             body["metadata"] = dict(metadata) if metadata is not None else None
         if not isinstance(severity, NotGiven):
-            checks.enum("severity", severity, SEVERITIES)
+            checks.enum("severity", severity, SEVERITIES, Reason.NOT_SEVERITY)
             body["severity"] = severity
         if not isinstance(study_description, NotGiven):
             checks.text("study_description", study_description)
             body["studyDescription"] = study_description
         if not isinstance(study_viewer_status, NotGiven):
-            checks.enum("study_viewer_status", study_viewer_status, VIEWER_STATUSES)
+            checks.enum("study_viewer_status", study_viewer_status, VIEWER_STATUSES, Reason.NOT_VIEWER_STATUS)
             body["studyViewerStatus"] = study_viewer_status
         checks.done()
         response = self._send(

@@ -27,7 +27,8 @@ NotFound 404
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,6 +37,8 @@ __all__ = [
     "ViewerkitError",
     "ConfigurationError",
     "ValidationError",
+    "Reason",
+    "SECRET_FIELDS",
     "CacheError",
     "ApiError",
     "ApiConnectionError",
@@ -58,32 +61,126 @@ class ConfigurationError(ViewerkitError):
     """A setting is missing or wrong (no API key, a missing optional extra, ...)."""
 
 
+class Reason(str, Enum):
+    """Why a value was refused: the ``reason`` column of ``ValidationError.failure_cases``.
+
+    The values read as the end of a sentence naming the field ("severity must be one of
+    normal, high, stat"). Like pandera's check names, they let a script filter the failures
+    by kind; the optional detail of a case (e.g. the allowed values of an option) only goes
+    into the message.
+
+    >>> Reason.NOT_SEVERITY.value
+    'must be one of normal, high, stat'
+    """
+
+    # presence and shape
+    REQUIRED = "is required"
+    EMPTY = "must not be empty"
+    BLANK = "must not be blank (only whitespace)"
+    NOT_TEXT = "must be a string"
+    NOT_BOOLEAN = "must be True or False"
+    NOT_WHOLE_NUMBER = "must be a whole number"
+    OUT_OF_RANGE = "is out of range"
+    NOT_A_CHOICE = "is not one of the allowed values"
+    CONFLICT = "conflicts with another value"
+    DUPLICATE = "appears more than once"
+    # the contract's formats and enums
+    NOT_STUDY_ID = "must be stu_ + 32 lowercase hex"
+    NOT_USER_ID = "must be usr_ + 32 lowercase hex"
+    NOT_CUSTOMER_ID = "must be cus_ + 32 lowercase hex"
+    NOT_API_KEY_ID = "must be a lowercase UUID version 4"
+    NOT_DICOM_UID = "must be a DICOM UID (1-64 digits and single dots, no leading zeros)"
+    NOT_SEVERITY = "must be one of normal, high, stat"
+    NOT_VIEWER_STATUS = "must be one of incomplete, complete"
+    NOT_CURSOR = "must be the non-empty cursor of a previous page"
+    TOO_LONG = "is too long"
+    # metadata limits
+    NOT_METADATA = "must be a mapping of string keys to string values"
+    TOO_MANY_PAIRS = "has more than 50 pairs"
+    BAD_METADATA_KEY = "has a key that is not 1-100 characters"
+    METADATA_VALUE_NOT_TEXT = "has a value that is not a string"
+    METADATA_VALUE_TOO_LONG = "has a value longer than 1000 characters"
+    # tables, times and options given to the library
+    MISSING_COLUMN = "is a required column that is missing"
+    WRONG_TYPE = "has the wrong type"
+    NOT_A_TIME = "must be a time (ISO 8601 or a datetime)"
+    NOT_A_DURATION = "must be hours (a number) or a timedelta"
+    NOT_POSITIVE = "must be positive"
+    BAD_WINDOW = "must be (start, end) with start before end"
+
+
+#: Fields whose values are secrets: their value never reaches ``failure_cases`` or a message.
+SECRET_FIELDS: Final = frozenset({"api_key", "url", "reroute_url"})
+_REDACTED: Final = "<redacted>"
+_CASE_COLUMNS: Final = ("row", "field", "value", "reason")
+
+
 class ValidationError(ViewerkitError, ValueError):
     """Input was rejected before any request was sent.
 
-    ``failure_cases`` is a DataFrame with columns ``row``, ``field``, ``value``, ``reason``
-    (one row per problem, every problem found, not just the first).
+    ``failure_cases`` is always a DataFrame with columns ``row`` (the row of a table or plan,
+    else None), ``field``, ``value`` and ``reason`` (a :class:`Reason`): one row per problem,
+    every problem found, not just the first. Values of secret fields are ``<redacted>``.
+
+    >>> error = ValidationError.one("create_study", "severity", "urgent", Reason.NOT_SEVERITY)
+    >>> print(error)
+    create_study: 1 problem
+      field severity: must be one of normal, high, stat (got 'urgent')
+    >>> error.failure_cases["reason"].tolist() == [Reason.NOT_SEVERITY]
+    True
     """
 
     def __init__(self, message: str, failure_cases: pd.DataFrame | None = None) -> None:
         super().__init__(message)
-        self.failure_cases = failure_cases
+        if failure_cases is None:
+            import pandas as pd
+
+            failure_cases = pd.DataFrame(columns=list(_CASE_COLUMNS))
+        self.failure_cases: pd.DataFrame = failure_cases
 
     @classmethod
     def from_cases(cls, what: str, cases: list[dict[str, Any]]) -> ValidationError:
-        """Build one error from gathered ``{"row", "field", "value", "reason"}`` dicts."""
+        """Build one error from gathered cases: dicts with ``row`` (optional), ``field``,
+        ``value``, ``reason`` (a :class:`Reason`) and an optional ``detail`` that the
+        message adds after the reason and a comma (e.g. ``"allowed: full, active"``)."""
         import pandas as pd
 
-        frame = pd.DataFrame(cases, columns=["row", "field", "value", "reason"])
-        lines = [
-            f"  row {c['row']!s}, field {c['field']}: {c['reason']} (got {c['value']!r})"
-            if c["row"] is not None
-            else f"  field {c['field']}: {c['reason']} (got {c['value']!r})"
-            for c in cases[:10]
-        ]
+        rows: list[dict[str, Any]] = []
+        lines: list[str] = []
+        for case in cases:
+            reason = case["reason"]
+            if not isinstance(reason, Reason):
+                raise TypeError(f"a failure case's reason must be a Reason, not {reason!r}")
+            value = _REDACTED if case["field"] in SECRET_FIELDS else case["value"]
+            row = case.get("row")
+            rows.append({"row": row, "field": case["field"], "value": value, "reason": reason})
+            if len(lines) < 10:
+                detail = case.get("detail")
+                said = reason.value + (f", {detail}" if detail else "")
+                where = f"row {row!s}, field {case['field']}" if row is not None else f"field {case['field']}"
+                lines.append(f"  {where}: {said} (got {value!r})")
+        frame = pd.DataFrame(rows, columns=list(_CASE_COLUMNS))
         more = f"\n  ... and {len(cases) - 10} more" if len(cases) > 10 else ""
         noun = "problem" if len(cases) == 1 else "problems"
         return cls(f"{what}: {len(cases)} {noun}\n" + "\n".join(lines) + more, frame)
+
+    @classmethod
+    def one(
+        cls,
+        what: str,
+        field: str,
+        value: object,
+        reason: Reason,
+        *,
+        detail: str | None = None,
+        row: object = None,
+    ) -> ValidationError:
+        """One problem as an error (see :meth:`from_cases`)."""
+        case = {"row": row, "field": field, "value": value, "reason": reason, "detail": detail}
+        return cls.from_cases(what, [case])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.failure_cases))
 
 
 class CacheError(ViewerkitError):

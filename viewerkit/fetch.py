@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from viewerkit.client import _stop_retrying_when
-from viewerkit.errors import ApiError, ValidationError
+from viewerkit.errors import ApiError, Reason, ValidationError
 from viewerkit.frame import flatten_studies, read_page, to_pandas
 from viewerkit.schema import (
     MAX_PAGE_LIMIT,
@@ -193,7 +193,7 @@ def fetch_studies_arrow(
         raise ValidationError.from_cases(
             "bad fetch options",
             [{"row": None, "field": "concurrency", "value": concurrency,
-              "reason": "must be a whole number, 1 or more"}],
+              "reason": Reason.OUT_OF_RANGE, "detail": "a whole number, 1 or more"}],
         )
     given = {k: v for k, v in filters.items() if v is not NOT_GIVEN}
     partitions = study_partitions(given) if partitioned else [given]

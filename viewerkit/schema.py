@@ -236,17 +236,19 @@ def list_query_params(
     >>> list_query_params(assigned_to=None, is_cancelled=False, severity="stat")
     {'assignedTo': 'null', 'isCancelled': 'false', 'severity': 'stat'}
     """
-    from viewerkit.errors import ValidationError
+    from viewerkit.errors import Reason, ValidationError
 
     cases: list[dict[str, Any]] = []
     params: dict[str, str] = {}
 
-    def bad(field: str, value: object, reason: str) -> None:
-        cases.append({"row": None, "field": field, "value": value, "reason": reason})
+    def bad(field: str, value: object, reason: Reason, detail: str | None = None) -> None:
+        cases.append(
+            {"row": None, "field": field, "value": value, "reason": reason, "detail": detail}
+        )
 
     for field, wire, check, fmt in (
-        ("assigned_to", "assignedTo", is_user_id, "usr_ + 32 lowercase hex"),
-        ("express_customer_id", "expressCustomerId", is_customer_id, "cus_ + 32 lowercase hex"),
+        ("assigned_to", "assignedTo", is_user_id, Reason.NOT_USER_ID),
+        ("express_customer_id", "expressCustomerId", is_customer_id, Reason.NOT_CUSTOMER_ID),
     ):
         value = assigned_to if field == "assigned_to" else express_customer_id
         if value is NOT_GIVEN:
@@ -256,37 +258,37 @@ def list_query_params(
         elif check(value):
             params[wire] = str(value)
         else:
-            bad(field, value, f"must be {fmt}, or None for none")
+            bad(field, value, fmt, "or None for none")
     if not isinstance(is_cancelled, NotGiven):
         if isinstance(is_cancelled, bool):
             params["isCancelled"] = "true" if is_cancelled else "false"
         else:
-            bad("is_cancelled", is_cancelled, "must be True or False")
+            bad("is_cancelled", is_cancelled, Reason.NOT_BOOLEAN)
     if not isinstance(severity, NotGiven):
         if severity in SEVERITIES:
             params["severity"] = severity
         else:
-            bad("severity", severity, f"must be one of {', '.join(SEVERITIES)}")
+            bad("severity", severity, Reason.NOT_SEVERITY)
     if not isinstance(study_description, NotGiven):
         if isinstance(study_description, str) and study_description:
             params["studyDescription"] = study_description
         else:
-            bad("study_description", study_description, "must be a non-empty string")
+            bad("study_description", study_description, Reason.EMPTY if study_description == "" else Reason.NOT_TEXT)
     if not isinstance(study_viewer_status, NotGiven):
         if study_viewer_status in VIEWER_STATUSES:
             params["studyViewerStatus"] = study_viewer_status
         else:
-            bad("study_viewer_status", study_viewer_status, f"must be one of {', '.join(VIEWER_STATUSES)}")
+            bad("study_viewer_status", study_viewer_status, Reason.NOT_VIEWER_STATUS)
     if not isinstance(limit, NotGiven):
         if isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= MAX_PAGE_LIMIT:
             params["limit"] = str(limit)
         else:
-            bad("limit", limit, f"must be a whole number from 1 to {MAX_PAGE_LIMIT}")
+            bad("limit", limit, Reason.OUT_OF_RANGE, f"a whole number from 1 to {MAX_PAGE_LIMIT}")
     if not isinstance(cursor, NotGiven):
         if isinstance(cursor, str) and cursor:
             params["cursor"] = cursor
         else:
-            bad("cursor", cursor, "must be the non-empty cursor of a previous page")
+            bad("cursor", cursor, Reason.NOT_CURSOR)
     if cases:
         raise ValidationError.from_cases("bad study list filters", cases)
     return params
