@@ -117,18 +117,20 @@ def test_unchanged_server_refresh_changes_nothing(make_sandbox: Any, tmp_path: P
 def test_active_then_full_refresh_agree_with_a_fresh_fetch(
     make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page_cost: float
 ) -> None:
-    import viewerkit.cache as cache_module
+    import viewerkit.fetch as fetch_module
 
-    # the cost model picks how closed studies are re-read: force each way once
-    monkeypatch.setattr(cache_module, "_PAGE_COST", page_cost)
+    # the cost model of fetch.retrieve_studies picks how closed studies are re-read: force
+    # each way once, and see which studies it retrieved singly
+    monkeypatch.setattr(fetch_module, "_PAGE_COST", page_cost)
     retrieved: list[list[str]] = []
-    real_retrieve = StudyCache._retrieve
+    real_retrieve = fetch_module._retrieve_each
 
-    def spy(self: StudyCache, client: Client, study_ids: list[str], *args: Any) -> Any:
-        retrieved.append(sorted(study_ids))
-        return real_retrieve(self, client, study_ids, *args)
+    def spy(client: Client, study_ids: list[str], *args: Any) -> Any:
+        if study_ids:
+            retrieved.append(sorted(study_ids))
+        return real_retrieve(client, study_ids, *args)
 
-    monkeypatch.setattr(StudyCache, "_retrieve", spy)
+    monkeypatch.setattr(fetch_module, "_retrieve_each", spy)
     server: Sandbox = make_sandbox(studies=1500, seed=22)
     # three old complete studies are open again (set in the server's database), so that
     # some open studies lie beyond the newest pages active mode reads for new studies

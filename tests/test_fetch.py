@@ -21,8 +21,8 @@ from raw_api import list_all_raw
 
 from viewerkit import Client
 from viewerkit.errors import ApiConnectionError, ValidationError
-from viewerkit.fetch import fetch_studies, fetch_studies_arrow, newest_per_study, study_partitions
-from viewerkit.frame import conform, studies_to_arrow
+from viewerkit.fetch import fetch_studies, fetch_studies_arrow, study_partitions
+from viewerkit.frame import conform, newest_per_study, studies_to_arrow
 from viewerkit.sandbox.server import Sandbox
 from viewerkit.schema import NOT_GIVEN, REFERENCE_USER_FIELDS, STUDY_SCHEMA
 

@@ -30,13 +30,11 @@ import contextlib
 import hashlib
 import json
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,9 +42,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from viewerkit.client import _stop_retrying_when
-from viewerkit.errors import ApiError, CacheError, NotFound, Reason, ValidationError, ViewerkitError
-from viewerkit.schema import META_PREFIX, STUDY_SCHEMA
+from viewerkit import fetch, frame
+from viewerkit.errors import CacheError, Reason, ValidationError, ViewerkitError
+from viewerkit.schema import STUDY_SCHEMA
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -65,9 +63,6 @@ _FORMAT = "viewerkit-study-cache"
 _FORMAT_VERSION = 1
 _MANIFEST = "manifest.json"
 _TIMESTAMP = pa.timestamp("ms", tz="UTC")
-#: Active mode pages the unfiltered list back to this long before the newest cached study,
-#: so a study committed with a slightly older createdAt than one already seen is not missed.
-_NEW_STUDY_MARGIN = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -208,75 +203,13 @@ def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-# --- vectorised comparison ------------------------------------------------------------------
-
-
-def _cells_differ(old: pa.ChunkedArray, new: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Per row: do the two cells differ (null vs value counts as a difference)?"""
-    if pa.types.is_dictionary(old.type):
-        old = old.cast(old.type.value_type)
-    if pa.types.is_dictionary(new.type):
-        new = new.cast(new.type.value_type)
-    one_null = pc.xor(pc.is_null(old), pc.is_null(new))
-    return pc.or_(one_null, pc.fill_null(pc.not_equal(old, new), False))
-
-
-@dataclass
-class _Diff:
-    new_ids: pa.Array
-    changed_ids: pa.Array
-    gone_ids: pa.Array
-    unchanged: int
-
-
-def _diff(old: pa.Table | None, new: pa.Table) -> _Diff:
-    """Which studies of ``new`` are new or changed against ``old``, and which of ``old``
-    are gone: one join on study_id, then column-by-column vectorised comparison of the
-    matched rows (every column, meta.* included). No per-study Python loop."""
-    empty = pa.array([], pa.string())
-    if old is None or len(old) == 0:
-        return _Diff(new.column("study_id").combine_chunks(), empty, empty, 0)
-    import numpy as np
-
-    old_keys = pa.table({"study_id": old.column("study_id"), "old_row": np.arange(len(old))})
-    new_keys = pa.table({"study_id": new.column("study_id"), "new_row": np.arange(len(new))})
-    joined = new_keys.join(old_keys, "study_id", join_type="full outer")
-    ids = joined.column("study_id")
-    is_new = pc.is_null(joined.column("old_row"))
-    is_gone = pc.is_null(joined.column("new_row"))
-    matched = joined.filter(pc.invert(pc.or_(is_new, is_gone)))
-    old_rows = old.take(matched.column("old_row"))
-    new_rows = new.take(matched.column("new_row"))
-    differs: Any = pa.repeat(pa.scalar(False), len(matched))
-    for name in sorted(set(old.column_names) | set(new.column_names)):
-        if name in old.column_names and name in new.column_names:
-            cells = _cells_differ(old_rows.column(name), new_rows.column(name))
-        else:  # a meta column only one side has: differs where that side has a value
-            side = old_rows if name in old.column_names else new_rows
-            cells = pc.is_valid(side.column(name))
-        differs = pc.or_(differs, cells)
-    changed_ids = pc.filter(matched.column("study_id"), differs).combine_chunks()
-    return _Diff(
-        new_ids=pc.filter(ids, is_new).combine_chunks(),
-        changed_ids=changed_ids,
-        gone_ids=pc.filter(ids, is_gone).combine_chunks(),
-        unchanged=len(matched) - len(changed_ids),
-    )
-
-
-def _rows(table: pa.Table, ids: pa.Array) -> pa.Table:
-    return table.filter(pc.is_in(table.column("study_id"), value_set=ids))
-
-
 def _history_part(
-    observed_at: datetime, old: pa.Table | None, new: pa.Table, diff: _Diff
+    observed_at: datetime, old: pa.Table | None, new: pa.Table, changes: frame.StudyChanges
 ) -> pa.Table | None:
-    from viewerkit import frame
-
-    parts: list[tuple[str, pa.Table]] = [("new", _rows(new, diff.new_ids))]
-    parts.append(("changed", _rows(new, diff.changed_ids)))
+    parts: list[tuple[str, pa.Table]] = [("new", frame.select_studies(new, changes.new_ids))]
+    parts.append(("changed", frame.select_studies(new, changes.changed_ids)))
     if old is not None:
-        parts.append(("gone", _rows(old, diff.gone_ids)))
+        parts.append(("gone", frame.select_studies(old, changes.gone_ids)))
     parts = [(change, rows) for change, rows in parts if len(rows)]
     if not parts:
         return None
@@ -373,8 +306,6 @@ class StudyCache:
         return manifest
 
     def _read_table(self, directory: Path, name: str) -> pa.Table:
-        from viewerkit import frame
-
         target = directory / name
         try:
             table = pq.read_table(target)
@@ -403,8 +334,6 @@ class StudyCache:
     def load_arrow(self, client: Client | None = None) -> pa.Table:
         """The cached studies as an Arrow table: STUDY_SCHEMA, then sorted ``meta.*`` columns.
         An empty table when nothing was cached yet."""
-        from viewerkit import frame
-
         directory = self._directory(client)
         if directory is None or not (directory / _MANIFEST).exists():
             return frame.empty_studies()
@@ -417,14 +346,10 @@ class StudyCache:
     def load(self, client: Client | None = None, *, compact: bool = False) -> pd.DataFrame:
         """The cached studies as a DataFrame, dtypes identical to ``viewerkit.fetch_studies``
         (``compact=True``: repeated string columns as categoricals, as there)."""
-        from viewerkit import frame
-
         return frame.to_pandas(self.load_arrow(client), compact=compact)
 
     def history_arrow(self, client: Client | None = None) -> pa.Table:
         """The change history as Arrow (see :meth:`history`)."""
-        from viewerkit import frame
-
         directory = self._directory(client)
         parts: list[pa.Table] = []
         if directory is not None and (directory / _MANIFEST).exists():
@@ -479,8 +404,6 @@ class StudyCache:
         ``meta.*``. Sorted by ``observed_at``, then ``study_id``.
         """
         import pandas as pd
-
-        from viewerkit import frame
 
         table = self.history_arrow(client)
         states = frame.to_pandas(table.drop_columns(list(HISTORY_COLUMNS)))
@@ -555,8 +478,6 @@ class StudyCache:
 
         Killed or interrupted (Ctrl-C) at any point, the previous cache stays intact.
         """
-        from viewerkit import frame
-
         if mode not in ("full", "active"):
             raise ValidationError.from_cases(
                 "bad refresh options",
@@ -575,210 +496,36 @@ class StudyCache:
                 # look for new studies from, and would miss every new closed one
                 mode = "full"
             if mode == "full":
-                current = self._fetch_full(client, concurrency=concurrency, progress=progress)
-                diff = _diff(old, current)
+                current = fetch.fetch_studies_arrow(client, concurrency=concurrency, progress=progress)
+                changes = frame.compare_studies(old, current)
+                unchanged = changes.unchanged
             else:
                 assert old is not None
-                updates, vanished = self._fetch_active(
-                    client, old, concurrency=concurrency, progress=progress
-                )
-                # compare only what was re-fetched; the rest of the cache is carried over
+                read = fetch.fetch_active(client, old, concurrency=concurrency, progress=progress)
+                # compare only what was re-read; the rest of the cache is carried over
                 touched = pa.concat_arrays(
-                    [updates.column("study_id").combine_chunks(), pa.array(vanished, pa.string())]
+                    [read.studies.column("study_id").combine_chunks(), read.gone_ids]
                 )
-                old_touched = _rows(old, touched)
-                diff = _diff(old_touched, updates)
-                diff.unchanged = len(old) - len(diff.changed_ids) - len(diff.gone_ids)
+                old_touched = frame.select_studies(old, touched)
+                changes = frame.compare_studies(old_touched, read.studies)
+                unchanged = len(old) - len(changes.changed_ids) - len(changes.gone_ids)
                 kept = old.filter(pc.invert(pc.is_in(old.column("study_id"), value_set=touched)))
-                current = _without_empty_meta(
-                    _in_list_order(frame.concat_studies([kept, updates]))
+                current = frame.drop_empty_meta(
+                    frame.in_list_order(frame.concat_studies([kept, read.studies]))
                 )
                 old = old_touched
             summary = RefreshSummary(
                 mode=mode,
-                new=len(diff.new_ids),
-                changed=len(diff.changed_ids),
-                gone=len(diff.gone_ids),
-                unchanged=diff.unchanged,
+                new=len(changes.new_ids),
+                changed=len(changes.changed_ids),
+                gone=len(changes.gone_ids),
+                unchanged=unchanged,
                 duration_s=0.0,
                 refreshed_at=_iso(observed_at),
             )
-            self._commit(directory, client, manifest, old, current, diff, observed_at, summary)
+            self._commit(directory, client, manifest, old, current, changes, observed_at, summary)
         summary = RefreshSummary(**{**asdict(summary), "duration_s": time.perf_counter() - started})
         return summary
-
-    def _fetch_full(self, client: Client, *, concurrency: int, progress: bool) -> pa.Table:
-        from viewerkit import fetch, frame
-
-        return frame.conform(
-            fetch.fetch_studies_arrow(client, concurrency=concurrency, progress=progress)
-        )
-
-    def _fetch_active(
-        self, client: Client, old: pa.Table, *, concurrency: int, progress: bool
-    ) -> tuple[pa.Table, list[str]]:
-        """The re-fetched studies (open now, new, or closed since) and the IDs of cached
-        studies the API no longer has."""
-        from viewerkit import fetch, frame
-
-        open_now = frame.conform(
-            fetch.fetch_studies_arrow(
-                client,
-                is_cancelled=False,
-                study_viewer_status="incomplete",
-                concurrency=concurrency,
-                progress=progress,
-            )
-        )
-        fresh = [open_now, self._fetch_new(client, old)]
-        seen = pa.concat_arrays([t.column("study_id").combine_chunks() for t in fresh])
-        # cached open studies the open list no longer returns: completed or cancelled since
-        was_open = pc.and_(
-            pc.invert(old.column("is_cancelled").fill_null(False)),
-            pc.equal(old.column("study_viewer_status").cast(pa.string()), "incomplete"),
-        )
-        was_open_ids = old.column("study_id").filter(was_open)
-        closed_ids = pc.filter(
-            was_open_ids, pc.invert(pc.is_in(was_open_ids, value_set=seen))
-        ).combine_chunks()
-        closed, vanished = self._fetch_closed(client, old, closed_ids, concurrency, progress)
-        fresh.extend(closed)
-        return fetch.newest_per_study(frame.concat_studies(fresh)), vanished
-
-    def _fetch_closed(
-        self,
-        client: Client,
-        old: pa.Table,
-        closed_ids: pa.Array,
-        concurrency: int,
-        progress: bool,
-    ) -> tuple[list[pa.Table], list[str]]:
-        """The new state of cached open studies that left the open list, and the IDs of those
-        the API no longer has.
-
-        Open studies are mostly recent, so the recently closed ones are found cheaply by
-        paging the closed partitions (complete x severity, cancelled), newest first, down to
-        a cutoff; the older ones are retrieved one by one, concurrently. The cutoff minimises
-        the estimated request rounds of the two (from the cached created_at values).
-        """
-        from viewerkit import fetch, frame
-
-        if len(closed_ids) == 0:
-            return [], []
-        workers = max(1, min(concurrency, client.max_concurrency))
-        cutoff = _paging_cutoff(old, closed_ids, workers)
-        tables: list[pa.Table] = []
-        remaining = closed_ids
-        if cutoff is not None:
-            paged = self._page_closed(client, cutoff, workers)
-            found = paged.filter(pc.is_in(paged.column("study_id"), value_set=closed_ids))
-            found = fetch.newest_per_study(found)
-            tables.append(found)
-            remaining = pc.filter(
-                closed_ids, pc.invert(pc.is_in(closed_ids, value_set=found.column("study_id")))
-            )
-        retrieved, vanished = self._retrieve(client, remaining.to_pylist(), concurrency, progress)
-        if retrieved:
-            tables.append(frame.studies_to_arrow(retrieved, call="retrieve_study"))
-        return tables, vanished
-
-    def _page_closed(self, client: Client, cutoff: datetime, workers: int) -> pa.Table:
-        """Every closed study (complete, or cancelled) created at or after ``cutoff``: one
-        page chain per partition, newest first, run concurrently."""
-        from viewerkit import frame
-
-        partitions: list[dict[str, Any]] = [
-            {"study_viewer_status": "complete", "is_cancelled": False, "severity": severity}
-            for severity in ("normal", "high", "stat")
-        ]
-        partitions.append({"is_cancelled": True})
-
-        stop = threading.Event()  # set on Ctrl-C or a failure: in-flight calls stop retrying
-
-        def chain(filters: dict[str, Any]) -> list[pa.Table]:
-            pages: list[pa.Table] = []
-            cursor: Any = None
-            while True:
-                extra = {"cursor": cursor} if cursor is not None else {}
-                with _stop_retrying_when(stop):
-                    raw = client.list_studies_raw(limit=100, **filters, **extra)
-                table, cursor, has_more = frame.page_to_arrow(raw)
-                pages.append(table)
-                oldest = pc.min(table.column("created_at")).as_py() if len(table) else None
-                if not has_more or cursor is None or oldest is None or oldest < cutoff:
-                    return pages
-
-        with ThreadPoolExecutor(min(workers, len(partitions))) as pool:
-            try:
-                chains = list(pool.map(chain, partitions))
-            except BaseException:
-                stop.set()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-        return frame.concat_studies([page for pages in chains for page in pages])
-
-    def _fetch_new(self, client: Client, old: pa.Table) -> pa.Table:
-        """Studies created since the cache's newest one: the unfiltered list, newest first,
-        page by page until a page reaches back past the newest cached created_at (less a
-        margin)."""
-        from viewerkit import frame
-
-        newest = pc.max(old.column("created_at")).as_py()
-        if newest is None:
-            return frame.empty_studies()
-        horizon = newest - _NEW_STUDY_MARGIN
-        pages: list[pa.Table] = []
-        cursor: Any = None
-        while True:
-            raw = client.list_studies_raw(
-                limit=100, **({"cursor": cursor} if cursor is not None else {})
-            )
-            table, next_cursor, has_more = frame.page_to_arrow(raw)
-            pages.append(table)
-            oldest = pc.min(table.column("created_at")).as_py() if len(table) else None
-            if not has_more or oldest is None or oldest < horizon:
-                break
-            if not next_cursor:
-                # stopping here would silently miss the new studies on the next pages
-                raise ApiError("a page said hasMore but gave no cursor", call="list_studies")
-            cursor = next_cursor
-        return frame.concat_studies(pages)
-
-    def _retrieve(
-        self, client: Client, study_ids: list[str], concurrency: int, progress: bool
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        """Retrieve studies concurrently; returns (found studies, IDs the API no longer has)."""
-        if not study_ids:
-            return [], []
-        from tqdm.auto import tqdm
-
-        stop = threading.Event()  # set on Ctrl-C or a failure: in-flight calls stop retrying
-
-        def one(study_id: str) -> dict[str, Any] | None:
-            try:
-                with _stop_retrying_when(stop):
-                    return client.retrieve_study(study_id)
-            except NotFound:
-                return None
-
-        found: list[dict[str, Any]] = []
-        vanished: list[str] = []
-        workers = max(1, min(concurrency, client.max_concurrency, len(study_ids)))
-        with ThreadPoolExecutor(workers, thread_name_prefix="viewerkit-retrieve") as pool, tqdm(
-            total=len(study_ids), desc="closed studies", unit="study", disable=not progress
-        ) as bar:
-            try:
-                for study_id, study in zip(study_ids, pool.map(one, study_ids), strict=True):
-                    if study is None:
-                        vanished.append(study_id)
-                    else:
-                        found.append(study)
-                    bar.update()
-            except BaseException:
-                stop.set()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-        return found, vanished
 
     def _commit(
         self,
@@ -787,7 +534,7 @@ class StudyCache:
         manifest: dict[str, Any] | None,
         old: pa.Table | None,
         current: pa.Table,
-        diff: _Diff,
+        changes: frame.StudyChanges,
         observed_at: datetime,
         summary: RefreshSummary,
     ) -> None:
@@ -796,7 +543,7 @@ class StudyCache:
         studies_file = f"studies-{generation}.parquet"
         history_files = list(manifest["history_files"]) if manifest else []
         _write_parquet(current, directory / studies_file)
-        part = _history_part(observed_at, old, current, diff)
+        part = _history_part(observed_at, old, current, changes)
         if part is not None:
             (directory / "history").mkdir(exist_ok=True)
             name = f"history/{generation}.parquet"
@@ -828,62 +575,3 @@ class StudyCache:
             if entry.is_file() and name not in keep and name not in (_MANIFEST, ".lock"):
                 with contextlib.suppress(OSError):
                     entry.unlink()
-
-
-#: Estimated cost of one list page (100 studies) in single-study retrieves.
-_PAGE_COST = 3.0
-
-
-def _paging_cutoff(old: pa.Table, closed_ids: pa.Array, workers: int) -> datetime | None:
-    """The created_at down to which paging the closed partitions is cheaper than retrieving
-    (see ``_fetch_closed``), or None to retrieve every study."""
-    import numpy as np
-
-    candidates = _rows(old, closed_ids).column("created_at")
-    created = np.sort(candidates.cast(pa.int64()).fill_null(0).to_numpy())[::-1]  # newest first
-    n = len(created)
-    closed = pc.or_(
-        pc.fill_null(old.column("is_cancelled"), False),
-        pc.equal(old.column("study_viewer_status").cast(pa.string()), "complete"),
-    )
-    chains = [
-        pc.and_(pc.and_(closed, pc.invert(pc.fill_null(old.column("is_cancelled"), False))),
-                pc.equal(old.column("severity").cast(pa.string()), severity))
-        for severity in ("normal", "high", "stat")
-    ]
-    chains.append(pc.fill_null(old.column("is_cancelled"), False))
-    # studies each chain must page through to reach each candidate's created_at
-    longest = np.zeros(n, dtype=np.int64)
-    for mask in chains:
-        values = np.sort(
-            old.column("created_at").filter(mask).cast(pa.int64()).fill_null(0).to_numpy()
-        )
-        longest = np.maximum(longest, len(values) - np.searchsorted(values, created, "left"))
-    page_rounds = np.ceil((longest + 1) / 100.0) * _PAGE_COST
-    retrieve_rounds = np.ceil((n - np.arange(1, n + 1)) / workers)
-    costs = page_rounds + retrieve_rounds
-    best = int(np.argmin(costs))
-    if costs[best] >= np.ceil(n / workers):
-        return None
-    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=int(created[best]))
-
-
-def _in_list_order(table: pa.Table) -> pa.Table:
-    """Rows in list order as the fetcher returns them: newest created_at first, then study_id
-    descending."""
-    order = pc.sort_indices(
-        table.select(["created_at", "study_id"]),
-        sort_keys=[("created_at", "descending"), ("study_id", "descending")],
-    )
-    return table.take(order)
-
-
-def _without_empty_meta(table: pa.Table) -> pa.Table:
-    """Drop ``meta.*`` columns no study has a value in (a key the last study holding it lost),
-    as a fresh fetch would not have them."""
-    empty = [
-        name
-        for name in table.column_names
-        if name.startswith(META_PREFIX) and table.column(name).null_count == len(table)
-    ]
-    return table.drop_columns(empty) if empty else table

@@ -22,7 +22,6 @@ viewerkit.errors.ValidationError: retrieve_study: 1 problem
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import hashlib
 import logging
@@ -49,6 +48,7 @@ from viewerkit.errors import (
     ValidationError,
     error_for_status,
 )
+from viewerkit.runner import pause, stop_requested
 from viewerkit.schema import (
     NOT_GIVEN,
     SEVERITIES,
@@ -688,6 +688,9 @@ class Client:
                 # while waiting for a slot would let the waiting threads send in one burst
                 if self._bucket is not None:
                     self._bucket.acquire()
+                if stop_requested():
+                    # the run stopped while this call waited for a slot or a token: send nothing
+                    raise ApiError("stopped before sending", call=call, study=study)
                 try:
                     response = self._http.request(
                         method, url, params=params, content=content, headers=headers
@@ -714,11 +717,8 @@ class Client:
             if delay is None or attempt >= self.max_retries:
                 raise self._error(call, study, response, error, attempt + 1)
             log.debug("%s: retrying in %.2f s", call, delay)
-            stop: threading.Event | None = getattr(_this_thread, "stop", None)
-            if stop is None:
-                time.sleep(delay)
-            elif stop.wait(delay):
-                # the work this call belongs to was interrupted (Ctrl-C) or failed elsewhere
+            if pause(delay):
+                # the run this call belongs to was interrupted (Ctrl-C) or failed elsewhere
                 raise ApiError(f"stopped before retry {attempt + 1}", call=call, study=study)
             attempt += 1
 
@@ -760,21 +760,6 @@ class Client:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self.__key.value, _REDACTED)
-
-
-_this_thread = threading.local()
-
-
-@contextlib.contextmanager
-def _stop_retrying_when(event: threading.Event) -> Iterator[None]:
-    """Internal: calls made in this thread stop waiting to retry once ``event`` is set, so a
-    concurrent fetch interrupted by Ctrl-C does not sit out its workers' backoffs."""
-    previous = getattr(_this_thread, "stop", None)
-    _this_thread.stop = event
-    try:
-        yield
-    finally:
-        _this_thread.stop = previous
 
 
 class _Secret:

@@ -27,6 +27,14 @@ assignee (or customer) from a roster cannot prove it misses no study (a study as
 user the roster lacks would be lost), and ``studyDescription`` is a contains match, whose
 values are neither disjoint nor known. Completeness wins over speed.
 
+Active refresh reads and single studies
+---------------------------------------
+:func:`fetch_active` reads what an active cache refresh needs (the open studies, the new
+ones, and the new state of cached open studies that left the open list), and
+:func:`retrieve_studies` reads given studies by the cheapest path: paging the partitions
+they are likely in, newest first, down to a cutoff chosen by a cost model, and single
+retrieves for the rest. Every concurrent read runs on :class:`viewerkit.runner.Runner`.
+
 A study that changes partition while the fetch runs (its severity, status or cancelled flag
 changed) may be seen twice (the newest copy is kept) or, if it moves into a partition already
 paged past its position, missed; a later fetch or cache refresh sees it.
@@ -39,18 +47,27 @@ paged past its position, missed; a later fetch or cache refresh sees it.
 from __future__ import annotations
 
 import itertools
-import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from viewerkit.client import _stop_retrying_when
-from viewerkit.errors import ApiError, Reason, ValidationError
-from viewerkit.frame import flatten_studies, read_page, to_pandas
+from viewerkit.errors import ApiError, NotFound, Reason, ValidationError
+from viewerkit.frame import (
+    concat_studies,
+    empty_studies,
+    flatten_studies,
+    newest_per_study,
+    oldest_created_at,
+    read_page,
+    select_studies,
+    studies_to_arrow,
+    to_pandas,
+)
+from viewerkit.runner import Runner, run_all
 from viewerkit.schema import (
     MAX_PAGE_LIMIT,
     NOT_GIVEN,
@@ -65,7 +82,17 @@ if TYPE_CHECKING:
 
     from viewerkit.client import Client
 
-__all__ = ["fetch_studies", "fetch_studies_arrow", "study_partitions", "newest_per_study"]
+__all__ = [
+    "fetch_studies",
+    "fetch_studies_arrow",
+    "study_partitions",
+    "retrieve_studies",
+    "fetch_active",
+    "fetch_new_studies",
+    "ActiveRead",
+    "CLOSED_PARTITIONS",
+    "NEW_STUDY_MARGIN",
+]
 
 
 # The partition dimensions, each value list ordered so the usually-largest partition
@@ -75,7 +102,23 @@ _DIMENSIONS: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("study_viewer_status", tuple(reversed(VIEWER_STATUSES))),
     ("is_cancelled", (False, True)),
 )
-_POLL_SECONDS = 0.2  # how often the waiting thread wakes, so Ctrl-C is handled promptly
+
+#: The partitions of the closed studies (complete x severity, not cancelled; cancelled):
+#: where a study that left the open list is.
+CLOSED_PARTITIONS: tuple[dict[str, Any], ...] = (
+    *(
+        {"study_viewer_status": "complete", "is_cancelled": False, "severity": severity}
+        for severity in SEVERITIES
+    ),
+    {"is_cancelled": True},
+)
+
+#: Active reads page the unfiltered list back to this long before the newest cached study,
+#: so a study committed with a slightly older createdAt than one already seen is not missed.
+NEW_STUDY_MARGIN = timedelta(minutes=10)
+
+#: Estimated cost of one list page (100 studies) in single-study retrieves.
+_PAGE_COST = 3.0
 
 
 def study_partitions(filters: dict[str, Any]) -> list[dict[str, Any]]:
@@ -97,56 +140,75 @@ def study_partitions(filters: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def newest_per_study(table: pa.Table) -> pa.Table:
-    """One row per study ID (the newest ``updated_at``), in list order (newest ``created_at``
-    first, ties by study ID descending). Vectorised: two sorts and a run-start mask.
-
-    >>> from viewerkit.frame import studies_to_arrow
-    >>> t = studies_to_arrow([
-    ...     {"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "updatedAt": "2026-01-01T00:00:00Z"},
-    ...     {"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "updatedAt": "2026-02-01T00:00:00Z"},
-    ... ])
-    >>> newest_per_study(t).column("updated_at").to_pylist()[0].month
-    2
-    """
-    if table.num_rows <= 1:
-        return table
-    keep: pa.Array | None = None  # row positions to keep; None: every row
-    ids = table.column("study_id")
-    if pc.count_distinct(ids).as_py() < table.num_rows:
-        by_id = pc.sort_indices(
-            table.select(["study_id", "updated_at"]),
-            sort_keys=[("study_id", "ascending"), ("updated_at", "descending")],
-        )
-        sorted_ids = ids.take(by_id).combine_chunks()
-        first = np.ones(len(sorted_ids), dtype=bool)
-        first[1:] = pc.not_equal(sorted_ids[1:], sorted_ids[:-1]).to_numpy(zero_copy_only=False)
-        keep = by_id.filter(pa.array(first))
-    keys = table.select(["created_at", "study_id"])
-    if keep is not None:
-        keys = keys.take(keep)
-    order = pc.sort_indices(keys, sort_keys=[("created_at", "descending"), ("study_id", "descending")])
-    # one take of the whole table, whatever was dropped and reordered
-    return table.take(order if keep is None else keep.take(order))
+# --- page chains ------------------------------------------------------------------------------
 
 
 @dataclass
 class _Chain:
-    """One partition's cursor chain."""
+    """One partition's cursor chain; it ends with the list, or with the first page that
+    reaches back past ``down_to`` (a created_at)."""
 
     order: int
     filters: dict[str, Any]
+    down_to: datetime | None = None
     cursor: str | NotGiven = NOT_GIVEN
     pages: int = 0
     pages_read: list[pa.StructArray] = field(default_factory=list)
 
+    def __hash__(self) -> int:
+        return self.order
 
-def _fetch_page(
-    client: Client, chain: _Chain, stop: threading.Event
-) -> tuple[pa.StructArray, str | None, bool]:
-    with _stop_retrying_when(stop):
-        body = client.list_studies_raw(**chain.filters, limit=MAX_PAGE_LIMIT, cursor=chain.cursor)
+
+def _read_page(client: Client, chain: _Chain) -> tuple[pa.StructArray, str | None, bool]:
+    body = client.list_studies_raw(**chain.filters, limit=MAX_PAGE_LIMIT, cursor=chain.cursor)
     return read_page(body)
+
+
+def _page_chains(
+    client: Client,
+    partitions: list[dict[str, Any]],
+    *,
+    workers: int,
+    progress: bool,
+    down_to: datetime | None = None,
+    desc: str = "fetching studies",
+) -> list[pa.StructArray]:
+    """Page every partition's chain, at most ``workers`` pages in flight; the wire pages of
+    all chains. When every worker is busy, the chain with the most pages done goes first,
+    so the largest partition never waits for a slot."""
+    chains = [_Chain(order, filters, down_to) for order, filters in enumerate(partitions)]
+    workers = max(1, min(workers, len(chains)))
+    with Runner(workers, progress=progress, desc=desc, unit="studies", count_tasks=False) as runner:
+        for chain in chains:
+            runner.submit(chain, _read_page, client, chain, priority=-chain.order)
+        for outcome in runner.outcomes():
+            chain = outcome.key
+            assert outcome.result is not None
+            studies, cursor, has_more = outcome.result
+            chain.pages_read.append(studies)
+            chain.pages += 1
+            runner.advance(len(studies))
+            if not has_more:
+                continue
+            if chain.down_to is not None:
+                oldest = oldest_created_at(studies)
+                if oldest is None or oldest < chain.down_to:
+                    continue
+            if not cursor:
+                # stopping here would silently return part of the list
+                raise ApiError("a page said hasMore but gave no cursor", call="list_studies")
+            chain.cursor = cursor
+            runner.submit(
+                chain, _read_page, client, chain, priority=chain.pages * len(chains) - chain.order
+            )
+    return [page for chain in chains for page in chain.pages_read]
+
+
+def _workers(client: Client, concurrency: int) -> int:
+    return max(1, min(concurrency, getattr(client, "max_concurrency", concurrency)))
+
+
+# --- the fetch --------------------------------------------------------------------------------
 
 
 def fetch_studies_arrow(
@@ -189,61 +251,22 @@ def fetch_studies_arrow(
         "study_viewer_status": study_viewer_status,
     }
     list_query_params(**filters)
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ValidationError.from_cases(
-            "bad fetch options",
-            [{"row": None, "field": "concurrency", "value": concurrency,
-              "reason": Reason.OUT_OF_RANGE, "detail": "a whole number, 1 or more"}],
-        )
+    _check_concurrency(concurrency)
     given = {k: v for k, v in filters.items() if v is not NOT_GIVEN}
     partitions = study_partitions(given) if partitioned else [given]
-    workers = min(concurrency, len(partitions), getattr(client, "max_concurrency", concurrency))
-    chains = [_Chain(order, p) for order, p in enumerate(partitions)]
-    _page_chains(client, chains, workers, progress)
+    pages = _page_chains(
+        client, partitions, workers=_workers(client, concurrency), progress=progress
+    )
     # each page was only parsed to wire Study structs; flatten them all at once
-    table = flatten_studies([page for chain in chains for page in chain.pages_read])
-    return newest_per_study(table).combine_chunks()
+    return newest_per_study(flatten_studies(pages)).combine_chunks()
 
 
-def _page_chains(client: Client, chains: list[_Chain], workers: int, progress: bool) -> None:
-    """Page every chain to its end, at most ``workers`` pages in flight."""
-    from tqdm.auto import tqdm
-
-    ready = list(chains)
-    in_flight: dict[Future[tuple[pa.StructArray, str | None, bool]], _Chain] = {}
-    bar = tqdm(total=None, unit=" studies", desc="fetching studies", disable=not progress)
-    stop = threading.Event()  # set on Ctrl-C or a failed page: in-flight pages stop retrying
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="viewerkit-fetch")
-    try:
-        while ready or in_flight:
-            while ready and len(in_flight) < workers:
-                # the chain with the most pages done (likely the largest partition) first
-                ready.sort(key=lambda c: (-c.pages, c.order))
-                chain = ready.pop(0)
-                in_flight[pool.submit(_fetch_page, client, chain, stop)] = chain
-            done, _ = wait(in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
-            for future in done:
-                chain = in_flight.pop(future)
-                studies, cursor, has_more = future.result()
-                chain.pages_read.append(studies)
-                chain.pages += 1
-                bar.update(len(studies))
-                if has_more:
-                    if not cursor:
-                        raise ApiError("a page said hasMore but gave no cursor", call="list_studies")
-                    chain.cursor = cursor
-                    ready.append(chain)
-    except BaseException:
-        # Ctrl-C or a failed page: send nothing more, let in-flight pages finish (without
-        # retrying), re-raise
-        stop.set()
-        for future in in_flight:
-            future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True)
-        bar.close()
+def _check_concurrency(concurrency: object) -> None:
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValidationError.one(
+            "bad fetch options", "concurrency", concurrency, Reason.OUT_OF_RANGE,
+            detail="a whole number, 1 or more",
+        )
 
 
 def fetch_studies(
@@ -287,3 +310,189 @@ def fetch_studies(
         ),
         compact=compact,
     )
+
+
+# --- given studies ----------------------------------------------------------------------------
+
+
+def retrieve_studies(
+    client: Client,
+    study_ids: list[str] | pa.Array | pa.ChunkedArray,
+    *,
+    known: pa.Table | None = None,
+    partitions: list[dict[str, Any]] | tuple[dict[str, Any], ...] | None = None,
+    concurrency: int = 8,
+    progress: bool = True,
+) -> pa.Table:
+    """The current state of the given studies, as the study table (list order), read by the
+    cheapest path. A study the API answers 404 for (unknown, or gone) is absent from the
+    result; every other failure raises (``viewerkit.errors.ApiError``).
+
+    Without ``known`` each study is retrieved singly, ``concurrency`` at a time. With
+    ``known``, a study table holding the last known state of these studies and of the
+    studies around them (e.g. the cache), a cost model may choose to page ``partitions``
+    (default: every partition of the list; the active refresh passes
+    :data:`CLOSED_PARTITIONS`), newest first, down to the ``created_at`` where one more page
+    costs more than the single retrieves it saves (a page counted as ``_PAGE_COST``
+    retrieves); the studies paging did not find are then retrieved singly. So the result is
+    complete whichever path is taken.
+
+    >>> from viewerkit import Client
+    >>> with Client(api_key="sk-x", base_url="http://127.0.0.1:9") as client:
+    ...     retrieve_studies(client, []).num_rows
+    0
+    """
+    _check_concurrency(concurrency)
+    ids = study_ids if isinstance(study_ids, (pa.Array, pa.ChunkedArray)) else pa.array(study_ids, pa.string())
+    ids = pc.unique(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+    if len(ids) == 0:
+        return empty_studies()
+    workers = _workers(client, concurrency)
+    tables: list[pa.Table] = []
+    remaining = ids
+    if known is not None:
+        chains = list(partitions) if partitions is not None else study_partitions({})
+        cutoff = _paging_cutoff(known, ids, chains, workers)
+        if cutoff is not None:
+            paged = flatten_studies(
+                _page_chains(
+                    client, chains, workers=workers, progress=progress, down_to=cutoff,
+                    desc="paging recent studies",
+                )
+            )
+            found = newest_per_study(select_studies(paged, ids))
+            tables.append(found)
+            remaining = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=found.column("study_id"))))
+    tables.append(_retrieve_each(client, remaining.to_pylist(), workers, progress))
+    return newest_per_study(concat_studies(tables))
+
+
+def _retrieve_each(client: Client, study_ids: list[str], workers: int, progress: bool) -> pa.Table:
+    """Retrieve studies one by one, concurrently; those answering 404 are left out."""
+    if not study_ids:
+        return empty_studies()
+
+    def retrieve(study_id: str) -> dict[str, Any] | None:
+        try:
+            return client.retrieve_study(study_id)
+        except NotFound:
+            return None
+
+    outcomes = run_all(
+        retrieve, study_ids, workers=min(workers, len(study_ids)), progress=progress,
+        desc="retrieving studies", unit="study",
+    )
+    found = [outcome.result for outcome in outcomes if outcome.result is not None]
+    return studies_to_arrow(found, call="retrieve_study") if found else empty_studies()
+
+
+def _partition_mask(known: pa.Table, filters: dict[str, Any]) -> pa.Array:
+    """Which rows of ``known`` a partition's filters select (severity, status, cancelled)."""
+    mask = pa.repeat(pa.scalar(True), len(known))
+    for name in ("severity", "study_viewer_status"):
+        if name in filters:
+            mask = pc.and_(mask, pc.fill_null(pc.equal(known.column(name).cast(pa.string()), filters[name]), False))
+    if "is_cancelled" in filters:
+        cancelled = pc.fill_null(known.column("is_cancelled"), False)
+        mask = pc.and_(mask, cancelled if filters["is_cancelled"] else pc.invert(cancelled))
+    return mask
+
+
+def _paging_cutoff(
+    known: pa.Table, ids: pa.Array, partitions: list[dict[str, Any]], workers: int
+) -> datetime | None:
+    """The created_at down to which paging ``partitions`` is cheaper than retrieving, or
+    None to retrieve every study.
+
+    For each candidate cutoff (a candidate's created_at, newest first): the page rounds are
+    the longest chain's pages to reach it (or all pages over the workers, if more), times
+    the page cost; the retrieve rounds are the candidates older than it over the workers.
+    Candidates not in ``known`` have no created_at and are always retrieved.
+    """
+    candidates = select_studies(known, ids).column("created_at")
+    created = np.sort(candidates.cast(pa.int64()).fill_null(0).to_numpy())[::-1]  # newest first
+    n = len(created)
+    if n == 0:
+        return None
+    known_created = known.column("created_at").cast(pa.int64()).fill_null(0)
+    # studies each chain must page through to reach each candidate's created_at
+    pages = []
+    for filters in partitions:
+        values = np.sort(known_created.filter(_partition_mask(known, filters)).to_numpy())
+        pages.append(np.ceil((len(values) - np.searchsorted(values, created, "left") + 1) / 100.0))
+    per_chain = np.vstack(pages)
+    page_rounds = np.maximum(per_chain.max(axis=0), np.ceil(per_chain.sum(axis=0) / workers))
+    retrieve_rounds = np.ceil((n - np.arange(1, n + 1)) / workers)
+    costs = page_rounds * _PAGE_COST + retrieve_rounds
+    best = int(np.argmin(costs))
+    if costs[best] >= np.ceil(n / workers):
+        return None
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=int(created[best]))
+
+
+# --- active refresh reads ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActiveRead:
+    """What :func:`fetch_active` read."""
+
+    #: The re-read studies (open now, new, or closed since the cached state), one row each.
+    studies: pa.Table
+    #: Cached studies the API answered 404 for.
+    gone_ids: pa.Array
+
+
+def fetch_new_studies(client: Client, since: datetime, *, progress: bool = False) -> pa.Table:
+    """Studies created since ``since`` (UTC): the unfiltered list, newest first, page by
+    page until a page reaches back past ``since`` (so a little more than asked for).
+
+    >>> from viewerkit import Client
+    >>> with Client(api_key="sk-x", base_url="http://127.0.0.1:9", max_retries=0) as client:
+    ...     fetch_new_studies(client, datetime.now(timezone.utc))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    viewerkit.errors.ApiConnectionError: list_studies: no answer from http://127.0.0.1:9 (...)
+    """
+    pages = _page_chains(
+        client, [{}], workers=1, progress=progress, down_to=since, desc="reading new studies"
+    )
+    return newest_per_study(flatten_studies(pages))
+
+
+def fetch_active(
+    client: Client, cached: pa.Table, *, concurrency: int = 8, progress: bool = True
+) -> ActiveRead:
+    """What an active refresh of ``cached`` (a study table) must re-read: the open studies
+    (not cancelled, ``incomplete``), the new ones (since :data:`NEW_STUDY_MARGIN` before
+    the newest cached ``created_at``), and the current state of every cached open study the
+    open list no longer returns (completed or cancelled since: :func:`retrieve_studies`
+    over :data:`CLOSED_PARTITIONS`, or gone: 404). See ``StudyCache.refresh`` for what this
+    cannot see.
+    """
+    open_now = fetch_studies_arrow(
+        client,
+        is_cancelled=False,
+        study_viewer_status="incomplete",
+        concurrency=concurrency,
+        progress=progress,
+    )
+    fresh = [open_now]
+    newest = pc.max(cached.column("created_at")).as_py() if len(cached) else None
+    if newest is not None:
+        fresh.append(fetch_new_studies(client, newest - NEW_STUDY_MARGIN, progress=progress))
+    seen = pa.concat_arrays([t.column("study_id").combine_chunks() for t in fresh])
+    # cached open studies the open list no longer returns: completed or cancelled since
+    was_open = pc.and_(
+        pc.invert(pc.fill_null(cached.column("is_cancelled"), False)),
+        pc.equal(cached.column("study_viewer_status").cast(pa.string()), "incomplete"),
+    )
+    was_open_ids = cached.column("study_id").filter(was_open).combine_chunks()
+    closed_ids = pc.filter(was_open_ids, pc.invert(pc.is_in(was_open_ids, value_set=seen)))
+    closed = retrieve_studies(
+        client, closed_ids, known=cached, partitions=CLOSED_PARTITIONS,
+        concurrency=concurrency, progress=progress,
+    )
+    gone = pc.filter(closed_ids, pc.invert(pc.is_in(closed_ids, value_set=closed.column("study_id"))))
+    fresh.append(closed)
+    return ActiveRead(newest_per_study(concat_studies(fresh)), gone)

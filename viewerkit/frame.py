@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -426,8 +427,11 @@ def to_pandas(table: pa.Table, *, compact: bool = False) -> pd.DataFrame:
     for name in ("severity", "study_viewer_status"):
         _, dictionary = _FIXED_DICTIONARIES[name]
         dtype = pd.CategoricalDtype(dictionary.to_pylist(), ordered=name == "severity")
-        if frame[name].dtype != dtype:
-            frame[name] = frame[name].astype(dtype)
+        column = frame[name] if frame[name].dtype == dtype else frame[name].astype(dtype)
+        # Arrow hands the codes over zero-copy and read-only, so an analyst's
+        # df.loc[rows, "severity"] = "stat" would fail: give the column codes of its own
+        codes = np.array(column.cat.codes, dtype=np.int8, copy=True)
+        frame[name] = pd.Series(pd.Categorical.from_codes(codes, dtype=dtype), index=frame.index)
     for name in _TIMESTAMP_COLUMNS:
         if str(frame[name].dtype) != "datetime64[ms, UTC]":
             frame[name] = frame[name].astype("datetime64[ms, UTC]")
@@ -501,3 +505,271 @@ def _plain(value: Any) -> Any:
         if isinstance(value, float) and math.isnan(value):
             return None
     return value
+
+
+# --- table operations: order, de-duplication, comparison -------------------------------------
+
+
+def in_list_order(table: pa.Table) -> pa.Table:
+    """Rows in the API's list order: newest ``created_at`` first, ties by ``study_id``
+    descending (the contract's order; the fetcher and the cache return tables in it).
+
+    >>> t = studies_to_arrow([
+    ...     {"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "createdAt": "2026-01-01T00:00:00Z"},
+    ...     {"studyId": "stu_" + "b" * 32, "studyInstanceUid": "2", "createdAt": "2026-02-01T00:00:00Z"},
+    ... ])
+    >>> [s[4] for s in in_list_order(t).column("study_id").to_pylist()]
+    ['b', 'a']
+    """
+    order = pc.sort_indices(
+        table.select(["created_at", "study_id"]),
+        sort_keys=[("created_at", "descending"), ("study_id", "descending")],
+    )
+    return table.take(order)
+
+
+def newest_per_study(table: pa.Table) -> pa.Table:
+    """One row per study ID (the newest ``updated_at``), in list order (see
+    :func:`in_list_order`). Vectorised: two sorts and a run-start mask; a study read twice
+    (e.g. seen in two partitions while it changed) keeps its newest state.
+
+    >>> t = studies_to_arrow([
+    ...     {"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "updatedAt": "2026-01-01T00:00:00Z"},
+    ...     {"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "updatedAt": "2026-02-01T00:00:00Z"},
+    ... ])
+    >>> newest_per_study(t).column("updated_at").to_pylist()[0].month
+    2
+    """
+    if table.num_rows <= 1:
+        return table
+    keep: pa.Array | None = None  # row positions to keep; None: every row
+    ids = table.column("study_id")
+    if pc.count_distinct(ids).as_py() < table.num_rows:
+        by_id = pc.sort_indices(
+            table.select(["study_id", "updated_at"]),
+            sort_keys=[("study_id", "ascending"), ("updated_at", "descending")],
+        )
+        sorted_ids = ids.take(by_id).combine_chunks()
+        first = np.ones(len(sorted_ids), dtype=bool)
+        first[1:] = pc.not_equal(sorted_ids[1:], sorted_ids[:-1]).to_numpy(zero_copy_only=False)
+        keep = by_id.filter(pa.array(first))
+    keys = table.select(["created_at", "study_id"])
+    if keep is not None:
+        keys = keys.take(keep)
+    order = pc.sort_indices(keys, sort_keys=[("created_at", "descending"), ("study_id", "descending")])
+    # one take of the whole table, whatever was dropped and reordered
+    return table.take(order if keep is None else keep.take(order))
+
+
+def select_studies(table: pa.Table, study_ids: pa.Array | pa.ChunkedArray | list[str]) -> pa.Table:
+    """The rows of ``table`` whose ``study_id`` is among ``study_ids`` (table order kept).
+
+    >>> t = studies_to_arrow([{"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1"}])
+    >>> select_studies(t, ["stu_" + "b" * 32]).num_rows
+    0
+    """
+    if isinstance(study_ids, list):
+        study_ids = pa.array(study_ids, pa.string())
+    return table.filter(pc.is_in(table.column("study_id"), value_set=study_ids))
+
+
+def drop_empty_meta(table: pa.Table) -> pa.Table:
+    """Drop the ``meta.*`` columns no study has a value in (a key the last study holding it
+    lost), as a fresh fetch would not have them.
+
+    >>> t = studies_to_arrow([{"studyId": "stu_" + "a" * 32, "metadata": {"k": "v"}}])
+    >>> drop_empty_meta(t.set_column(t.num_columns - 1, "meta.k", pa.nulls(1, pa.string()))).column_names[-1]
+    'express_customer_name'
+    """
+    empty = [
+        name
+        for name in table.column_names
+        if name.startswith(META_PREFIX) and table.column(name).null_count == len(table)
+    ]
+    return table.drop_columns(empty) if empty else table
+
+
+def _as_table(studies: pa.Table | pd.DataFrame) -> pa.Table:
+    return from_pandas(studies) if isinstance(studies, pd.DataFrame) else conform(studies)
+
+
+def _cells_differ(before: pa.ChunkedArray, after: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Per row: do the two cells differ? A null against a value differs; two nulls do not."""
+    if pa.types.is_dictionary(before.type):
+        before = before.cast(before.type.value_type)
+    if pa.types.is_dictionary(after.type):
+        after = after.cast(after.type.value_type)
+    one_null = pc.xor(pc.is_null(before), pc.is_null(after))
+    return pc.or_(one_null, pc.fill_null(pc.not_equal(before, after), False))
+
+
+class StudyChanges:
+    """How two study tables differ, by study (from :func:`compare_studies`).
+
+    ``new_ids``: in ``after`` only; ``gone_ids``: in ``before`` only; ``changed_ids``: in
+    both, with at least one cell different (every column, ``meta.*`` included);
+    ``unchanged``: how many are in both and equal. ``cells`` maps each column to a boolean
+    array over the matched studies (``matched_ids``): does that cell differ.
+    """
+
+    def __init__(
+        self,
+        new_ids: pa.Array,
+        gone_ids: pa.Array,
+        changed_ids: pa.Array,
+        unchanged: int,
+        matched_ids: pa.Array,
+        cells: dict[str, pa.Array],
+        before_rows: pa.Table,
+        after_rows: pa.Table,
+    ) -> None:
+        self.new_ids = new_ids
+        self.gone_ids = gone_ids
+        self.changed_ids = changed_ids
+        self.unchanged = unchanged
+        self.matched_ids = matched_ids
+        self.cells = cells
+        self._before_rows = before_rows
+        self._after_rows = after_rows
+
+    def __repr__(self) -> str:
+        return (
+            f"StudyChanges(new={len(self.new_ids)}, changed={len(self.changed_ids)}, "
+            f"gone={len(self.gone_ids)}, unchanged={self.unchanged})"
+        )
+
+    def long(self) -> pa.Table:
+        """The changed cells as a long table (see :func:`diff_studies`)."""
+        parts = []
+        for name, differs in self.cells.items():
+            if not pc.any(differs).as_py():
+                continue
+            ids = self.matched_ids.filter(differs)
+            parts.append(
+                pa.table(
+                    {
+                        "study_id": ids,
+                        "field": pa.repeat(pa.scalar(name, pa.string()), len(ids)),
+                        "before": _display_strings(self._before_rows, name, differs),
+                        "after": _display_strings(self._after_rows, name, differs),
+                    },
+                    schema=DIFF_SCHEMA,
+                )
+            )
+        if not parts:
+            return DIFF_SCHEMA.empty_table()
+        table = pa.concat_tables(parts)
+        return table.take(pc.sort_indices(table, sort_keys=[("study_id", "ascending")]))
+
+
+#: The columns of :func:`diff_studies`: one row per changed cell.
+DIFF_SCHEMA: Final = pa.schema(
+    [("study_id", pa.string()), ("field", pa.string()), ("before", pa.string()), ("after", pa.string())]
+)
+
+
+def _display_strings(rows: pa.Table, name: str, mask: pa.Array) -> pa.Array:
+    """The masked cells of column ``name`` as strings: timestamps ISO 8601 UTC with ``Z``,
+    booleans ``true`` / ``false``, null as null (a column the table lacks: all null)."""
+    if name not in rows.column_names:
+        return pa.nulls(pc.sum(mask).as_py() or 0, pa.string())
+    column = rows.column(name).filter(mask).combine_chunks()
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if pa.types.is_timestamp(column.type):
+        # %S carries the milliseconds of a ms timestamp
+        return pc.strftime(column, format="%Y-%m-%dT%H:%M:%SZ").cast(pa.string())
+    if pa.types.is_boolean(column.type):
+        return pc.if_else(column, "true", "false")
+    return column.cast(pa.string())
+
+
+def compare_studies(before: pa.Table | pd.DataFrame | None, after: pa.Table | pd.DataFrame) -> StudyChanges:
+    """Compare two study tables by ``study_id``: one join, then a vectorised comparison of
+    every column of the matched rows (no per-study Python loop). ``before=None`` means an
+    empty table. Each table must hold a study at most once.
+
+    >>> a = studies_to_arrow([{"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "severity": "high"}])
+    >>> b = studies_to_arrow([{"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "severity": "stat"},
+    ...                       {"studyId": "stu_" + "b" * 32, "studyInstanceUid": "2"}])
+    >>> compare_studies(a, b)
+    StudyChanges(new=1, changed=1, gone=0, unchanged=0)
+    """
+    old = _as_table(before) if before is not None else empty_studies()
+    new = _as_table(after)
+    before_keys = pa.table({"study_id": old.column("study_id"), "before_row": np.arange(len(old))})
+    after_keys = pa.table({"study_id": new.column("study_id"), "after_row": np.arange(len(new))})
+    joined = after_keys.join(before_keys, "study_id", join_type="full outer")
+    ids = joined.column("study_id")
+    is_new = pc.is_null(joined.column("before_row"))
+    is_gone = pc.is_null(joined.column("after_row"))
+    matched = joined.filter(pc.invert(pc.or_(is_new, is_gone)))
+    before_rows = old.take(matched.column("before_row"))
+    after_rows = new.take(matched.column("after_row"))
+    differs: Any = pa.repeat(pa.scalar(False), len(matched))
+    cells: dict[str, pa.Array] = {}
+    columns = [*STUDY_SCHEMA.names]
+    columns += sorted(
+        {c for c in (*old.column_names, *new.column_names) if c.startswith(META_PREFIX)}
+    )
+    for name in columns:
+        if name in old.column_names and name in new.column_names:
+            cell = _cells_differ(before_rows.column(name), after_rows.column(name))
+        else:  # a meta column only one side has: differs where that side has a value
+            side = before_rows if name in old.column_names else after_rows
+            cell = pc.is_valid(side.column(name))
+        cell = cell.combine_chunks() if isinstance(cell, pa.ChunkedArray) else cell
+        cells[name] = cell
+        differs = pc.or_(differs, cell)
+    matched_ids = matched.column("study_id").combine_chunks()
+    changed_ids = pc.filter(matched_ids, differs)
+    return StudyChanges(
+        new_ids=pc.filter(ids, is_new).combine_chunks(),
+        gone_ids=pc.filter(ids, is_gone).combine_chunks(),
+        changed_ids=changed_ids,
+        unchanged=len(matched) - len(changed_ids),
+        matched_ids=matched_ids,
+        cells=cells,
+        before_rows=before_rows,
+        after_rows=after_rows,
+    )
+
+
+def diff_studies(before: pa.Table | pd.DataFrame, after: pa.Table | pd.DataFrame) -> pd.DataFrame:
+    """The cells that differ between two states of the same studies, as a long table: one
+    row per changed cell, columns ``study_id``, ``field`` (a study table column, e.g.
+    ``severity``, ``assigned_to_user_id``, ``meta.site``), ``before``, ``after`` (strings:
+    timestamps ISO 8601 UTC, booleans ``true`` / ``false``; null where the cell is empty),
+    sorted by ``study_id``, then field in study table order. Only studies in both tables are
+    compared (:func:`compare_studies` tells the new and gone ones). Used by the bulk preview
+    (planned against live state) and by the cache's history.
+
+    >>> a = studies_to_arrow([{"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "severity": "high"}])
+    >>> b = studies_to_arrow([{"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "severity": "stat",
+    ...                        "metadata": {"site": "North"}}])
+    >>> diff_studies(a, b)[["field", "before", "after"]].values.tolist()
+    [['severity', 'high', 'stat'], ['meta.site', None, 'North']]
+    """
+    long: pd.DataFrame = compare_studies(before, after).long().to_pandas()
+    if len(long):
+        long = long.replace({np.nan: None})
+    return long
+
+
+def oldest_created_at(wire: pa.StructArray) -> datetime | None:
+    """The oldest ``createdAt`` among wire studies (from :func:`read_page`), or None when
+    there is none: how far back a page reached, without flattening it.
+
+    >>> wire, _, _ = read_page(b'{"studies": [{"createdAt": "2026-01-02T00:00:00Z"},'
+    ...                        b' {"createdAt": "2026-01-01T00:00:00.5Z"}]}')
+    >>> oldest_created_at(wire).isoformat()
+    '2026-01-01T00:00:00.500000+00:00'
+    """
+    if len(wire) == 0:
+        return None
+    created = wire.field("createdAt")
+    try:
+        oldest = pc.min(_parse_timestamps(created)).as_py()
+    except pa.ArrowInvalid as exc:
+        raise ApiError(f"a created_at value is not an ISO 8601 time ({exc})", call="list_studies") from None
+    return oldest if isinstance(oldest, datetime) else None

@@ -1,0 +1,126 @@
+"""The one concurrent runner: outcomes, priorities, errors, and a prompt, clean stop."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from viewerkit.runner import Outcome, Runner, pause, run_all, stop_requested
+
+
+def _runner_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("viewerkit")]
+
+
+def test_outcomes_carry_keys_and_follow_up_tasks_run() -> None:
+    seen: list[Outcome[Any]] = []
+    with Runner(workers=3, progress=False) as runner:
+        for n in range(5):
+            runner.submit(("first", n), lambda n=n: n * 10)
+        for outcome in runner.outcomes():
+            seen.append(outcome)
+            if outcome.key[0] == "first" and outcome.key[1] < 2:
+                runner.submit(("follow-up", outcome.key[1]), lambda n=outcome.key[1]: -n)
+    results = {o.key: o.result for o in seen}
+    assert results == {
+        **{("first", n): n * 10 for n in range(5)},
+        ("follow-up", 0): 0,
+        ("follow-up", 1): -1,
+    }
+    assert all(o.ok for o in seen)
+    assert not _runner_threads()
+
+
+def test_queued_tasks_start_highest_priority_first() -> None:
+    started: list[str] = []
+    gate = threading.Event()
+    with Runner(workers=1, progress=False) as runner:
+        runner.submit("blocker", gate.wait, 30)
+        for name, priority in (("low", 0.0), ("high", 5.0), ("middle", 1.0), ("low-2", 0.0)):
+            runner.submit(name, started.append, name, priority=priority)
+        gate.set()
+        list(runner.outcomes())
+    assert started == ["high", "middle", "low", "low-2"]
+
+
+def test_a_failed_task_stops_the_run_and_queued_tasks_never_start() -> None:
+    ran: list[int] = []
+    with pytest.raises(ValueError, match="page 3 failed"), Runner(workers=1, progress=False) as runner:
+        for n in range(10):
+            runner.submit(n, _fail_at_three, n, ran)
+        list(runner.outcomes())
+    assert ran == [0, 1, 2, 3]
+    assert not _runner_threads()
+
+
+def _fail_at_three(n: int, ran: list[int]) -> int:
+    ran.append(n)
+    if n == 3:
+        raise ValueError(f"page {n} failed")
+    return n
+
+
+def test_collected_errors_become_outcomes_but_fatal_ones_stop() -> None:
+    outcomes = run_all(int, ["1", "x", "3"], workers=2, progress=False, errors="collect")
+    assert [o.key for o in outcomes] == ["1", "x", "3"]
+    assert [o.result for o in outcomes] == [1, None, 3]
+    assert isinstance(outcomes[1].error, ValueError) and not outcomes[1].ok
+
+    class Fatal(Exception):
+        pass
+
+    def check(item: str) -> str:
+        if item == "stop":
+            raise Fatal(item)
+        return item
+
+    with pytest.raises(Fatal):
+        run_all(check, ["a", "stop", "b"], workers=1, progress=False, errors="collect", fatal=(Fatal,))
+
+
+def test_ctrl_c_stops_tasks_waiting_out_a_backoff_at_once() -> None:
+    """A task in flight sits in pause() (as the client does between retries); Ctrl-C in the
+    iterating thread makes pause() return True, the task ends, no thread is left."""
+    in_backoff = threading.Event()
+    told_to_stop: list[bool] = []
+
+    def retrying_call() -> None:
+        assert not stop_requested()
+        in_backoff.set()
+        told_to_stop.append(pause(3600.0))  # would hang the test if the stop did not reach it
+
+    queued_ran: list[int] = []
+    with pytest.raises(KeyboardInterrupt), Runner(workers=2, progress=False) as runner:
+        runner.submit("in flight", retrying_call, priority=2)
+        runner.submit("tick", in_backoff.wait, 30, priority=1)
+        runner.submit("queued", queued_ran.append, 1)
+        for outcome in runner.outcomes():
+            assert outcome.key == "tick" and outcome.result is True
+            raise KeyboardInterrupt  # as Ctrl-C would, in the thread iterating
+    assert told_to_stop == [True]
+    assert queued_ran == []
+    assert not _runner_threads()
+    assert runner.stopping
+    with pytest.raises(RuntimeError, match="stopping"):
+        runner.submit("late", print)
+
+
+def test_pause_outside_a_run_is_a_plain_sleep() -> None:
+    assert pause(0.001) is False
+    assert stop_requested() is False
+
+
+def test_run_all_keeps_item_order_whatever_finishes_first() -> None:
+    gates = [threading.Event() for _ in range(4)]
+
+    def wait_for_next(i: int) -> int:
+        # item i finishes only after item i + 1 did: completion order is the reverse
+        if i < 3:
+            assert gates[i + 1].wait(30)
+        gates[i].set()
+        return i
+
+    outcomes = run_all(wait_for_next, [0, 1, 2, 3], workers=4, progress=False)
+    assert [o.result for o in outcomes] == [0, 1, 2, 3]
