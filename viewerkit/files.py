@@ -7,7 +7,8 @@ the study-table exports (Parquet, CSV).
   so a reader sees the old file or the new one, never half of one. ``write_bytes``,
   ``write_text``, ``write_json`` and ``write_parquet`` are the usual cases.
 - ``append_bytes`` and ``append_json_line`` add to a file and return only once the data is
-  on disk (fsync), for journals.
+  on disk (fsync), for journals. They ``flock`` the file while appending: guard a journal
+  with a separate lock file, never with ``file_lock`` on the journal itself.
 - ``file_lock(path)`` holds an exclusive inter-process lock (``fcntl.flock``), waiting for
   another holder up to a timeout (``LockTimeout`` after it); the OS drops it if the
   holder dies.
@@ -187,6 +188,9 @@ def _append(data: bytes, path: Path, *, whole_lines: bool) -> None:
     existed = path.exists()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, _NEW_FILE_MODE)
     try:
+        # Appenders take turns (flock; released by close): another one's write in progress
+        # can show a size whose last byte is mid-line, and a short write must not be split.
+        _hold_exclusive(fd)
         if whole_lines:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -202,10 +206,18 @@ def _append(data: bytes, path: Path, *, whole_lines: bool) -> None:
         _fsync_folder(path.parent)
 
 
+def _hold_exclusive(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: appends rely on O_APPEND alone
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
 def append_bytes(data: bytes, path: StrPath) -> None:
     """Append ``data`` to ``path`` (created if missing) and fsync: the data is on disk when
-    this returns. The data goes in one ``write`` with ``O_APPEND``, so appends from several
-    processes do not interleave.
+    this returns. Appends from several processes take turns (``O_APPEND`` and ``flock``), so
+    they do not interleave.
 
     >>> import tempfile, pathlib
     >>> log_file = pathlib.Path(tempfile.mkdtemp()) / "log.bin"
@@ -220,8 +232,8 @@ def append_json_line(value: Any, path: StrPath) -> None:
     """Append ``value`` as one line of JSON (compact, sorted keys, ASCII) to ``path``
     (created if missing) and fsync: the line is on disk when this returns.
 
-    Every line is whole: it goes in one ``write`` with ``O_APPEND`` (appends from several
-    processes do not interleave), and if a crash tore the file's last line, that line is
+    Every line is whole: appends from several processes take turns (``O_APPEND`` and
+    ``flock``) and do not interleave, and if a crash tore the file's last line, that line is
     ended first so the new one still reads as JSON on its own line.
 
     >>> import tempfile, pathlib
