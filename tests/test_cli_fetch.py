@@ -136,9 +136,22 @@ def test_fetch_into_a_missing_folder_fails_before_fetching(tmp_path: Path) -> No
     for name in ("studies.parquet", "studies.csv"):
         out = tmp_path / "no-such-folder" / name
         result = runner.invoke(main, ["fetch", "--out", str(out), "--no-progress"])
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("Error: ") and "field path" in result.output
         assert f"folder {out.parent} does not exist" in result.output
+        assert "connect" not in result.output.lower(), "the fetch was attempted"
+        assert len(result.output.strip().splitlines()) == 1
         assert not out.parent.exists()
+
+
+def test_fetch_to_an_unknown_file_type_fails_before_fetching(tmp_path: Path) -> None:
+    runner = CliRunner(env={"AVARA_API_KEY": "sk-unused", "AVARA_BASE_URL": "http://127.0.0.1:9"})
+    out = tmp_path / "studies.xlsx"
+    result = runner.invoke(main, ["fetch", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "must end with one of the allowed suffixes, allowed: .parquet, .csv" in result.output
+    assert "connect" not in result.output.lower(), "the fetch was attempted"
+    assert not out.exists()
 
 
 def test_a_cache_path_that_cannot_be_used_fails_with_one_line(

@@ -89,20 +89,13 @@ def fetch_command(
 
         viewerkit fetch --severity stat --status incomplete --out open-stat.parquet
     """
-    import os
-
     from viewerkit.client import Client
     from viewerkit.fetch import fetch_studies_arrow
-    from viewerkit.frame import to_pandas
+    from viewerkit.files import check_output_path, write_studies
     from viewerkit.schema import NOT_GIVEN
 
-    if out is not None and not out.endswith((".parquet", ".csv")):
-        raise click.BadParameter("must end with .parquet or .csv", param_hint="--out")
-    if out is not None and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        # checked before the fetch, which may take minutes
-        raise click.BadParameter(
-            f"folder {os.path.dirname(os.path.abspath(out))} does not exist", param_hint="--out"
-        )
+    if out is not None:
+        check_output_path(out)  # before the fetch, which may take minutes
     filters: dict[str, object] = {
         "severity": severity if severity is not None else NOT_GIVEN,
         "study_viewer_status": study_viewer_status if study_viewer_status is not None else NOT_GIVEN,
@@ -116,20 +109,7 @@ def fetch_command(
     if out is None:
         click.echo(f"{table.num_rows} studies (use --out FILE.parquet to keep them)")
         return
-    import uuid
-
-    aside = os.path.join(os.path.dirname(os.path.abspath(out)), f".tmp-{uuid.uuid4().hex}-{os.path.basename(out)}")
-    try:
-        if out.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, aside)
-        else:
-            to_pandas(table).to_csv(aside, index=False)
-        os.replace(aside, out)
-    finally:
-        if os.path.exists(aside):
-            os.unlink(aside)
+    write_studies(table, out)
     click.echo(f"{table.num_rows} studies written to {out}")
 
 

@@ -6,6 +6,7 @@
     ├── ConfigurationError          missing API key, missing optional extra, bad setting
     ├── ValidationError             bad input caught before any request (also a ValueError)
     ├── CacheError                  a cache file that is corrupt, foreign or unreadable
+    ├── LockTimeout                 another process held a lock for longer than the timeout
     └── ApiError                    the API answered with an error, or could not be reached
         ├── ApiConnectionError      no answer: refused, reset, timed out
         └── ApiStatusError          an HTTP error status (``.status_code``)
@@ -40,6 +41,7 @@ __all__ = [
     "Reason",
     "SECRET_FIELDS",
     "CacheError",
+    "LockTimeout",
     "ApiError",
     "ApiConnectionError",
     "ApiStatusError",
@@ -107,6 +109,10 @@ class Reason(str, Enum):
     NOT_A_DURATION = "must be hours (a number) or a timedelta"
     NOT_POSITIVE = "must be positive"
     BAD_WINDOW = "must be (start, end) with start before end"
+    # files written by the library
+    WRONG_SUFFIX = "must end with one of the allowed suffixes"
+    NO_SUCH_FOLDER = "must be in a folder that exists"
+    IS_A_FOLDER = "is a folder, not a file"
 
 
 #: Fields whose values are secrets: their value never reaches ``failure_cases`` or a message.
@@ -185,6 +191,32 @@ class ValidationError(ViewerkitError, ValueError):
 
 class CacheError(ViewerkitError):
     """A cache file is corrupt, foreign or unreadable; the message says how to rebuild it."""
+
+
+class LockTimeout(ViewerkitError):
+    """Another process held an inter-process lock (e.g. a refresh of the same cache) for
+    longer than the timeout. ``path`` is the lock file, ``waited_s`` how long this process
+    waited, in seconds.
+
+    >>> print(LockTimeout("data/cache/ns/.lock", 300.0, holder="another refresh"))
+    gave up after waiting 300.0 s for the lock data/cache/ns/.lock, held by another refresh; try again when it has finished
+    """
+
+    def __init__(self, path: str, waited_s: float, *, holder: str = "another process") -> None:
+        super().__init__(
+            f"gave up after waiting {waited_s:.1f} s for the lock {path}, held by {holder}; "
+            "try again when it has finished"
+        )
+        self.path = path
+        self.waited_s = waited_s
+        self.holder = holder
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_lock_timeout, (self.path, self.waited_s, self.holder))
+
+
+def _rebuild_lock_timeout(path: str, waited_s: float, holder: str) -> LockTimeout:
+    return LockTimeout(path, waited_s, holder=holder)
 
 
 class ApiError(ViewerkitError):

@@ -21,7 +21,6 @@ import base64
 import html
 import io
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from viewerkit import files
 from viewerkit.reports import figures as plots
 from viewerkit.reports.kpis import (
     HOUR_MS,
@@ -143,27 +143,10 @@ def figures(
     return _figures_of(tables, _resolve_sla(sla))
 
 
-def _umask() -> int:
-    mask = os.umask(0o077)  # reading it means setting it (to the strictest, for other threads), then back
-    os.umask(mask)
-    return mask
-
-
 def _write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` beside ``path``, then rename it into place (readers never see half)."""
+    """Write ``data`` to ``path`` atomically (``viewerkit.files``), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, aside = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(aside, 0o666 & ~_umask())  # as open() would: not mkstemp's 0600, not past the umask
-        os.replace(aside, path)
-    except BaseException:
-        Path(aside).unlink(missing_ok=True)
-        raise
-    return path
+    return files.write_bytes(data, path)
 
 
 def save_figures(
