@@ -294,8 +294,6 @@ def test_foreign_manifest_is_refused(filled: StudyCache, tmp_path: Path) -> None
 def test_interrupted_refresh_leaves_the_previous_cache_intact(
     make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import viewerkit.cache as cache_module
-
     server: Sandbox = make_sandbox(studies=100, seed=26)
     cache = StudyCache(tmp_path)
     with Client(api_key=server.api_key, base_url=server.base_url) as c:
@@ -308,7 +306,7 @@ def test_interrupted_refresh_leaves_the_previous_cache_intact(
             raise KeyboardInterrupt
 
         # Ctrl-C after the new data files are written, just before the manifest commit
-        monkeypatch.setattr(cache_module, "_write_json", ctrl_c)
+        monkeypatch.setattr("viewerkit.files.write_json", ctrl_c)
         with pytest.raises(KeyboardInterrupt):
             cache.refresh(c, progress=False)
         after = snapshot(cache.path)
@@ -537,3 +535,48 @@ def test_active_refresh_refuses_a_new_studies_page_with_more_but_no_cursor(
         with pytest.raises(ApiError, match="^list_studies: a page said hasMore but gave no cursor"):
             cache.refresh(c, mode="active", progress=False)
     assert cache.info()["refreshes"] == 1
+
+
+def test_two_refreshes_from_two_processes_both_complete_one_after_the_other(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A scheduled refresh and another one meet: the second waits for the lock instead of
+    failing, then reads what the first committed (so a change is recorded once)."""
+    from viewerkit.cache import namespace_of
+    from viewerkit.files import file_lock
+
+    server: Sandbox = make_sandbox(studies=300, seed=31)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        cache.refresh(c, progress=False)
+        study_id = cache.load()["study_id"].iloc[0]
+        lock = tmp_path / namespace_of(c.base_url, c.key_fingerprint) / ".lock"
+        script = textwrap.dedent(
+            f"""
+            from viewerkit import Client, StudyCache
+            with Client(api_key={server.api_key!r}, base_url={server.base_url!r}) as c:
+                summary = StudyCache({str(tmp_path)!r}).refresh(c, progress=False)
+            print(summary.changed, flush=True)
+            """
+        )
+        with file_lock(lock, timeout=0):  # held here, so both children must wait
+            c.update_study(study_id, severity="stat" if cache.load()["severity"].iloc[0] != "stat" else "high")
+            children = [
+                subprocess.Popen(
+                    [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(2)
+            ]
+            for child in children:  # each says it waits for the lock (a log warning)
+                assert child.stderr is not None
+                assert "waiting for the lock" in child.stderr.readline()
+        outputs = [child.communicate(timeout=120) for child in children]
+    assert [child.returncode for child in children] == [0, 0], outputs
+    # the first to get the lock recorded the change; the second read its commit
+    assert sorted(int(out.strip()) for out, _ in outputs) == [0, 1]
+    info = cache.info()
+    assert info["refreshes"] == 3
+    history = cache.history()
+    assert (history["study_id"] == study_id).sum() == 2  # new at the first refresh, changed once
+    assert history["observed_at"].nunique() == 2

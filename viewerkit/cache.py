@@ -32,7 +32,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from viewerkit import fetch, frame
+from viewerkit import fetch, files, frame
 from viewerkit.errors import CacheError, Reason, ValidationError, ViewerkitError
 from viewerkit.schema import STUDY_SCHEMA
 
@@ -138,60 +137,6 @@ def _manifest_fields_ok(manifest: dict[str, Any]) -> bool:
         and isinstance(refreshes, list)
         and all(isinstance(r, dict) and "refreshed_at" in r and "mode" in r for r in refreshes)
     )
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def _written_aside(target: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success fsync it and move it over
-    ``target`` atomically. On any failure (or Ctrl-C) the temporary file is removed."""
-    temp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
-    try:
-        yield temp
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-        _fsync_dir(target.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-
-
-def _write_parquet(table: pa.Table, target: Path) -> None:
-    with _written_aside(target) as temp:
-        pq.write_table(table, temp, compression="zstd")
-
-
-def _write_json(value: Any, target: Path) -> None:
-    with _written_aside(target) as temp:
-        temp.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-@contextlib.contextmanager
-def _refresh_lock(directory: Path) -> Iterator[None]:
-    """One refresh at a time per namespace; the OS drops the lock if the process dies."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
-        yield
-        return
-    with open(directory / ".lock", "a+b") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise CacheError(f"another refresh of {directory} is running") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _now_ms() -> datetime:
@@ -455,6 +400,7 @@ class StudyCache:
         *,
         concurrency: int = 8,
         progress: bool = True,
+        lock_timeout: float | None = files.DEFAULT_LOCK_TIMEOUT_S,
     ) -> RefreshSummary:
         """Bring the cache up to date with the API and record what changed in the history.
 
@@ -476,6 +422,12 @@ class StudyCache:
         ~100 are caught too, as the new-study pages cover them.) The next full refresh sees
         and records everything missed. An empty cache always gets a full refresh.
 
+        One refresh of a namespace runs at a time, across processes: a refresh that finds
+        another one running (a scheduled refresh, the triage board's auto-refresh) waits for
+        it, saying so in a log warning, up to ``lock_timeout`` seconds (None: no limit), then
+        raises ``viewerkit.errors.LockTimeout``. Each refresh reads the cache as the one
+        before it left it, so both are recorded in the history.
+
         Killed or interrupted (Ctrl-C) at any point, the previous cache stays intact.
         """
         if mode not in ("full", "active"):
@@ -488,7 +440,7 @@ class StudyCache:
         observed_at = _now_ms()
         directory = self.path / namespace_of(client.base_url, client.key_fingerprint)
         directory.mkdir(parents=True, exist_ok=True)
-        with _refresh_lock(directory):
+        with files.file_lock(directory / ".lock", timeout=lock_timeout, holder="another refresh"):
             manifest = self._manifest(directory) if (directory / _MANIFEST).exists() else None
             old = self._read_table(directory, manifest["studies_file"]) if manifest else None
             if old is None or len(old) == 0:
@@ -542,17 +494,17 @@ class StudyCache:
         generation = f"{observed_at.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
         studies_file = f"studies-{generation}.parquet"
         history_files = list(manifest["history_files"]) if manifest else []
-        _write_parquet(current, directory / studies_file)
+        files.write_parquet(current, directory / studies_file)
         part = _history_part(observed_at, old, current, changes)
         if part is not None:
             (directory / "history").mkdir(exist_ok=True)
             name = f"history/{generation}.parquet"
-            _write_parquet(part, directory / name)
+            files.write_parquet(part, directory / name)
             history_files.append(name)
         created = current.column("created_at")
         newest = pc.max(created).as_py() if len(current) else None
         record = {k: v for k, v in asdict(summary).items() if k != "duration_s"}
-        _write_json(
+        files.write_json(
             {
                 "format": _FORMAT,
                 "version": _FORMAT_VERSION,
