@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from viewerkit.client import Client
 
-__all__ = ["StudyCache", "RefreshSummary", "HISTORY_COLUMNS", "DEFAULT_CACHE_PATH"]
+__all__ = ["StudyCache", "CacheSnapshot", "RefreshSummary", "HISTORY_COLUMNS", "DEFAULT_CACHE_PATH"]
 
 #: Where the CLI keeps the cache unless ``--cache`` or ``VIEWERKIT_CACHE`` says otherwise.
 DEFAULT_CACHE_PATH = "data/cache"
@@ -92,6 +92,18 @@ class RefreshSummary:
     def total(self) -> int:
         """Studies in the cache after the refresh."""
         return self.new + self.changed + self.unchanged
+
+
+@dataclass(frozen=True)
+class CacheSnapshot:
+    """What :meth:`StudyCache.read` returns: one namespace's tables, read together."""
+
+    #: The cached studies (as :meth:`StudyCache.load`).
+    studies: pd.DataFrame
+    #: The change history (as :meth:`StudyCache.history`).
+    history: pd.DataFrame
+    #: As :meth:`StudyCache.info` (``last_refresh_at`` is never None here).
+    info: dict[str, Any]
 
 
 def _file_size(directory: Path, name: str) -> int:
@@ -181,6 +193,16 @@ class StudyCache:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+
+    @classmethod
+    def at(cls, path: str | os.PathLike[str] | None = None) -> StudyCache:
+        """The cache at ``path``, else at ``$VIEWERKIT_CACHE``, else at
+        :data:`DEFAULT_CACHE_PATH` (the CLI's ``--cache`` rule).
+
+        >>> StudyCache.at("reports/cache")
+        StudyCache('reports/cache')
+        """
+        return cls(path or os.environ.get("VIEWERKIT_CACHE") or DEFAULT_CACHE_PATH)
 
     def __repr__(self) -> str:
         return f"StudyCache({str(self.path)!r})"
@@ -356,6 +378,25 @@ class StudyCache:
         heads["change"] = heads["change"].astype(states["study_id"].dtype)
         observations: pd.DataFrame = pd.concat([heads, states], axis=1)
         return observations
+
+    def read(self, client: Client | None = None, *, compact: bool = False) -> CacheSnapshot:
+        """The studies, history and info of ``client``'s namespace (or the only one), for a
+        report. Raises ``CacheError`` when that namespace was never refreshed (a mistyped
+        path or another server or key), since an empty table would read as "no backlog".
+
+        >>> import tempfile
+        >>> StudyCache(tempfile.mkdtemp()).read()  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        viewerkit.errors.CacheError: no refreshed studies in ...: run `viewerkit refresh` first (same --cache and AVARA_BASE_URL / AVARA_API_KEY)
+        """
+        info = self.info(client)
+        if info["last_refresh_at"] is None:
+            raise CacheError(
+                f"no refreshed studies in {info['path']} for this API namespace: run "
+                "`viewerkit refresh` first (same --cache and AVARA_BASE_URL / AVARA_API_KEY)"
+            )
+        return CacheSnapshot(self.load(client, compact=compact), self.history(client), info)
 
     def info(self, client: Client | None = None) -> dict[str, Any]:
         """Base URL, key fingerprint, study count, last refresh (time, mode, counts), file

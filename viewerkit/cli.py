@@ -40,14 +40,6 @@ main.add_command(sandbox)
 # --- fetch / refresh / cache ----------------------------------------------------------------
 
 
-def _cache_path(value: str | None) -> str:
-    import os
-
-    from viewerkit.cache import DEFAULT_CACHE_PATH
-
-    return value or os.environ.get("VIEWERKIT_CACHE") or DEFAULT_CACHE_PATH
-
-
 _cache_option = click.option(
     "--cache",
     "cache_path",
@@ -129,7 +121,7 @@ def refresh_command(cache_path: str | None, mode: str, progress: bool) -> None:
     from viewerkit.client import Client
 
     with Client() as client:
-        summary = StudyCache(_cache_path(cache_path)).refresh(
+        summary = StudyCache.at(cache_path).refresh(
             client, mode="active" if mode == "active" else "full", progress=progress
         )
     click.echo(
@@ -161,17 +153,11 @@ def cache_info_command(cache_path: str | None) -> None:
 
         viewerkit cache info --cache data/cache
     """
-    import os
-
     from viewerkit.cache import StudyCache
-    from viewerkit.client import Client
+    from viewerkit.client import environment_client
 
-    cache = StudyCache(_cache_path(cache_path))
-    if os.environ.get("AVARA_API_KEY"):
-        with Client() as client:
-            info = cache.info(client)
-    else:
-        info = cache.info()
+    with environment_client() as client:
+        info = StudyCache.at(cache_path).info(client)
     for key in ("path", "base_url", "key_fingerprint", "studies", "last_refresh_at",
                 "last_refresh_mode", "refreshes"):
         click.echo(f"{key}: {info[key] if info[key] is not None else '-'}")
@@ -207,33 +193,21 @@ def report_command(
 
         viewerkit report --cache data/cache --days 28 --out report.html
     """
-    import os
-
     import pandas as pd
 
     from viewerkit.cache import StudyCache
+    from viewerkit.client import environment_client
     from viewerkit.reports import render, save_figures
 
     if window and days:
         raise click.UsageError("give --window or --days, not both")
     now = pd.Timestamp.now(tz="UTC")
     span = (window[0], window[1]) if window else (now - pd.Timedelta(days=days), None) if days else None
-    cache = StudyCache(_cache_path(cache_path))
-    if os.environ.get("AVARA_API_KEY"):
-        from viewerkit.client import Client
-
-        with Client() as client:
-            studies, history, info = cache.load(client), cache.history(client), cache.info(client)
-    else:
-        studies, history, info = cache.load(), cache.history(), cache.info()
-    if info["last_refresh_at"] is None:
-        # a mistyped --cache or another API namespace: an empty report would read as "no backlog"
-        raise click.ClickException(
-            f"no refreshed studies in {info['path']} for this API namespace: "
-            "run `viewerkit refresh` first (same --cache and AVARA_BASE_URL / AVARA_API_KEY)"
-        )
+    with environment_client() as client:
+        cached = StudyCache.at(cache_path).read(client)
+    studies, history = cached.studies, cached.history
     written = render(studies, out, history=history, window=span, now=now,
-                     refreshed_at=info.get("last_refresh_at"))
+                     refreshed_at=cached.info["last_refresh_at"])
     click.echo(f"Report on {len(studies):,} studies written to {written}")
     if figures_dir:
         pngs = save_figures(studies, figures_dir, history=history, window=span, now=now)

@@ -22,6 +22,7 @@ viewerkit.errors.ValidationError: retrieve_study: 1 problem
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import logging
@@ -62,7 +63,14 @@ from viewerkit.schema import (
     metadata_problems,
 )
 
-__all__ = ["Client", "CancelResult", "RerouteUrl", "retry_delay", "DEFAULT_BASE_URL"]
+__all__ = [
+    "Client",
+    "CancelResult",
+    "RerouteUrl",
+    "retry_delay",
+    "environment_client",
+    "DEFAULT_BASE_URL",
+]
 
 log = logging.getLogger(__name__)
 
@@ -760,6 +768,24 @@ class Client:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self.__key.value, _REDACTED)
+
+
+@contextlib.contextmanager
+def environment_client() -> Iterator[Client | None]:
+    """The client that ``AVARA_API_KEY`` / ``AVARA_BASE_URL`` describe, closed on leaving,
+    or None when no key is set (a cache is then read by its only namespace). The CLI's
+    cache commands read the cache with it.
+
+    >>> import os
+    >>> with environment_client() as client:
+    ...     "AVARA_API_KEY" in os.environ or client is None
+    True
+    """
+    if not os.environ.get("AVARA_API_KEY"):
+        yield None
+        return
+    with Client() as client:
+        yield client
 
 
 class _Secret:
