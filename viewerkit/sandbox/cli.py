@@ -22,7 +22,12 @@ _INSTALL_HINT = "the sandbox needs FastAPI and uvicorn: pip install 'viewerkit[s
 
 @click.group()
 def sandbox() -> None:
-    """The local Avara Viewer API sandbox server."""
+    """The local Avara Viewer API sandbox server.
+
+    Example:
+
+        viewerkit sandbox serve --studies 20000 --db sandbox.db --port 8765
+    """
 
 
 @sandbox.command()
