@@ -78,7 +78,7 @@ def severity_codes(series: pd.Series) -> np.ndarray:
     if isinstance(series.dtype, pd.CategoricalDtype) and tuple(series.cat.categories) == SEVERITIES:
         return np.asarray(series.cat.codes.to_numpy(), dtype=np.int64)
     # a lookup, not pd.Categorical(values, categories): pandas 3 warns on values outside them
-    return np.asarray(pd.Index(SEVERITIES).get_indexer(series.astype(object)), dtype=np.int64)
+    return np.asarray(pd.Index(SEVERITIES).get_indexer(pd.Index(series.astype(object))), dtype=np.int64)
 
 
 def severity_labels(codes: np.ndarray) -> pd.Categorical:
