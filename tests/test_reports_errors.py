@@ -31,6 +31,7 @@ from viewerkit.reports import (
     save_figures,
     turnaround,
     volume,
+    with_completion,
 )
 
 T = pd.Timestamp("2026-11-02 08:00", tz="UTC")
@@ -86,7 +87,11 @@ CASES: list[tuple[str, Callable[[], Any], list[tuple[str, Reason]]]] = [
     ("days-not-whole", lambda: last_days(2.5), [("days", Reason.NOT_WHOLE_NUMBER)]),  # type: ignore[arg-type]
     ("days-zero", lambda: last_days(0), [("days", Reason.NOT_POSITIVE)]),
     ("days-before-year-one", lambda: last_days(10**7, now=T), [("days", Reason.OUT_OF_RANGE)]),
-    # kpis.py: options
+    # kpis.py: the change history and options
+    ("history-not-a-frame", lambda: turnaround(ONE, history=[]),  # type: ignore[arg-type]
+     [("history", Reason.WRONG_TYPE)]),
+    ("history-missing-columns", lambda: with_completion(ONE, pd.DataFrame({"change": ["new"]})),
+     [("observed_at", Reason.MISSING_COLUMN), ("study_id", Reason.MISSING_COLUMN)]),
     ("by-wrong-type", lambda: turnaround(ONE, by=5), [("by", Reason.WRONG_TYPE)]),  # type: ignore[arg-type]
     ("by-empty", lambda: turnaround(ONE, by=[]), [("by", Reason.EMPTY)]),
     ("by-unknown", lambda: cancellations(ONE, by=["week", "radiologist"]),

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 
 import viewerkit.reports.figures as plots
 from viewerkit.reports.kpis import (
+    Freq,
     backlog,
     cancellations,
     customers,
@@ -69,7 +70,7 @@ SECTIONS: Final = (
     ("cancellations", "Cancellations"),
 )
 
-def _volume_span(studies: pd.DataFrame, window: Window) -> tuple[Window, str]:
+def _volume_span(studies: pd.DataFrame, window: Window) -> tuple[Window, Freq]:
     """The window of the volume chart (the report window cut to the arrivals it holds, so a
     wide window does not draw years of empty periods) and a period length that suits it."""
     lo, hi = window_ms(window)
@@ -81,7 +82,7 @@ def _volume_span(studies: pd.DataFrame, window: Window) -> tuple[Window, str]:
     if lo >= hi:
         return (window if window is not None else None), "D"
     span_days = (hi - lo) / DAY_MS
-    freq = "h" if span_days <= 3 else "D" if span_days <= 120 else "W"
+    freq: Freq = "h" if span_days <= 3 else "D" if span_days <= 120 else "W"
     return (pd.Timestamp(int(lo), unit="ms", tz="UTC"), pd.Timestamp(int(hi), unit="ms", tz="UTC")), freq
 
 
@@ -110,7 +111,7 @@ def report_tables(
         "turnaround_weekly": turnaround(table, ["severity", "week"], sla=targets, window=window),
         "backlog": backlog(table, now=at, sla=targets),
         "overdue": overdue(table, now=at, sla=targets),
-        "volume": volume(table, freq=freq, window=span),  # type: ignore[arg-type]
+        "volume": volume(table, freq=freq, window=span),
         "workload": workload(table, now=at, sla=targets, window=window),
         "customers": customers(table, sla=targets, window=window),
         "cancellations": cancellations(table, "severity", window=window),

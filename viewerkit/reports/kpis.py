@@ -81,6 +81,8 @@ from viewerkit.schema import SEVERITIES
 
 __all__ = [
     "AGE_BANDS",
+    "By",
+    "Freq",
     "SLA",
     "SlaTargets",
     "Window",
@@ -201,6 +203,18 @@ class _Studies(StudyColumns):
 
     def __init__(self, studies: pd.DataFrame, history: pd.DataFrame | None) -> None:
         super().__init__(studies)
+        if history is not None and not isinstance(history, pd.DataFrame):
+            raise ValidationError.one(
+                "bad change history", "history", type(history).__name__, Reason.WRONG_TYPE,
+                detail="expected a pandas DataFrame (StudyCache.history()) or None",
+            )
+        if history is not None and len(history):  # an empty history needs no columns
+            missing = [c for c in ("observed_at", "study_id") if c not in history.columns]
+            if missing:
+                raise ValidationError.from_cases(
+                    "bad change history",
+                    [{"field": c, "value": None, "reason": Reason.MISSING_COLUMN} for c in missing],
+                )
         self.history = history
 
     @cached_property

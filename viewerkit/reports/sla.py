@@ -292,7 +292,7 @@ def moment_ms(value: Moment, field: str) -> float | None:
     if value is None:
         return None
     try:
-        ts = pd.Timestamp(value)  # type: ignore[arg-type]
+        ts = pd.Timestamp(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError.one(_TIME_ERROR, field, value, Reason.NOT_A_TIME) from exc
     if pd.isna(ts):
