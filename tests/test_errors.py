@@ -52,3 +52,34 @@ def test_validation_error_pickles_with_its_failure_cases() -> None:
     assert str(copy) == str(error)
     assert copy.failure_cases is not None and error.failure_cases is not None
     assert copy.failure_cases.equals(error.failure_cases)
+
+
+def test_failure_case_reasons_are_reason_members_not_plain_strings() -> None:
+    # Reason is a str Enum: pandas 3 would store it as its "str" dtype unless told otherwise
+    error = ValidationError.from_cases(
+        "plan", [{"row": 0, "field": "severity", "value": "urgent", "reason": Reason.NOT_SEVERITY},
+                 {"row": 1, "field": "study_id", "value": "x", "reason": Reason.NOT_STUDY_ID}]
+    )
+    assert [type(r) for r in error.failure_cases["reason"]] == [Reason, Reason]
+    assert error.failure_cases["reason"].tolist() == [Reason.NOT_SEVERITY, Reason.NOT_STUDY_ID]
+
+
+def test_no_validation_error_is_built_without_failure_cases() -> None:
+    # every raise goes through ValidationError.from_cases / .one, so failure_cases always
+    # names field and Reason: no direct ValidationError(...) nor a bare `raise ValidationError`
+    import ast
+    from pathlib import Path
+
+    import viewerkit
+
+    root = Path(viewerkit.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path == root / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            target = node.func if isinstance(node, ast.Call) else node.exc if isinstance(node, ast.Raise) else None
+            name = target.id if isinstance(target, ast.Name) else target.attr if isinstance(target, ast.Attribute) else None
+            if name == "ValidationError":
+                found.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    assert found == [], "build ValidationError with from_cases() or one(): " + ", ".join(found)

@@ -264,3 +264,18 @@ def test_names_with_dollar_signs_and_twins_draw_as_written() -> None:
     assert [t.get_text() for t in figs[1].axes[0].get_yticklabels()] == [r"CT \$x_\$ head (…00000000)"]
     workload_names = [t.get_text() for t in figs[2].axes[0].get_yticklabels()]
     assert r"Ann \$x_\$" in workload_names  # "\$" is matplotlib's literal dollar
+
+
+def test_the_figures_submodule_is_the_module_not_a_function() -> None:
+    # reports.figures was once also a re-exported function, which hid the submodule
+    import viewerkit.reports as reports
+    import viewerkit.reports.figures as f
+
+    assert f.plot_backlog is plot_backlog
+    assert reports.figures is f and "figures" not in reports.__all__
+    assert callable(reports.report_figures) and "report_figures" in reports.__all__
+    # and so in a fresh interpreter, importing the submodule first
+    code = "import viewerkit.reports.figures as f; print(f.plot_backlog.__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "plot_backlog"

@@ -165,7 +165,8 @@ class ValidationError(ViewerkitError, ValueError):
                 said = reason.value + (f", {detail}" if detail else "")
                 where = f"row {row!s}, field {case['field']}" if row is not None else f"field {case['field']}"
                 lines.append(f"  {where}: {said} (got {value!r})")
-        frame = pd.DataFrame(rows, columns=list(_CASE_COLUMNS))
+        # object columns: pandas 3 would store the str-based Reason members as plain "str"
+        frame = pd.DataFrame(rows, columns=list(_CASE_COLUMNS), dtype=object)
         more = f"\n  ... and {len(cases) - 10} more" if len(cases) > 10 else ""
         noun = "problem" if len(cases) == 1 else "problems"
         return cls(f"{what}: {len(cases)} {noun}\n" + "\n".join(lines) + more, frame)

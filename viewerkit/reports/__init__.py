@@ -1,8 +1,10 @@
 """Severity and turnaround reports: KPIs as DataFrames, figures drawn from them, an HTML report.
 
-``viewerkit.reports.kpis`` computes (one tidy DataFrame per KPI), ``viewerkit.reports.figures``
-draws (one matplotlib Figure per KPI table), ``viewerkit.reports.html`` writes the
-self-contained HTML report and the PNGs; every public name is importable from here.
+``viewerkit.reports.sla`` holds the SLA targets, report windows, ``now`` and the per-study
+deadlines; ``viewerkit.reports.kpis`` computes (one tidy DataFrame per KPI),
+``viewerkit.reports.figures`` draws (one matplotlib Figure per KPI table),
+``viewerkit.reports.html`` writes the self-contained HTML report and the PNGs
+(``report_figures`` gives its figures); every public name is importable from here.
 
 >>> from viewerkit.reports import SLA, turnaround
 >>> print(SLA)
@@ -21,12 +23,9 @@ from viewerkit.reports.figures import (
     plot_volume,
     plot_workload,
 )
-from viewerkit.reports.html import SECTIONS, figures, render, report_tables, save_figures
+from viewerkit.reports.html import SECTIONS, render, report_figures, report_tables, save_figures
 from viewerkit.reports.kpis import (
     AGE_BANDS,
-    SLA,
-    SlaTargets,
-    Window,
     backlog,
     cancellations,
     customers,
@@ -36,18 +35,33 @@ from viewerkit.reports.kpis import (
     with_completion,
     workload,
 )
+from viewerkit.reports.sla import (
+    SLA,
+    Hours,
+    Moment,
+    SlaLike,
+    SlaTargets,
+    Window,
+    deadlines,
+    last_days,
+    resolve_now,
+)
 
 __all__ = [
     "AGE_BANDS",
     "SECTIONS",
     "SEVERITY_COLORS",
     "SLA",
+    "Hours",
+    "Moment",
+    "SlaLike",
     "SlaTargets",
     "Window",
     "backlog",
     "cancellations",
     "customers",
-    "figures",
+    "deadlines",
+    "last_days",
     "overdue",
     "plot_backlog",
     "plot_cancellations",
@@ -57,7 +71,9 @@ __all__ = [
     "plot_volume",
     "plot_workload",
     "render",
+    "report_figures",
     "report_tables",
+    "resolve_now",
     "save_figures",
     "turnaround",
     "volume",

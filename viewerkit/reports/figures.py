@@ -15,7 +15,6 @@ notebook width. In a notebook, ``display(fig)`` (or a figure as the cell's last 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Final
 
 import numpy as np
@@ -25,13 +24,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from viewerkit.errors import ValidationError
-from viewerkit.reports.kpis import (
-    AGE_BANDS,
-    SlaTargets,
-    _resolve_sla,
-)
-from viewerkit.schema import SEVERITIES
+from viewerkit.errors import Reason, ValidationError
+from viewerkit.reports.kpis import AGE_BANDS
+from viewerkit.reports.sla import SlaLike, resolve_sla
+from viewerkit.schema import SEVERITIES, Severity
 
 __all__ = [
     "SEVERITY_COLORS",
@@ -61,12 +57,19 @@ def _figure(ncols: int = 1, nrows: int = 1, **subplots: Any) -> tuple[Figure, An
 
 
 def _require(table: pd.DataFrame, columns: list[str], kpi: str) -> None:
+    """Refuse a table that is not ``kpi()``'s: one failure case per missing column."""
+    if not isinstance(table, pd.DataFrame):
+        raise ValidationError.one(f"not a {kpi}() table", "table", type(table).__name__, Reason.WRONG_TYPE,
+                                  detail="expected a pandas DataFrame")
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise ValidationError(f"not a {kpi}() table: missing column(s) {', '.join(missing)}")
+        raise ValidationError.from_cases(
+            f"not a {kpi}() table",
+            [{"field": c, "value": None, "reason": Reason.MISSING_COLUMN} for c in missing],
+        )
 
 
-def _rows_of(table: pd.DataFrame, severity: str) -> pd.DataFrame:
+def _rows_of(table: pd.DataFrame, severity: Severity) -> pd.DataFrame:
     return table[(table["severity"].astype(str) == severity).to_numpy()]
 
 
@@ -85,7 +88,7 @@ def _dates(values: pd.Series) -> np.ndarray:
     return np.asarray(pd.to_datetime(values, utc=True).dt.tz_localize(None).to_numpy())
 
 
-def plot_turnaround(table: pd.DataFrame, *, sla: SlaTargets | Mapping[str, float] | None = None) -> Figure:
+def plot_turnaround(table: pd.DataFrame, *, sla: SlaLike = None) -> Figure:
     """Turnaround from a ``turnaround()`` table.
 
     By severity: median and P90 bars per severity, the target as a black line across each
@@ -94,7 +97,7 @@ def plot_turnaround(table: pd.DataFrame, *, sla: SlaTargets | Mapping[str, float
     scale, since targets span 1 h to 24 h.
     """
     _require(table, ["median_h", "p90_h", "completed"], "turnaround")
-    targets = _resolve_sla(sla)
+    targets = resolve_sla(sla)
     if "week" in table.columns and "severity" in table.columns:
         fig, axes = _figure()
         ax = axes[0, 0]
@@ -102,7 +105,7 @@ def plot_turnaround(table: pd.DataFrame, *, sla: SlaTargets | Mapping[str, float
             rows = _rows_of(table, sev)
             ax.plot(_dates(rows["week"]), rows["median_h"].to_numpy(), marker="o",
                     color=SEVERITY_COLORS[sev], label=f"{sev} median")
-            ax.axhline(targets._hours(sev), color=SEVERITY_COLORS[sev], linestyle="--", linewidth=1)
+            ax.axhline(targets.target_hours(sev), color=SEVERITY_COLORS[sev], linestyle="--", linewidth=1)
         ax.set_title("Median turnaround per week, by severity (dashed: target)")
         ax.set_xlabel("week of completion (UTC, Monday start)")
         ax.set_ylabel("turnaround (hours, log scale)")
@@ -114,15 +117,16 @@ def plot_turnaround(table: pd.DataFrame, *, sla: SlaTargets | Mapping[str, float
         fig, axes = _figure()
         ax = axes[0, 0]
         x = np.arange(len(SEVERITIES))
-        for i, sev in enumerate(SEVERITIES):
-            row = _rows_of(table, sev)
+        for severity in SEVERITIES:
+            i = SEVERITIES.index(severity)
+            row = _rows_of(table, severity)
             median = float(row["median_h"].iloc[0]) if len(row) else np.nan
             p90 = float(row["p90_h"].iloc[0]) if len(row) else np.nan
-            color = SEVERITY_COLORS[sev]
+            color = SEVERITY_COLORS[severity]
             ax.bar(x[i] - 0.2, median, width=0.38, color=color, label="median" if i == 0 else None)
             ax.bar(x[i] + 0.2, p90, width=0.38, color=color, alpha=0.45, hatch="//",
                    label="P90" if i == 0 else None)
-            ax.hlines(targets._hours(sev), x[i] - 0.42, x[i] + 0.42, color=_TARGET, linewidth=2,
+            ax.hlines(targets.target_hours(severity), x[i] - 0.42, x[i] + 0.42, color=_TARGET, linewidth=2,
                       label="target" if i == 0 else None)
         ax.set_xticks(x, [f"{sev}\n({int(n)} completed)" for sev, n in zip(
             SEVERITIES, [(_rows_of(table, s)["completed"].sum()) for s in SEVERITIES], strict=True)])
@@ -286,8 +290,16 @@ def plot_cancellations(table: pd.DataFrame) -> Figure:
     per customer, from a ``cancellations()`` table grouped by one of them."""
     _require(table, ["cancellation_rate", "median_to_cancel_h"], "cancellations")
     has_sev, has_cust = "severity" in table.columns, "customer" in table.columns
-    if has_sev == has_cust:
-        raise ValidationError("plot_cancellations draws a table by severity or by customer, not both")
+    if has_sev and has_cust:
+        raise ValidationError.one(
+            "not a cancellations() table by one dimension", "customer", None, Reason.CONFLICT,
+            detail="plot_cancellations draws a table by severity or by customer, not both",
+        )
+    if not has_sev and not has_cust:
+        raise ValidationError.one(
+            "not a cancellations() table by one dimension", "severity", None, Reason.MISSING_COLUMN,
+            detail="plot_cancellations draws a table by severity or by customer",
+        )
     fig, axes = _figure()
     ax = axes[0, 0]
     if has_sev:

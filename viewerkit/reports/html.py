@@ -29,18 +29,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+import viewerkit.reports.figures as plots
 from viewerkit import files
-from viewerkit.reports import figures as plots
 from viewerkit.reports.kpis import (
-    HOUR_MS,
-    Hours,
-    Moment,
-    SlaTargets,
-    Window,
-    _moment_ms,
-    _now_ms,
-    _resolve_sla,
-    _window,
+    Freq,
     backlog,
     cancellations,
     customers,
@@ -50,8 +42,20 @@ from viewerkit.reports.kpis import (
     with_completion,
     workload,
 )
+from viewerkit.reports.sla import (
+    DAY_MS,
+    Moment,
+    SlaLike,
+    SlaTargets,
+    Window,
+    moment_ms,
+    now_ms,
+    resolve_now,
+    resolve_sla,
+    window_ms,
+)
 
-__all__ = ["SECTIONS", "figures", "render", "report_tables", "save_figures"]
+__all__ = ["SECTIONS", "render", "report_figures", "report_tables", "save_figures"]
 
 #: The sections of the report, in order: (HTML id, heading).
 SECTIONS: Final = (
@@ -66,13 +70,10 @@ SECTIONS: Final = (
     ("cancellations", "Cancellations"),
 )
 
-Sla = SlaTargets | Mapping[str, Hours] | None
-
-
-def _volume_span(studies: pd.DataFrame, window: Window) -> tuple[Window, str]:
+def _volume_span(studies: pd.DataFrame, window: Window) -> tuple[Window, Freq]:
     """The window of the volume chart (the report window cut to the arrivals it holds, so a
     wide window does not draw years of empty periods) and a period length that suits it."""
-    lo, hi = _window(window)
+    lo, hi = window_ms(window)
     if "created_at" not in studies.columns or not studies["created_at"].notna().any():
         return (window if window is not None else None), "D"
     created = pd.to_datetime(studies["created_at"], utc=True)
@@ -80,8 +81,8 @@ def _volume_span(studies: pd.DataFrame, window: Window) -> tuple[Window, str]:
     lo, hi = max(lo, first), min(hi, last)
     if lo >= hi:
         return (window if window is not None else None), "D"
-    span_days = (hi - lo) / (24 * HOUR_MS)
-    freq = "h" if span_days <= 3 else "D" if span_days <= 120 else "W"
+    span_days = (hi - lo) / DAY_MS
+    freq: Freq = "h" if span_days <= 3 else "D" if span_days <= 120 else "W"
     return (pd.Timestamp(int(lo), unit="ms", tz="UTC"), pd.Timestamp(int(hi), unit="ms", tz="UTC")), freq
 
 
@@ -90,7 +91,7 @@ def report_tables(
     *,
     history: pd.DataFrame | None = None,
     window: Window = None,
-    sla: Sla = None,
+    sla: SlaLike = None,
     now: Moment = None,
 ) -> dict[str, pd.DataFrame]:
     """Every KPI table of the report, keyed ``turnaround``, ``turnaround_weekly``,
@@ -101,8 +102,8 @@ def report_tables(
     the open counts are what is open at ``now``, however old (a morning report over the last
     7 days must still show the study that has waited for three weeks).
     """
-    targets = _resolve_sla(sla)
-    at = pd.Timestamp(_now_ms(now), unit="ms", tz="UTC")
+    targets = resolve_sla(sla)
+    at = resolve_now(now)
     table = with_completion(studies, history)
     span, freq = _volume_span(studies, window)
     return {
@@ -110,7 +111,7 @@ def report_tables(
         "turnaround_weekly": turnaround(table, ["severity", "week"], sla=targets, window=window),
         "backlog": backlog(table, now=at, sla=targets),
         "overdue": overdue(table, now=at, sla=targets),
-        "volume": volume(table, freq=freq, window=span),  # type: ignore[arg-type]
+        "volume": volume(table, freq=freq, window=span),
         "workload": workload(table, now=at, sla=targets, window=window),
         "customers": customers(table, sla=targets, window=window),
         "cancellations": cancellations(table, "severity", window=window),
@@ -130,17 +131,23 @@ def _figures_of(tables: Mapping[str, pd.DataFrame], targets: SlaTargets) -> dict
     }
 
 
-def figures(
+def report_figures(
     studies: pd.DataFrame,
     *,
     history: pd.DataFrame | None = None,
     window: Window = None,
-    sla: Sla = None,
+    sla: SlaLike = None,
     now: Moment = None,
 ) -> dict[str, Figure]:
-    """Every figure of the report, keyed like ``report_tables``."""
+    """Every figure of the report (matplotlib Figures), keyed like ``report_tables``.
+
+    >>> import pandas as pd
+    >>> figs = report_figures(pd.DataFrame(), now="2026-11-02")
+    >>> list(figs)[:3], figs["backlog"].axes[0].get_title()
+    (['turnaround', 'turnaround_weekly', 'backlog'], 'Open studies by age')
+    """
     tables = report_tables(studies, history=history, window=window, sla=sla, now=now)
-    return _figures_of(tables, _resolve_sla(sla))
+    return _figures_of(tables, resolve_sla(sla))
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:
@@ -155,7 +162,7 @@ def save_figures(
     *,
     history: pd.DataFrame | None = None,
     window: Window = None,
-    sla: Sla = None,
+    sla: SlaLike = None,
     now: Moment = None,
     dpi: int = 100,
 ) -> list[Path]:
@@ -165,7 +172,7 @@ def save_figures(
     """
     out = Path(folder)
     written = []
-    for name, fig in figures(studies, history=history, window=window, sla=sla, now=now).items():
+    for name, fig in report_figures(studies, history=history, window=window, sla=sla, now=now).items():
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=dpi)
         written.append(_write_bytes(out / f"{name}.png", buffer.getvalue()))
@@ -252,7 +259,7 @@ def render(
     *,
     history: pd.DataFrame | None = None,
     window: Window = None,
-    sla: Sla = None,
+    sla: SlaLike = None,
     now: Moment = None,
     refreshed_at: Moment = None,
     title: str = "Severity and turnaround report",
@@ -265,18 +272,18 @@ def render(
     the data's freshness: the newest ``updated_at`` and, if given, ``refreshed_at`` (the
     cache's last refresh).
     """
-    targets = _resolve_sla(sla)
-    at_ms = _now_ms(now)
-    tables = report_tables(studies, history=history, window=window, sla=targets, now=pd.Timestamp(at_ms, unit="ms", tz="UTC"))
+    targets = resolve_sla(sla)
+    at = resolve_now(now)
+    tables = report_tables(studies, history=history, window=window, sla=targets, now=at)
     figs = _figures_of(tables, targets)
-    lo, hi = _window(window)
+    lo, hi = window_ms(window)
     window_text = f"{_when(lo) if np.isfinite(lo) else 'the beginning'} to {_when(hi) if np.isfinite(hi) else 'now'}"
     newest = (
         float(pd.to_datetime(studies["updated_at"], utc=True).max().value // 1_000_000)
         if "updated_at" in studies.columns and studies["updated_at"].notna().any()
         else None
     )
-    refreshed = _moment_ms(refreshed_at, "refreshed_at")
+    refreshed = moment_ms(refreshed_at, "refreshed_at")
     tat, bl, cust = tables["turnaround"], tables["backlog"], tables["customers"]
     completed = float(tat["completed"].sum())
     headline = {
@@ -311,7 +318,7 @@ def render(
         "cancellations": _png(figs["cancellations"], "cancellations by severity") + _table_html(tables["cancellations"]),
     }
     meta = (
-        f"Window: {window_text}. Generated for {_when(at_ms)}. "
+        f"Window: {window_text}. Generated for {_when(now_ms(at))}. "
         f"Newest study update: {_when(newest)}"
         + (f"; cache last refreshed: {_when(refreshed)}" if refreshed is not None else "")
         + f". SLA targets: {targets}."

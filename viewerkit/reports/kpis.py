@@ -14,16 +14,17 @@ Rules every KPI follows:
   such transition). Otherwise it is the ``updated_at`` of a complete
   study, which can only overstate it (any later edit moves ``updated_at``). Results count
   which rows used which source (``from_history``, ``from_updated_at``).
-- **Within target** means turnaround <= target: a study finished exactly at its target is
-  within it. An open study is *past target* once its age is strictly greater than the target.
+- **Targets, windows, now** follow ``viewerkit.reports.sla``: ``sla=`` takes ``SlaTargets``,
+  a mapping of severity to hours, or None; *within target* means turnaround <= target (a
+  study finished exactly at its target is within it), and an open study is *past target*
+  once its age is strictly greater than the target; windows are half-open UTC
+  ``(start, end)``; ``now=`` defaults to the current time, and studies created after it are
+  not open yet.
 - **Cancelled** studies never count as completed; turnaround counts them separately.
-- **Windows** are half-open, ``start <= t < end``, in UTC (naive times are taken as UTC;
-  either end may be ``None``). Each event is placed by its own time: arrivals by
-  ``created_at`` (volume, backlog, overdue, customer volume, cancellation rates), completions
-  by completion time (turnaround, completed work, within target), cancellations counted by
-  turnaround by ``cancelled_at``.
-- **Now.** Anything relative to the present (ages, "open now") takes ``now=`` (default: the
-  current time), so results are reproducible. Studies created after ``now`` are not open yet.
+- **Windows place events by their own time:** arrivals by ``created_at`` (volume, backlog,
+  overdue, customer volume, cancellation rates), completions by completion time
+  (turnaround, completed work, within target), cancellations counted by turnaround by
+  ``cancelled_at``.
 - **Missing references.** Studies without an assignee or customer form their own group
   (``assigned_to_user_id`` / ``express_customer_id`` null, shown as ``(unassigned)`` /
   ``(no customer)``). Severity groups always list all three severities, empty or not.
@@ -43,10 +44,7 @@ Rules every KPI follows:
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Any, Final, Literal, TypeAlias
 
@@ -55,11 +53,36 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from viewerkit.errors import ValidationError
+from viewerkit.errors import Reason, ValidationError
+from viewerkit.reports.columns import (
+    StudyColumns,
+    arrow_strings,
+    column,
+    epoch_ms,
+    equals,
+    severity_labels,
+    text,
+    timestamps,
+)
+from viewerkit.reports.sla import (
+    DAY_MS,
+    HOUR_MS,
+    SLA,
+    Moment,
+    SlaLike,
+    SlaTargets,
+    Window,
+    now_ms,
+    past_target,
+    resolve_sla,
+    window_ms,
+)
 from viewerkit.schema import SEVERITIES
 
 __all__ = [
     "AGE_BANDS",
+    "By",
+    "Freq",
     "SLA",
     "SlaTargets",
     "Window",
@@ -73,11 +96,10 @@ __all__ = [
     "workload",
 ]
 
-HOUR_MS: Final = 3_600_000
-DAY_MS: Final = 24 * HOUR_MS
 WEEK_MS: Final = 7 * DAY_MS
 _MONDAY_MS: Final = 4 * DAY_MS  # 1970-01-05, the first Monday after the epoch
 _FREQ_MS: Final = {"h": HOUR_MS, "D": DAY_MS, "W": WEEK_MS}
+_KPI_ERROR: Final = "bad KPI arguments"
 
 #: Age bands of the open backlog, youngest first (left-closed: 1 h exactly is "1-4 h").
 AGE_BANDS: Final = ("< 1 h", "1-4 h", "4-12 h", "12-24 h", "24-48 h", "> 48 h")
@@ -86,213 +108,13 @@ _AGE_EDGES_H: Final = np.array([1.0, 4.0, 12.0, 24.0, 48.0])
 UNASSIGNED: Final = "(unassigned)"
 NO_CUSTOMER: Final = "(no customer)"
 
-Moment: TypeAlias = "str | datetime | pd.Timestamp | None"
-Window: TypeAlias = "tuple[Moment, Moment] | None"
-Hours: TypeAlias = "float | int | timedelta"
 By: TypeAlias = "str | Sequence[str]"
 Freq: TypeAlias = 'Literal["h", "D", "W"]'
-
-
-# --- SLA targets ------------------------------------------------------------------------------
-
-
-def _as_timedelta(value: Hours, what: str) -> pd.Timedelta:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, timedelta)):
-        raise ValidationError(f"SLA target {what} must be hours (a number) or a timedelta, got {value!r}")
-    td = pd.Timedelta(value) if isinstance(value, timedelta) else pd.Timedelta(hours=float(value))
-    if td <= pd.Timedelta(0):
-        raise ValidationError(f"SLA target {what} must be positive, got {value!r}")
-    return td
-
-
-def _severity_targets(targets: Mapping[str, Hours], what: str) -> dict[str, pd.Timedelta]:
-    unknown = sorted(set(targets) - set(SEVERITIES))
-    if unknown:
-        raise ValidationError(
-            f"SLA {what}: unknown severity {', '.join(unknown)} (expected {', '.join(SEVERITIES)})"
-        )
-    return {sev: _as_timedelta(targets[sev], f"{what} {sev}") for sev in SEVERITIES if sev in targets}
-
-
-@dataclass(frozen=True)
-class SlaTargets:
-    """Turnaround targets per severity, with optional overrides per express customer.
-
-    Numbers are hours; timedeltas are accepted too. ``customers`` maps an
-    ``express_customer_id`` to the severities whose target differs for that customer.
-
-    >>> sla = SLA.with_targets(normal=12).for_customer("cus_1", stat=0.5)
-    >>> sla.target("normal"), sla.target("stat", "cus_1"), sla.target("stat", "cus_2")
-    (Timedelta('0 days 12:00:00'), Timedelta('0 days 00:30:00'), Timedelta('0 days 01:00:00'))
-    >>> print(SLA)
-    stat 1 h, high 4 h, normal 24 h
-    """
-
-    stat: Hours = timedelta(hours=1)
-    high: Hours = timedelta(hours=4)
-    normal: Hours = timedelta(hours=24)
-    customers: Mapping[str, Mapping[str, Hours]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for sev in SEVERITIES:
-            object.__setattr__(self, sev, _as_timedelta(getattr(self, sev), sev))
-        object.__setattr__(
-            self,
-            "customers",
-            {str(cid): _severity_targets(t, f"for customer {cid}") for cid, t in self.customers.items()},
-        )
-
-    def target(self, severity: str, customer_id: str | None = None) -> pd.Timedelta:
-        """The target of one severity, for one customer when it has its own."""
-        if severity not in SEVERITIES:
-            raise ValidationError(f"unknown severity {severity!r} (expected {', '.join(SEVERITIES)})")
-        own = self.customers.get(customer_id, {}) if customer_id is not None else {}
-        return pd.Timedelta(own.get(severity, getattr(self, severity)))
-
-    def with_targets(self, **hours: Hours) -> SlaTargets:
-        """A copy with other default targets for the severities given."""
-        return SlaTargets(**{**self._defaults(), **_severity_targets(hours, "override")},
-                          customers=self.customers)
-
-    def for_customer(self, customer_id: str, **hours: Hours) -> SlaTargets:
-        """A copy where one customer has its own targets for the severities given."""
-        merged = {**self.customers.get(customer_id, {}), **_severity_targets(hours, customer_id)}
-        return SlaTargets(**self._defaults(), customers={**self.customers, customer_id: merged})
-
-    def table(self) -> pd.DataFrame:
-        """The targets as a table: ``express_customer_id`` (null for the default), ``severity``,
-        ``target_h``."""
-        rows: list[tuple[str | None, str, float]] = [
-            (None, sev, self.target(sev) / pd.Timedelta(hours=1)) for sev in SEVERITIES
-        ]
-        for cid, own in self.customers.items():
-            rows += [(cid, sev, pd.Timedelta(td) / pd.Timedelta(hours=1)) for sev, td in own.items()]
-        return pd.DataFrame(rows, columns=["express_customer_id", "severity", "target_h"])
-
-    def _defaults(self) -> dict[str, Hours]:
-        return {sev: getattr(self, sev) for sev in SEVERITIES}
-
-    def _hours(self, severity: str) -> float:
-        return float(pd.Timedelta(getattr(self, severity)) / pd.Timedelta(hours=1))
-
-    def __str__(self) -> str:
-        text = ", ".join(f"{sev} {self._hours(sev):g} h" for sev in reversed(SEVERITIES))
-        if self.customers:
-            text += f" ({len(self.customers)} customer(s) with their own targets)"
-        return text
-
-
-#: The default targets: stat 1 h, high 4 h, normal 24 h.
-SLA: Final = SlaTargets()
-
-
-def _resolve_sla(sla: SlaTargets | Mapping[str, Hours] | None) -> SlaTargets:
-    if sla is None:
-        return SLA
-    if isinstance(sla, SlaTargets):
-        return sla
-    if isinstance(sla, Mapping):
-        return SLA.with_targets(**dict(sla))
-    raise ValidationError(f"sla must be SlaTargets, a mapping of severity to hours, or None, not {sla!r}")
-
-
-# --- column access ----------------------------------------------------------------------------
-
-
-def _column(frame: pd.DataFrame, name: str) -> pd.Series:
-    if name in frame.columns:
-        return frame[name]
-    return pd.Series([None] * len(frame), index=frame.index, dtype=object)
-
-
-def _ms(series: pd.Series) -> np.ndarray:
-    """Epoch milliseconds as float64, NaN where null (float64 holds them exactly)."""
-    if len(series) == 0:
-        return np.empty(0, dtype=np.float64)
-    if not isinstance(series.dtype, pd.DatetimeTZDtype):
-        series = pd.to_datetime(series, utc=True)
-    ints = series.to_numpy(dtype="datetime64[ms]").view(np.int64)
-    out = ints.astype(np.float64)
-    out[ints == np.iinfo(np.int64).min] = np.nan
-    return out
-
-
-def _equals(series: pd.Series, value: str) -> np.ndarray:
-    if isinstance(series.dtype, pd.CategoricalDtype):
-        cats = list(series.cat.categories)
-        if value not in cats:
-            return np.zeros(len(series), dtype=bool)
-        return np.asarray(series.cat.codes.to_numpy() == cats.index(value))
-    return np.asarray((series == value).fillna(False).to_numpy(dtype=bool))
-
-
-def _severity_codes(series: pd.Series) -> np.ndarray:
-    """0 normal, 1 high, 2 stat, -1 null or unknown."""
-    if isinstance(series.dtype, pd.CategoricalDtype) and tuple(series.cat.categories) == SEVERITIES:
-        return np.asarray(series.cat.codes.to_numpy(), dtype=np.int64)
-    cat = pd.Categorical(series.astype(object), categories=list(SEVERITIES))
-    return np.asarray(cat.codes, dtype=np.int64)
-
-
-def _moment_ms(value: Moment, what: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        ts = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"{what} must be a time, got {value!r}") from exc
-    if pd.isna(ts):
-        return None
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    # via datetime64[ms], not nanoseconds: a window may reach past 2262 ("everything until 9999")
-    return float(ts.asm8.astype("datetime64[ms]").astype(np.int64))
-
-
-def _window(window: Window) -> tuple[float, float]:
-    if window is None:
-        return -np.inf, np.inf
-    if not isinstance(window, (tuple, list)) or len(window) != 2:
-        raise ValidationError(f"window must be (start, end), got {window!r}")
-    start, end = _moment_ms(window[0], "window start"), _moment_ms(window[1], "window end")
-    lo = -np.inf if start is None else start
-    hi = np.inf if end is None else end
-    if lo >= hi:
-        raise ValidationError(f"window start must be before its end, got {window!r}")
-    return lo, hi
-
-
-def _now_ms(now: Moment) -> float:
-    value = _moment_ms(now if now is not None else pd.Timestamp.now(tz="UTC"), "now")
-    assert value is not None
-    return value
 
 
 def _inside(ms: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         return np.asarray((ms >= window[0]) & (ms < window[1]))
-
-
-def _timestamps(ms: np.ndarray) -> pd.Series:
-    ints = np.where(np.isnan(ms), np.iinfo(np.int64).min, ms).astype(np.int64)
-    return pd.Series(ints.view("datetime64[ms]")).dt.tz_localize("UTC")
-
-
-# pandas' default string dtype: Arrow-backed "str" on pandas 3, object on pandas 2
-_TEXT_DTYPE: Final[Any] = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
-
-
-def _text(values: pd.Series | list[Any]) -> pd.Series:
-    """Strings in pandas' default string dtype, nulls kept null (never the text "None")."""
-    if _TEXT_DTYPE is not object and isinstance(values, pd.Series) and values.dtype == _TEXT_DTYPE:
-        return values
-    series = values.astype(object) if isinstance(values, pd.Series) else pd.Series(values, dtype=object)
-    series = series.where(series.notna(), None)
-    return series if _TEXT_DTYPE is object else series.astype(_TEXT_DTYPE)
-
-
-def _severity_labels(codes: np.ndarray) -> pd.Categorical:
-    dtype = pd.CategoricalDtype(list(SEVERITIES), ordered=True)
-    return pd.Categorical.from_codes(np.asarray(codes, dtype=np.int64), dtype=dtype)
 
 
 def _div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -314,16 +136,6 @@ def _user_name(first: Any, last: Any, email: Any, user_id: Any) -> str:
 # --- the prepared study table -----------------------------------------------------------------
 
 
-def _strings(series: pd.Series) -> pa.Array:
-    """A string column as an Arrow array (zero-copy for pandas' Arrow-backed ``str``)."""
-    array = pa.array(series, from_pandas=True)
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
-        array = pc.cast(array, pa.large_string())
-    return array
-
-
 def _history_completion(history: pd.DataFrame, study_ids: pd.Series, done: np.ndarray) -> np.ndarray:
     """Per study, the completion time the history saw (ms), NaN where it saw no transition.
 
@@ -332,12 +144,12 @@ def _history_completion(history: pd.DataFrame, study_ids: pd.Series, done: np.nd
     out = np.full(len(study_ids), np.nan)
     if len(history) == 0 or not done.any():
         return out
-    seen = ~_equals(_column(history, "change"), "gone")
+    seen = ~equals(column(history, "change"), "gone")
     h = history.loc[seen]
-    observed = _ms(h["observed_at"])
-    updated = _ms(_column(h, "updated_at"))
-    complete = _equals(_column(h, "study_viewer_status"), "complete")
-    encoded = pc.dictionary_encode(_strings(h["study_id"]))
+    observed = epoch_ms(h["observed_at"])
+    updated = epoch_ms(column(h, "updated_at"))
+    complete = equals(column(h, "study_viewer_status"), "complete")
+    encoded = pc.dictionary_encode(arrow_strings(h["study_id"]))
     codes = np.asarray(encoded.indices.fill_null(-1), dtype=np.int64)
     last_incomplete = np.full(len(encoded.dictionary), -np.inf)
     inc = ~complete & (codes >= 0) & ~np.isnan(observed)
@@ -350,7 +162,7 @@ def _history_completion(history: pd.DataFrame, study_ids: pd.Series, done: np.nd
     first_codes, first = np.unique(codes[rows], return_index=True)
     when = np.fmin(updated[rows[first]], observed[rows[first]])
     wanted = np.flatnonzero(done)
-    pos = pc.index_in(_strings(study_ids.take(wanted)), value_set=encoded.dictionary.take(pa.array(first_codes)))
+    pos = pc.index_in(arrow_strings(study_ids.take(wanted)), value_set=encoded.dictionary.take(pa.array(first_codes)))
     pos_np = np.asarray(pos.fill_null(-1), dtype=np.int64)
     found = pos_np >= 0
     out[wanted[found]] = when[pos_np[found]]
@@ -378,7 +190,7 @@ def with_completion(studies: pd.DataFrame, history: pd.DataFrame | None = None) 
     """
     s = _Studies(studies, history)
     source = np.where(s.from_history, 0, np.where(np.isnan(s.completed_at), -1, 1))
-    completed_at = _timestamps(s.completed_at)
+    completed_at = timestamps(s.completed_at)
     completed_at.index = studies.index
     return studies.assign(
         completed_at=completed_at,
@@ -386,56 +198,33 @@ def with_completion(studies: pd.DataFrame, history: pd.DataFrame | None = None) 
     )
 
 
-class _Studies:
-    """The study table as arrays, computed once per KPI call."""
+class _Studies(StudyColumns):
+    """The study table as arrays, with each study's completion resolved from ``history``."""
 
     def __init__(self, studies: pd.DataFrame, history: pd.DataFrame | None) -> None:
-        if not isinstance(studies, pd.DataFrame):
-            raise ValidationError(f"studies must be a pandas DataFrame, not {type(studies).__name__}")
-        self.frame = studies.reset_index(drop=True)
-        self.n = len(self.frame)
+        super().__init__(studies)
+        if history is not None and not isinstance(history, pd.DataFrame):
+            raise ValidationError.one(
+                "bad change history", "history", type(history).__name__, Reason.WRONG_TYPE,
+                detail="expected a pandas DataFrame (StudyCache.history()) or None",
+            )
+        if history is not None and len(history):  # an empty history needs no columns
+            missing = [c for c in ("observed_at", "study_id") if c not in history.columns]
+            if missing:
+                raise ValidationError.from_cases(
+                    "bad change history",
+                    [{"field": c, "value": None, "reason": Reason.MISSING_COLUMN} for c in missing],
+                )
         self.history = history
-
-    @cached_property
-    def severity(self) -> np.ndarray:
-        return _severity_codes(_column(self.frame, "severity"))
-
-    @cached_property
-    def created(self) -> np.ndarray:
-        return _ms(_column(self.frame, "created_at"))
-
-    @cached_property
-    def updated(self) -> np.ndarray:
-        return _ms(_column(self.frame, "updated_at"))
-
-    @cached_property
-    def is_cancelled(self) -> np.ndarray:
-        col = _column(self.frame, "is_cancelled")
-        return np.asarray(col.fillna(False).to_numpy(dtype=bool)) if self.n else np.zeros(0, bool)
-
-    @cached_property
-    def cancelled_at(self) -> np.ndarray:
-        """When a cancelled study was cancelled (``updated_at`` if ``cancelled_at`` is null)."""
-        at = _ms(_column(self.frame, "cancelled_at"))
-        at = np.where(np.isnan(at), self.updated, at)
-        return np.where(self.is_cancelled, at, np.nan)
-
-    @cached_property
-    def complete(self) -> np.ndarray:
-        return _equals(_column(self.frame, "study_viewer_status"), "complete")
-
-    @cached_property
-    def open(self) -> np.ndarray:
-        return np.asarray(~self.complete & ~self.is_cancelled & (self.severity >= 0))
 
     @cached_property
     def _completion(self) -> tuple[np.ndarray, np.ndarray]:
         done = self.complete & ~self.is_cancelled & (self.severity >= 0) & ~np.isnan(self.created)
         if self.history is None and {"completed_at", "completion_source"} <= set(self.frame.columns):
-            at = np.where(done, _ms(self.frame["completed_at"]), np.nan)
-            return at, done & _equals(self.frame["completion_source"], "history")
+            at = np.where(done, epoch_ms(self.frame["completed_at"]), np.nan)
+            return at, done & equals(self.frame["completion_source"], "history")
         seen = (
-            _history_completion(self.history, _column(self.frame, "study_id"), done)
+            _history_completion(self.history, column(self.frame, "study_id"), done)
             if self.history is not None
             else np.full(self.n, np.nan)
         )
@@ -456,18 +245,7 @@ class _Studies:
         return np.asarray((self.completed_at - self.created) / HOUR_MS)
 
     def target_h(self, sla: SlaTargets) -> np.ndarray:
-        base = np.array([sla._hours(sev) for sev in SEVERITIES] + [np.nan])
-        hours: np.ndarray = base[self.severity]  # -1 picks the NaN
-        if sla.customers:
-            codes, uniques = pd.factorize(_column(self.frame, "express_customer_id"))
-            index = {cid: i for i, cid in enumerate(uniques)}
-            for cid, own in sla.customers.items():
-                if cid not in index:
-                    continue
-                mine = codes == index[cid]
-                for sev, td in own.items():
-                    hours[mine & (self.severity == SEVERITIES.index(sev))] = pd.Timedelta(td) / pd.Timedelta(hours=1)
-        return hours
+        return sla.hours_per_study(self.severity, self.column("express_customer_id"))
 
 
 # --- grouping ---------------------------------------------------------------------------------
@@ -476,10 +254,25 @@ _DIMENSIONS: Final = ("severity", "week", "assignee", "customer")
 
 
 def _dimensions(by: By, allowed: Sequence[str]) -> list[str]:
+    """``by`` as a list of dimensions; every bad one reported at once (field ``by``)."""
+    allowed_text = f"allowed: {', '.join(allowed)}"
+    if not isinstance(by, (str, Sequence)):
+        raise ValidationError.one(_KPI_ERROR, "by", by, Reason.WRONG_TYPE,
+                                  detail=f"expected a dimension or a list of them, {allowed_text}")
     dims = [by] if isinstance(by, str) else list(by)
-    bad = [d for d in dims if d not in allowed]
-    if not dims or bad or len(set(dims)) != len(dims):
-        raise ValidationError(f"by must be one or more of {', '.join(allowed)}, got {by!r}")
+    if not dims:
+        raise ValidationError.one(_KPI_ERROR, "by", by, Reason.EMPTY, detail=allowed_text)
+    cases: list[dict[str, Any]] = [
+        {"field": "by", "value": d, "reason": Reason.NOT_A_CHOICE, "detail": allowed_text}
+        for d in dims if not isinstance(d, str) or d not in allowed
+    ]
+    seen: set[object] = set()
+    for d in dims:
+        if d in seen:
+            cases.append({"field": "by", "value": d, "reason": Reason.DUPLICATE})
+        seen.add(d)
+    if cases:
+        raise ValidationError.from_cases(_KPI_ERROR, cases)
     return dims
 
 
@@ -497,7 +290,7 @@ def _reference_keys(s: _Studies, rows: np.ndarray, who: str) -> tuple[np.ndarray
     else:
         id_col, fields = "express_customer_id", ["name"]
         prefix, label, missing = "express_customer_", "customer", NO_CUSTOMER
-    all_codes, found = pd.factorize(_column(s.frame, id_col))
+    all_codes, found = pd.factorize(column(s.frame, id_col))
     width = len(found) + 1  # the last code is "none": no assignee / no customer
     sub = all_codes[rows]
     sub = np.where(sub < 0, width - 1, sub)
@@ -508,7 +301,7 @@ def _reference_keys(s: _Studies, rows: np.ndarray, who: str) -> tuple[np.ndarray
     first = pd.Series(codes).drop_duplicates()  # the first row of each group, for its labels
     firsts = np.empty(len(used), dtype=np.int64)
     firsts[first.to_numpy()] = rows[first.index.to_numpy()]
-    extra = {f: _column(s.frame, prefix + f).take(firsts).astype(object).tolist() for f in fields}
+    extra = {f: column(s.frame, prefix + f).take(firsts).astype(object).tolist() for f in fields}
     key_ids: list[str | None] = [str(found[int(u)]) if u < len(found) else None for u in used]
     if who == "assignee":
         names = [
@@ -525,8 +318,8 @@ def _reference_keys(s: _Studies, rows: np.ndarray, who: str) -> tuple[np.ndarray
     rank[order] = np.arange(len(order))
     keys = pd.DataFrame(
         {
-            id_col: _text([key_ids[i] for i in order]),
-            label: _text([names[i] for i in order]),
+            id_col: text([key_ids[i] for i in order]),
+            label: text([names[i] for i in order]),
         }
     )
     return rank[codes] if len(codes) else codes.astype(np.int64), keys
@@ -547,14 +340,14 @@ def _group(s: _Studies, by: By, rows: np.ndarray, when_ms: np.ndarray | None = N
         dim_codes = np.full(s.n, -1, dtype=np.int64)
         if dim == "severity":
             dim_codes = s.severity.copy()
-            dim_keys = pd.DataFrame({"severity": _severity_labels(np.arange(len(SEVERITIES)))})
+            dim_keys = pd.DataFrame({"severity": severity_labels(np.arange(len(SEVERITIES)))})
         elif dim == "week":
             assert when_ms is not None
             weeks = _floor(when_ms[rows], "W")
             known = ~np.isnan(weeks)
             starts = np.unique(weeks[known])
             dim_codes[rows[known]] = np.searchsorted(starts, weeks[known])
-            dim_keys = pd.DataFrame({"week": _timestamps(starts)})
+            dim_keys = pd.DataFrame({"week": timestamps(starts)})
         else:
             dim_codes[rows], dim_keys = _reference_keys(s, rows, dim)
         valid &= dim_codes >= 0
@@ -609,7 +402,7 @@ def turnaround(
     studies: pd.DataFrame,
     by: By = "severity",
     *,
-    sla: SlaTargets | Mapping[str, Hours] | None = None,
+    sla: SlaLike = None,
     history: pd.DataFrame | None = None,
     window: Window = None,
 ) -> pd.DataFrame:
@@ -636,8 +429,8 @@ def turnaround(
     2     stat          0       NaN                  NaN
     """
     s = _Studies(studies, history)
-    targets = s.target_h(_resolve_sla(sla))
-    win = _window(window)
+    targets = s.target_h(resolve_sla(sla))
+    win = window_ms(window)
     done = _inside(s.completed_at, win)
     cancelled = s.is_cancelled & (s.severity >= 0) & _inside(s.cancelled_at, win)
     when = np.where(done, s.completed_at, s.cancelled_at)
@@ -646,7 +439,7 @@ def turnaround(
     hours = s.turnaround_h
     stats = _duration_stats(codes, done, hours, n)
     within = done & (hours <= targets)
-    breached = done & (hours > targets)
+    breached = done & past_target(hours, targets)
     out = keys.assign(
         completed=stats["count"],
         median_h=stats["median"],
@@ -666,7 +459,7 @@ def backlog(
     studies: pd.DataFrame,
     *,
     now: Moment = None,
-    sla: SlaTargets | Mapping[str, Hours] | None = None,
+    sla: SlaLike = None,
     window: Window = None,
 ) -> pd.DataFrame:
     """Open studies (incomplete, not cancelled) at ``now``, by severity and age band.
@@ -685,19 +478,19 @@ def backlog(
     [{'severity': 'stat', 'age_band': '1-4 h', 'open': 1, 'past_target': 1}]
     """
     s = _Studies(studies, None)
-    at = _now_ms(now)
-    targets = s.target_h(_resolve_sla(sla))
+    at = now_ms(now)
+    targets = s.target_h(resolve_sla(sla))
     age = (at - s.created) / HOUR_MS
-    is_open = s.open & (age >= 0) & _inside(s.created, _window(window))
+    is_open = s.open_at(at) & _inside(s.created, window_ms(window))
     band = np.searchsorted(_AGE_EDGES_H, age, side="right")
     cell = np.where(is_open, s.severity * len(AGE_BANDS) + band, -1)
     n = len(SEVERITIES) * len(AGE_BANDS)
     return pd.DataFrame(
         {
-            "severity": _severity_labels(np.repeat(np.arange(len(SEVERITIES)), len(AGE_BANDS))),
+            "severity": severity_labels(np.repeat(np.arange(len(SEVERITIES)), len(AGE_BANDS))),
             "age_band": pd.Categorical(list(AGE_BANDS) * len(SEVERITIES), categories=list(AGE_BANDS), ordered=True),
             "open": _counts(cell, is_open, n),
-            "past_target": _counts(cell, is_open & (age > targets), n),
+            "past_target": _counts(cell, is_open & past_target(age, targets), n),
         }
     )
 
@@ -706,7 +499,7 @@ def overdue(
     studies: pd.DataFrame,
     *,
     now: Moment = None,
-    sla: SlaTargets | Mapping[str, Hours] | None = None,
+    sla: SlaLike = None,
     window: Window = None,
 ) -> pd.DataFrame:
     """The open studies past their target at ``now``, most overdue first.
@@ -725,31 +518,31 @@ def overdue(
     [{'study_id': 'stu_b', 'age_h': 10.0, 'overdue_h': 6.0}, {'study_id': 'stu_a', 'age_h': 3.0, 'overdue_h': 2.0}]
     """
     s = _Studies(studies, None)
-    at = _now_ms(now)
-    targets = s.target_h(_resolve_sla(sla))
+    at = now_ms(now)
+    targets = s.target_h(resolve_sla(sla))
     age = (at - s.created) / HOUR_MS
-    late = s.open & (age >= 0) & (age > targets) & _inside(s.created, _window(window))
+    late = s.open_at(at) & past_target(age, targets) & _inside(s.created, window_ms(window))
     rows = _rows(late)
     late_by = age[rows] - targets[rows]
-    ids = _column(s.frame, "study_id").take(rows).astype(object).to_numpy()
+    ids = column(s.frame, "study_id").take(rows).astype(object).to_numpy()
     order = np.lexsort((ids.astype(str), s.created[rows], -late_by))
     rows, late_by = rows[order], late_by[order]
     who_codes, who = _reference_keys(s, rows, "assignee")
     cust_codes, cust = _reference_keys(s, rows, "customer")
-    def text(name: str) -> pd.Series:
-        return _text(_column(s.frame, name).take(rows).reset_index(drop=True))
+    def study_text(name: str) -> pd.Series:
+        return text(s.column(name).take(rows).reset_index(drop=True))
 
     return pd.DataFrame(
         {
-            "study_id": text("study_id"),
-            "study_instance_uid": text("study_instance_uid"),
-            "study_description": text("study_description"),
-            "severity": _severity_labels(s.severity[rows]),
-            "assigned_to_user_id": _text(who["assigned_to_user_id"].take(who_codes).reset_index(drop=True)),
-            "assignee": _text(who["assignee"].take(who_codes).reset_index(drop=True)),
-            "express_customer_id": _text(cust["express_customer_id"].take(cust_codes).reset_index(drop=True)),
-            "customer": _text(cust["customer"].take(cust_codes).reset_index(drop=True)),
-            "created_at": _timestamps(s.created[rows]),
+            "study_id": study_text("study_id"),
+            "study_instance_uid": study_text("study_instance_uid"),
+            "study_description": study_text("study_description"),
+            "severity": severity_labels(s.severity[rows]),
+            "assigned_to_user_id": text(who["assigned_to_user_id"].take(who_codes).reset_index(drop=True)),
+            "assignee": text(who["assignee"].take(who_codes).reset_index(drop=True)),
+            "express_customer_id": text(cust["express_customer_id"].take(cust_codes).reset_index(drop=True)),
+            "customer": text(cust["customer"].take(cust_codes).reset_index(drop=True)),
+            "created_at": timestamps(s.created[rows]),
             "age_h": age[rows],
             "target_h": targets[rows],
             "overdue_h": late_by,
@@ -773,9 +566,10 @@ def volume(studies: pd.DataFrame, *, freq: Freq = "D", window: Window = None) ->
     [{'arrivals': 1, 'share': 0.5}]
     """
     if freq not in _FREQ_MS:
-        raise ValidationError(f"freq must be one of {', '.join(_FREQ_MS)}, got {freq!r}")
+        raise ValidationError.one(_KPI_ERROR, "freq", freq, Reason.NOT_A_CHOICE,
+                                  detail=f"allowed: {', '.join(_FREQ_MS)}")
     s = _Studies(studies, None)
-    win = _window(window)
+    win = window_ms(window)
     arrived = _inside(s.created, win) & (s.severity >= 0)
     periods = _floor(s.created, freq)
     step = _FREQ_MS[freq]
@@ -792,8 +586,8 @@ def volume(studies: pd.DataFrame, *, freq: Freq = "D", window: Window = None) ->
     share = _div(arrivals.ravel().astype(np.float64), np.repeat(totals.ravel(), k))
     return pd.DataFrame(
         {
-            "period": _timestamps(np.repeat(first + step * np.arange(count, dtype=np.float64), k)),
-            "severity": _severity_labels(np.tile(np.arange(k), count)),
+            "period": timestamps(np.repeat(first + step * np.arange(count, dtype=np.float64), k)),
+            "severity": severity_labels(np.tile(np.arange(k), count)),
             "arrivals": arrivals.ravel(),
             "share": share,
         }
@@ -804,7 +598,7 @@ def workload(
     studies: pd.DataFrame,
     *,
     now: Moment = None,
-    sla: SlaTargets | Mapping[str, Hours] | None = None,
+    sla: SlaLike = None,
     history: pd.DataFrame | None = None,
     window: Window = None,
 ) -> pd.DataFrame:
@@ -824,10 +618,10 @@ def workload(
     [{'assignee': '(unassigned)', 'open_stat': 1, 'completed': 0}]
     """
     s = _Studies(studies, history)
-    at = _now_ms(now)
-    targets = s.target_h(_resolve_sla(sla))
-    win = _window(window)
-    is_open = s.open & (s.created <= at)
+    at = now_ms(now)
+    targets = s.target_h(resolve_sla(sla))
+    win = window_ms(window)
+    is_open = s.open_at(at)
     done = _inside(s.completed_at, win)
     codes, keys = _group(s, "assignee", _rows(is_open | done))
     n = len(keys)
@@ -838,7 +632,7 @@ def workload(
     stats = _duration_stats(codes, done, s.turnaround_h, n)
     out["completed"] = stats["count"]
     out["median_h"] = stats["median"]
-    out["breached"] = _counts(codes, done & (s.turnaround_h > targets), n)
+    out["breached"] = _counts(codes, done & past_target(s.turnaround_h, targets), n)
     out = out.sort_values(["open", "completed", "assignee"], ascending=[False, False, True], kind="stable")
     return out.reset_index(drop=True)
 
@@ -846,7 +640,7 @@ def workload(
 def customers(
     studies: pd.DataFrame,
     *,
-    sla: SlaTargets | Mapping[str, Hours] | None = None,
+    sla: SlaLike = None,
     history: pd.DataFrame | None = None,
     window: Window = None,
 ) -> pd.DataFrame:
@@ -867,8 +661,8 @@ def customers(
     [{'customer': 'North', 'arrivals': 2, 'cancellation_rate': 0.5}]
     """
     s = _Studies(studies, history)
-    targets = s.target_h(_resolve_sla(sla))
-    win = _window(window)
+    targets = s.target_h(resolve_sla(sla))
+    win = window_ms(window)
     arrived = _inside(s.created, win) & (s.severity >= 0)
     done = _inside(s.completed_at, win)
     codes, keys = _group(s, "customer", _rows(arrived | done))
@@ -899,7 +693,7 @@ def cancellations(studies: pd.DataFrame, by: By = "severity", *, window: Window 
     """
     _dimensions(by, ("severity", "customer"))
     s = _Studies(studies, None)
-    arrived = _inside(s.created, _window(window)) & (s.severity >= 0)
+    arrived = _inside(s.created, window_ms(window)) & (s.severity >= 0)
     codes, keys = _group(s, by, _rows(arrived))
     n = len(keys)
     gone = arrived & s.is_cancelled
