@@ -193,16 +193,14 @@ def report_command(
 
         viewerkit report --cache data/cache --days 28 --out report.html
     """
-    import pandas as pd
-
     from viewerkit.cache import StudyCache
     from viewerkit.client import environment_client
-    from viewerkit.reports import render, save_figures
+    from viewerkit.reports import last_days, render, resolve_now, save_figures
 
     if window and days:
         raise click.UsageError("give --window or --days, not both")
-    now = pd.Timestamp.now(tz="UTC")
-    span = (window[0], window[1]) if window else (now - pd.Timedelta(days=days), None) if days else None
+    now = resolve_now(None)
+    span = (window[0], window[1]) if window else last_days(days, now=now) if days else None
     with environment_client() as client:
         cached = StudyCache.at(cache_path).read(client)
     studies, history = cached.studies, cached.history
