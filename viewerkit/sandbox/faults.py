@@ -20,7 +20,7 @@ the viewer page). Its ``Faults`` knobs can be changed while the server runs.
   answer is 429 with ``Retry-After`` (seconds) and ``retry-after-ms``. A request refused
   this way is not handled, and no fault strikes it.
 
-``RequestLog`` records every ``/v1`` request in arrival order: ``seq`` (1, 2, ...),
+``RequestLog`` records every ``/v1`` request (the last 10,000) in arrival order: ``seq`` (1, 2, ...),
 ``method``, ``path``, ``status`` (the status the client got, ``"dropped"`` for a cut
 connection, None while in flight), ``handled`` (the API's own status when the request was
 handled, also when a fault then lost that answer; None when it was not handled) and
@@ -257,7 +257,7 @@ class RequestLog:
     [{'seq': 1, 'method': 'GET', 'path': '/v1/viewer/studies', 'status': 200, 'handled': 200, 'fault': None}]
     """
 
-    def __init__(self, keep: int = 100_000) -> None:
+    def __init__(self, keep: int = 10_000) -> None:
         self._lock = threading.Lock()
         self._entries: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
         self.received = 0

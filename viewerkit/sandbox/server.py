@@ -314,8 +314,8 @@ class Sandbox:
             http.delete("/_sandbox/faults/fail-next").raise_for_status()
 
     def requests(self, since: int = 0) -> list[dict[str, Any]]:
-        """Every API request the server received since it started (after the one numbered
-        ``since``), oldest first: ``seq``, ``method``, ``path``, ``status`` (what the client
+        """The API requests the server received since it started (the last 10,000; those
+        after the one numbered ``since``), oldest first: ``seq``, ``method``, ``path``, ``status`` (what the client
         got: a code, ``"dropped"``, or None while in flight), ``handled`` (the API's own
         status, also when a fault lost it; None when not handled) and ``fault`` (None or
         ``{"when", "how", "source"}``). Sandbox routes are not in it."""
