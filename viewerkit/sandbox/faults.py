@@ -20,9 +20,9 @@ the viewer page). Its ``Faults`` knobs can be changed while the server runs.
   answer is 429 with ``Retry-After`` (seconds) and ``retry-after-ms``. A request refused
   this way is not handled, and no fault strikes it.
 
-``RequestLog`` records every ``/v1`` request (the last 10,000) in arrival order: ``seq`` (1, 2, ...),
-``method``, ``path``, ``status`` (the status the client got, ``"dropped"`` for a cut
-connection, None while in flight), ``handled`` (the API's own status when the request was
+``RequestLog`` records every ``/v1`` request (the last 10,000) in arrival order: ``seq``
+(1, 2, ...), ``method``, ``path``, ``status`` (the status the client got, ``"dropped"`` for
+a cut connection, None while in flight), ``handled`` (the API's own status when the request was
 handled, also when a fault then lost that answer; None when it was not handled) and
 ``fault`` (None, or ``{"when", "how", "source"}`` with source ``fail_next`` or
 ``fail_rate``). An entry is complete before its answer leaves the server.
