@@ -1,11 +1,11 @@
-"""The client's retry policy under the sandbox's real faults, and the rare wire cases the
-sandbox cannot produce (MockTransport, unit level)."""
+"""The client's retry policy under the sandbox's real faults (random, and armed with
+``fail_next`` so that a given path is certainly taken; the sandbox's request log shows it
+was), and the rare wire cases the sandbox cannot produce (MockTransport, unit level)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,57 +21,44 @@ from viewerkit import ApiConnectionError, ApiError, Client, Conflict, ServerErro
 from viewerkit.client import retry_delay
 from viewerkit.sandbox.server import Sandbox
 
-
-class StatusLog(httpx.HTTPTransport):
-    """A real transport that records every answer's status (or the transport error)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lock = threading.Lock()
-        self.outcomes: list[int | str] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            response = super().handle_request(request)
-            response.read()
-        except httpx.TransportError as exc:
-            with self.lock:
-                self.outcomes.append(type(exc).__name__)
-            raise
-        with self.lock:
-            self.outcomes.append(response.status_code)
-        return response
+STUDIES = "/v1/viewer/studies"
 
 
 @contextlib.contextmanager
-def faulty_client(server: Sandbox, transport: httpx.BaseTransport) -> Iterator[Client]:
-    """A client that retries patiently, over ``transport`` (closed afterwards)."""
-    with httpx.Client(transport=transport) as http, Client(
-        api_key=server.api_key, base_url=server.base_url, http_client=http, max_retries=12
-    ) as client:
-        yield client
+def patient_client(server: Sandbox, max_retries: int = 12) -> Iterator[Client]:
+    """A client of ``server`` that retries patiently."""
+    with Client(api_key=server.api_key, base_url=server.base_url, max_retries=max_retries) as c:
+        yield c
+
+
+def answers(server: Sandbox, since: int = 0) -> list[tuple[str, str, int | str | None]]:
+    """(method, path, status the client got) of the API requests the server received."""
+    return [(r["method"], r["path"], r["status"]) for r in server.requests(since)]
 
 
 def test_listing_under_failures_equals_the_fault_free_listing(make_sandbox: Any) -> None:
     server: Sandbox = make_sandbox(studies=400, seed=11)
     with Client(api_key=server.api_key, base_url=server.base_url) as clean:
         expected = list(clean.iter_studies(limit=50))
+    seen = len(server.requests())
     server.set_faults(fail_rate=0.3)
-    log = StatusLog()
-    with faulty_client(server, log) as c:
+    with patient_client(server) as c:
         got = list(c.iter_studies(limit=50))
     assert got == expected
-    failures = [o for o in log.outcomes if o != 200]
-    assert failures, "the fault knob should have failed some requests"
+    struck = [r for r in server.requests(since=seen) if r["fault"] is not None]
+    assert struck, "the fault knob should have failed some requests"
 
 
 def test_retried_writes_apply_exactly_once(make_sandbox: Any) -> None:
     server: Sandbox = make_sandbox(studies=40, seed=12)
     with Client(api_key=server.api_key, base_url=server.base_url) as clean:
         studies = [s for s in clean.iter_studies() if not s["isCancelled"]][:20]
+    # random faults and, whatever they draw, lost answers after commit of each kind of write
     server.set_faults(fail_rate=0.4)
-    log = StatusLog()
-    with faulty_client(server, log) as c, ThreadPoolExecutor(8) as pool:
+    server.fail_next(3, method="POST", path=STUDIES, when="after", how="503")
+    server.fail_next(2, method="PATCH", path=f"{STUDIES}/*", when="after", how="drop")
+    server.fail_next(2, method="POST", path=f"{STUDIES}/cancel", when="after", how="500")
+    with patient_client(server) as c, ThreadPoolExecutor(8) as pool:
         updates = pool.map(
             lambda i: c.update_study(studies[i]["studyId"], study_description=f"Reread {i}"),
             range(10),
@@ -87,7 +74,11 @@ def test_retried_writes_apply_exactly_once(make_sandbox: Any) -> None:
         assert all(result.success for result in cancels)
         created = list(creates)
     server.set_faults(fail_rate=0.0)
-    assert any(o != 200 and o != 201 for o in log.outcomes)
+    assert [rule["struck"] for rule in server.faults()["fail_next"]] == [3, 2, 2]
+    log = server.requests()
+    # the creates whose answers were lost were resent, met 409 and resolved by their UID
+    assert 409 in [r["status"] for r in log if (r["method"], r["path"]) == ("POST", STUDIES)]
+    assert any(r["path"].startswith(f"{STUDIES}/by-uid/") for r in log)
     audit = server.audit()
     ops = Counter((row["study_id"], row["operation"]) for row in audit)
     for study in studies[:10]:
@@ -101,14 +92,80 @@ def test_retried_writes_apply_exactly_once(make_sandbox: Any) -> None:
             assert clean.retrieve_study_by_uid(study["studyInstanceUid"]) == study
 
 
+@pytest.mark.parametrize("how", ["500", "503", "drop"])
+def test_create_whose_answer_was_lost_resolves_to_the_existing_study(
+    make_sandbox: Any, how: str
+) -> None:
+    server: Sandbox = make_sandbox(studies=0)
+    server.fail_next(1, method="POST", path=STUDIES, when="after", how=how)
+    with patient_client(server, max_retries=2) as c:
+        study = c.create_study(severity="stat", study_description="CT", study_instance_uid="1.2.3")
+        assert c.retrieve_study_by_uid("1.2.3") == study
+    lost = "dropped" if how == "drop" else int(how)
+    assert answers(server)[:3] == [
+        ("POST", STUDIES, lost),  # created, the answer lost
+        ("POST", STUDIES, 409),  # the resend meets the study it created
+        ("GET", f"{STUDIES}/by-uid/1.2.3", 200),  # and resolves to it
+    ]
+    assert server.requests()[0]["handled"] == 201
+    assert [row["operation"] for row in server.audit()] == ["create"]
+
+
+@pytest.mark.parametrize("how", ["500", "503", "drop"])
+def test_create_whose_first_try_failed_before_commit_is_created_by_the_retry(
+    make_sandbox: Any, how: str
+) -> None:
+    server: Sandbox = make_sandbox(studies=0)
+    server.fail_next(1, method="POST", path=STUDIES, when="before", how=how)
+    with patient_client(server, max_retries=2) as c:
+        study = c.create_study(severity="stat", study_description="CT", study_instance_uid="1.2.3")
+    assert study["studyInstanceUid"] == "1.2.3"
+    lost = "dropped" if how == "drop" else int(how)
+    assert answers(server) == [("POST", STUDIES, lost), ("POST", STUDIES, 201)]
+    assert [row["operation"] for row in server.audit()] == ["create"]
+
+
+def test_create_409_after_a_429_is_a_conflict_not_the_other_study(make_sandbox: Any) -> None:
+    # A 429 says the try was not processed, so the 409 of the retry is a real conflict: the
+    # UID belongs to another study, which must not be returned as this create's result.
+    server: Sandbox = make_sandbox(studies=3, seed=2)
+    with patient_client(server) as c:
+        taken = c.list_studies(limit=1)["studies"][0]["studyInstanceUid"]
+        server.set_faults(rate_limit=0.5)
+        c.list_studies(limit=1)  # takes the one token: the create meets 429 and waits ~2 s
+        seen = len(server.requests())
+        with pytest.raises(Conflict, match=rf"^create_study {taken}: 409"):
+            c.create_study(severity="stat", study_description="CT", study_instance_uid=taken)
+    assert answers(server, since=seen) == [("POST", STUDIES, 429), ("POST", STUDIES, 409)]
+    assert server.audit() == []
+
+
 def test_429_with_retry_after_is_waited_out_and_retried(make_sandbox: Any) -> None:
     server: Sandbox = make_sandbox(studies=10, rate_limit=4)
-    log = StatusLog()
-    with faulty_client(server, log) as c:
+    with patient_client(server) as c:
         for _ in range(10):
             assert len(c.list_studies(limit=2)["studies"]) == 2
-    assert 429 in log.outcomes
-    assert log.outcomes.count(200) == 10
+    statuses = [status for _, _, status in answers(server)]
+    assert 429 in statuses
+    assert statuses.count(200) == 10
+    assert set(statuses) == {200, 429}
+
+
+@pytest.mark.parametrize(
+    ("how", "error"),
+    [("500", ServerError), ("503", ServerError), ("drop", ApiConnectionError)],
+)
+def test_server_errors_give_up_after_max_retries(
+    make_sandbox: Any, how: str, error: type[ApiError]
+) -> None:
+    server: Sandbox = make_sandbox(studies=5)
+    server.fail_next(3, method="GET", path=STUDIES, how=how)
+    with patient_client(server, max_retries=2) as c:
+        with pytest.raises(error, match="^list_studies: .*after 3 tries"):
+            c.list_studies(limit=1)
+        assert server.faults()["fail_next"][0]["remaining"] == 0
+        assert len(server.requests()) == 3
+        assert c.list_studies(limit=1)["studies"]  # the fourth is served
 
 
 def test_unreachable_server_is_a_connection_error_after_the_retries() -> None:
@@ -123,16 +180,6 @@ def test_unreachable_server_is_a_connection_error_after_the_retries() -> None:
     assert message.startswith("retrieve_study stu_" + "1" * 32)
     assert "after 2 tries" in message
     assert "sk-unreachable-key" not in message
-
-
-def test_server_errors_give_up_after_max_retries(make_sandbox: Any) -> None:
-    server: Sandbox = make_sandbox(studies=5, fail_rate=1.0)
-    log = StatusLog()
-    with httpx.Client(transport=log) as http, Client(
-        api_key=server.api_key, base_url=server.base_url, http_client=http, max_retries=2
-    ) as c, pytest.raises((ServerError, ApiConnectionError), match="list_studies"):
-        c.list_studies(limit=1)
-    assert len(log.outcomes) == 3
 
 
 # --- wire cases the sandbox cannot produce ------------------------------------------------
@@ -161,31 +208,6 @@ def test_backoff_grows_and_is_capped_without_a_hint() -> None:
         assert retry_delay(0, response=httpx.Response(status)) is None
 
 
-def test_create_whose_answer_was_lost_resolves_to_the_existing_study() -> None:
-    study = {"studyId": "stu_" + "c" * 32, "studyInstanceUid": "1.2.3", "severity": "stat"}
-    seen: list[str] = []
-
-    def server(request: httpx.Request) -> httpx.Response:
-        seen.append(f"{request.method} {request.url.path}")
-        if request.method == "POST" and len(seen) == 1:
-            return httpx.Response(503, headers={"retry-after-ms": "1"})  # applied, answer lost
-        if request.method == "POST":
-            return httpx.Response(
-                409, json={"error": {"type": "conflict", "message": "exists", "param": "studyInstanceUid"}}
-            )
-        return httpx.Response(200, content=orjson.dumps(study))
-
-    with httpx.Client(transport=httpx.MockTransport(server)) as http, Client(
-        api_key="k", base_url="http://avara.test", http_client=http
-    ) as c:
-        assert c.create_study(severity="stat", study_description="CT", study_instance_uid="1.2.3") == study
-    assert seen == [
-        "POST /v1/viewer/studies",
-        "POST /v1/viewer/studies",
-        "GET /v1/viewer/studies/by-uid/1.2.3",
-    ]
-
-
 def test_cancel_answered_409_is_a_no_op_not_a_failure() -> None:
     def server(request: httpx.Request) -> httpx.Response:
         return httpx.Response(409, json={"error": {"type": "conflict", "message": "already cancelled"}})
@@ -202,17 +224,16 @@ def test_cancel_answered_409_is_a_no_op_not_a_failure() -> None:
 @pytest.mark.parametrize(
     "first",
     [
-        httpx.Response(429, headers={"retry-after-ms": "1"}),
         httpx.Response(408, headers={"retry-after-ms": "1"}),
         httpx.ConnectError("refused"),
     ],
-    ids=["429", "408", "connect-refused"],
+    ids=["408", "connect-refused"],
 )
 def test_create_409_after_a_try_that_applied_nothing_is_a_conflict(
     first: httpx.Response | Exception,
 ) -> None:
     # The UID already belongs to another study; the first try was never processed, so the
-    # 409 is a real conflict, not our own earlier create.
+    # 409 is a real conflict, not our own earlier create. (429: on the sandbox, above.)
     seen: list[str] = []
 
     def server(request: httpx.Request) -> httpx.Response:
@@ -230,25 +251,6 @@ def test_create_409_after_a_try_that_applied_nothing_is_a_conflict(
     ) as c, pytest.raises(Conflict, match=r"create_study 1\.2\.3: 409"):
         c.create_study(severity="stat", study_description="CT", study_instance_uid="1.2.3")
     assert seen == ["POST /v1/viewer/studies"] * 2  # never resolved to the other study
-
-
-def test_create_whose_connection_dropped_mid_request_resolves_to_the_existing_study() -> None:
-    study = {"studyId": "stu_" + "f" * 32, "studyInstanceUid": "1.2.4", "severity": "stat"}
-    seen: list[str] = []
-
-    def server(request: httpx.Request) -> httpx.Response:
-        seen.append(f"{request.method} {request.url.path}")
-        if len(seen) == 1:
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
-        if request.method == "POST":
-            return httpx.Response(409, json={"error": {"type": "conflict", "message": "exists"}})
-        return httpx.Response(200, content=orjson.dumps(study))
-
-    with httpx.Client(transport=httpx.MockTransport(server)) as http, Client(
-        api_key="k", base_url="http://avara.test", http_client=http
-    ) as c:
-        assert c.create_study(severity="stat", study_description="CT", study_instance_uid="1.2.4") == study
-    assert seen[-1] == "GET /v1/viewer/studies/by-uid/1.2.4"
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ import _thread
 import datetime as dt
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from raw_api import list_all_raw
 
+import viewerkit as vk
 from viewerkit import Client
-from viewerkit.errors import ApiConnectionError, ValidationError
+from viewerkit.errors import ApiConnectionError, RateLimited, ValidationError
 from viewerkit.fetch import fetch_studies, fetch_studies_arrow, study_partitions
 from viewerkit.frame import conform, newest_per_study, studies_to_arrow
 from viewerkit.sandbox.server import Sandbox
@@ -278,58 +278,96 @@ def test_bad_filter_values_raise_validation_error_before_any_request(
             fetch_studies(c, progress=False)
 
 
-class _InterruptingClient:
-    """A real client that raises Ctrl-C in the main thread as its ``after``-th page is sent."""
-
-    def __init__(self, client: Client, after: int) -> None:
-        self.max_concurrency = client.max_concurrency
-        self._client = client
-        self._after = after
-        self._lock = threading.Lock()
-        self.calls = 0
-
-    def list_studies_raw(self, **filters: Any) -> bytes:
-        with self._lock:
-            self.calls += 1
-            if self.calls == self._after:
-                _thread.interrupt_main()
-        return self._client.list_studies_raw(**filters)
+def _new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    """Threads started since ``before`` and still running (tqdm's own monitor aside: it
+    lives as long as the process, whatever the fetch does)."""
+    return [t for t in threading.enumerate() if t not in before and t.name != "tqdm_monitor"]
 
 
-def test_ctrl_c_stops_the_fetch_and_leaves_no_thread_running(
+def test_ctrl_c_stops_the_fetch_and_no_page_reaches_the_sandbox_after_it(
     make_sandbox: Callable[..., Sandbox],
 ) -> None:
-    server = make_sandbox(studies=3000, seed=3, latency_ms=20)
-    with Client(api_key=server.api_key, base_url=server.base_url) as c:
-        interrupting = _InterruptingClient(c, after=15)
+    server = make_sandbox(studies=3000, seed=3)  # ~40 pages
+    lock = threading.Lock()
+    sent = 0
+
+    def ctrl_c_at_the_15th_page(request: httpx.Request) -> None:
+        nonlocal sent
+        with lock:
+            sent += 1
+            if sent == 15:
+                _thread.interrupt_main()
+
+    before = set(threading.enumerate())
+    http = httpx.Client(timeout=30.0, event_hooks={"request": [ctrl_c_at_the_15th_page]})
+    with http, Client(api_key=server.api_key, base_url=server.base_url, http_client=http) as c:
         with pytest.raises(KeyboardInterrupt):
-            fetch_studies_arrow(interrupting, progress=False, concurrency=4)  # type: ignore[arg-type]
-        assert not [t for t in threading.enumerate() if t.name.startswith("viewerkit-fetch")]
-        # stopped: no page was sent beyond those already in flight; 3000 studies need ~35
-        assert interrupting.calls <= 15 + 4
+            vk.fetch_studies(c, progress=False, concurrency=4)
+        assert not _new_threads(before)  # nothing is left that could send a request later
+        received = server.requests()
+        # every page sent reached the sandbox and was answered: none is still on its way
+        assert len(received) == sent
+        assert all(r["status"] == 200 for r in received)
+        # after the Ctrl-C, only the pages already in flight (at most 4 with the 15th): none new
+        assert 15 <= sent <= 15 + 3
         # and the client still works afterwards
-        assert fetch_studies_arrow(c, progress=False, severity="stat").num_rows > 0
+        assert vk.fetch_studies(c, progress=False, severity="stat").shape[0] > 0
 
 
 def test_ctrl_c_does_not_wait_out_the_in_flight_pages_retries(
     make_sandbox: Callable[..., Sandbox],
 ) -> None:
-    # every request fails: each worker is in a retry loop whose backoffs add up to ~30 s
-    server = make_sandbox(studies=300, seed=5, fail_rate=1.0)
-    with Client(api_key=server.api_key, base_url=server.base_url, max_retries=6) as c:
-        timer = threading.Timer(0.5, _thread.interrupt_main)
-        started = time.monotonic()
-        timer.start()
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                fetch_studies_arrow(c, progress=False, concurrency=4)
-        finally:
-            timer.cancel()
-        assert time.monotonic() - started < 3.0
-        assert not [t for t in threading.enumerate() if t.name.startswith("viewerkit-fetch")]
+    # The rate limit's bucket holds one request: the first page is served, every later
+    # request is answered 429 with Retry-After 20 s, which the client would wait out before
+    # retrying. Once four 429s came back, each of the four workers is waiting.
+    server = make_sandbox(studies=300, seed=5, rate_limit=0.05)
+    lock = threading.Lock()
+    refused = 0
+
+    def ctrl_c_once_every_worker_waits(response: httpx.Response) -> None:
+        nonlocal refused
+        if response.status_code == 429:
+            with lock:
+                refused += 1
+                if refused == 4:
+                    _thread.interrupt_main()
+
+    before = set(threading.enumerate())
+    http = httpx.Client(timeout=30.0, event_hooks={"response": [ctrl_c_once_every_worker_waits]})
+    with http, Client(
+        api_key=server.api_key, base_url=server.base_url, http_client=http, max_retries=1
+    ) as c:
+        with pytest.raises(KeyboardInterrupt):
+            vk.fetch_studies(c, progress=False, concurrency=4)
+        assert not _new_threads(before)
+        # the workers stopped waiting at the Ctrl-C: no retry ever reached the sandbox
+        assert sorted(r["status"] for r in server.requests()) == [200, 429, 429, 429, 429]
         # a call outside any fetch still retries as before
-        server.set_faults(fail_rate=0.0)
+        server.set_faults(rate_limit=None)
+        server.fail_next(1, method="GET", path="/v1/viewer/studies", how="503")
+        seen = len(server.requests())
         assert c.list_studies(limit=1)["studies"]
+        assert [r["status"] for r in server.requests(since=seen)] == [503, 200]
+
+
+def test_a_failed_page_stops_the_fetch_and_the_other_pages_retries(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    # The bucket holds one request, which the armed fault fails with 503: its worker backs
+    # off ~0.5 s and retries into a 429, its last try (max_retries=1), so that page fails.
+    # The three other workers met 429 with Retry-After 20 s and are waiting to retry.
+    server = make_sandbox(studies=300, seed=5, rate_limit=0.05)
+    server.fail_next(1, method="GET", path="/v1/viewer/studies", how="503")
+    before = set(threading.enumerate())
+    with Client(api_key=server.api_key, base_url=server.base_url, max_retries=1) as c:
+        with pytest.raises(RateLimited, match="^list_studies: 429 .*after 2 tries"):
+            vk.fetch_studies(c, progress=False, concurrency=4)
+        assert not _new_threads(before)
+    statuses = [r["status"] for r in server.requests()]
+    # the failed page's two tries and the others' first tries; no retry came after the failure
+    assert statuses.count(503) == 1
+    assert set(statuses) == {503, 429}
+    assert len(statuses) <= 1 + 4
 
 
 # -- de-duplication ---------------------------------------------------------------------

@@ -753,8 +753,9 @@ class Client:
         if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
             body = payload["error"]
             message = str(body.get("message") or message)
-            error_type = str(body["type"]) if body.get("type") is not None else None
-            param = str(body["param"]) if body.get("param") is not None else None
+            # every server text is scrubbed: a server may echo the key in any of them
+            error_type = self._scrub(str(body["type"])) if body.get("type") is not None else None
+            param = self._scrub(str(body["param"])) if body.get("param") is not None else None
         cls = error_for_status(response.status_code)
         return cls(
             self._scrub(message) + after,

@@ -12,7 +12,10 @@ issued with; the secret lives in the database, so cursors and reroute tokens sur
 restart on the same ``--db``.
 
 Sandbox-only routes, outside the API and never subject to faults:
-``GET /_sandbox/health`` (no auth), ``GET|POST /_sandbox/faults``, ``GET /_sandbox/audit``.
+``GET /_sandbox/health`` (no auth), ``GET|POST /_sandbox/faults``,
+``POST|DELETE /_sandbox/faults/fail-next`` (arm / clear deterministic faults),
+``GET /_sandbox/audit`` (applied mutations) and ``GET /_sandbox/requests?since=N`` (every API
+request received: see ``viewerkit.sandbox.faults.RequestLog``).
 
 >>> import tempfile, os
 >>> app = create_app(os.path.join(tempfile.mkdtemp(), "s.db"), api_keys=["sk-test"])
@@ -40,7 +43,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from viewerkit.sandbox.faults import FaultMiddleware, Faults
+from viewerkit.sandbox.faults import FaultMiddleware, Faults, RequestLog
 from viewerkit.sandbox.store import Keyset, Store, StudyFilters
 from viewerkit.schema import (
     CREATE_FIELDS,
@@ -311,6 +314,7 @@ def create_app(
     store.add_api_keys(api_keys)
     keys: dict[str, str] = store.api_key_secrets()
     faults = Faults(latency_ms=latency_ms, fail_rate=fail_rate, rate_limit=rate_limit, seed=fault_seed)
+    request_log = RequestLog()
     secret = store.secret
 
     @asynccontextmanager
@@ -336,7 +340,8 @@ def create_app(
     )
     app.state.store = store
     app.state.faults = faults
-    app.add_middleware(FaultMiddleware, faults=faults)
+    app.state.request_log = request_log
+    app.add_middleware(FaultMiddleware, faults=faults, log=request_log)
 
     @app.exception_handler(SandboxError)
     async def _sandbox_error(request: Request, exc: SandboxError) -> Response:
@@ -609,6 +614,33 @@ def create_app(
             param = str(exc).split(" ", 1)[0]
             raise _bad(param, str(exc)) from exc
         return _json(faults.snapshot())
+
+    @app.post("/_sandbox/faults/fail-next", include_in_schema=False)
+    async def fail_next(request: Request) -> Response:
+        authenticate(request)
+        body = await _body(request, ("count", "method", "path", "when", "how"))
+        if "count" not in body:
+            raise _bad("count", "count is required")
+        try:
+            rule = faults.fail_next(**body)
+        except ValueError as exc:
+            param = str(exc).split(" ", 1)[0]
+            raise _bad(param, str(exc)) from exc
+        return _json(rule)
+
+    @app.delete("/_sandbox/faults/fail-next", include_in_schema=False)
+    def clear_fail_next(request: Request) -> Response:
+        authenticate(request)
+        faults.clear_fail_next()
+        return _json(faults.snapshot())
+
+    @app.get("/_sandbox/requests", include_in_schema=False)
+    def requests_received(request: Request) -> Response:
+        authenticate(request)
+        since = request.query_params.get("since", "0")
+        if not (since.isascii() and since.isdigit()):
+            raise _bad("since", "since must be a whole number: the seq of an earlier request")
+        return _json(request_log.entries(int(since)))
 
     @app.get("/_sandbox/audit", include_in_schema=False)
     def audit(request: Request) -> Response:

@@ -270,6 +270,61 @@ class Sandbox:
         result: dict[str, Any] = response.json()
         return result
 
+    def faults(self) -> dict[str, Any]:
+        """The fault knobs now: ``latency_ms``, ``fail_rate``, ``rate_limit`` and the
+        ``fail_next`` rules (each with ``remaining`` and ``struck``)."""
+        with self._http() as http:
+            response = http.get("/_sandbox/faults")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def fail_next(
+        self,
+        count: int,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        when: str = "before",
+        how: str = "503",
+    ) -> dict[str, Any]:
+        """Make exactly the next ``count`` API requests matching ``method`` and ``path`` fail.
+
+        ``path`` is an exact ``/v1/...`` path or a shell-style pattern
+        (``/v1/viewer/studies/*``); None matches any. ``when="before"``: the request is not
+        handled; ``"after"``: it is handled (a write is committed) and its answer lost.
+        ``how``: ``"500"``, ``"503"`` or ``"drop"`` (the connection is cut mid-answer).
+        Returns the armed rule (``id``, ..., ``remaining``, ``struck``: see :meth:`faults`);
+        raises ValueError for a bad argument. Armed rules live in the server: a restart
+        clears them. Example::
+
+            sandbox.fail_next(1, method="POST", path="/v1/viewer/studies", when="after")
+        """
+        knobs = {"count": count, "method": method, "path": path, "when": when, "how": how}
+        with self._http() as http:
+            response = http.post("/_sandbox/faults/fail-next", json=knobs)
+        if response.status_code != 200:
+            raise ValueError(response.json()["error"]["message"])
+        rule: dict[str, Any] = response.json()
+        return rule
+
+    def clear_fail_next(self) -> None:
+        """Disarm every ``fail_next`` rule (and forget the spent ones)."""
+        with self._http() as http:
+            http.delete("/_sandbox/faults/fail-next").raise_for_status()
+
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        """The API requests the server received since it started (the last 10,000; those
+        after the one numbered ``since``), oldest first: ``seq``, ``method``, ``path``, ``status`` (what the client
+        got: a code, ``"dropped"``, or None while in flight), ``handled`` (the API's own
+        status, also when a fault lost it; None when not handled) and ``fault`` (None or
+        ``{"when", "how", "source"}``). Sandbox routes are not in it."""
+        with self._http() as http:
+            response = http.get("/_sandbox/requests", params={"since": since})
+        response.raise_for_status()
+        rows: list[dict[str, Any]] = response.json()
+        return rows
+
     def audit(self, study_id: str | None = None) -> list[dict[str, Any]]:
         """Every applied mutation (``study_id``, ``operation``, ``fields``, ``at``), oldest first."""
         params = {} if study_id is None else {"study_id": study_id}
