@@ -182,11 +182,6 @@ def test_a_reason_phrase_echoing_the_key_never_shows_it_in_the_error(
     assert_key_nowhere(error, ours)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="httpx logs 'HTTP Request: ... \"HTTP/1.1 <status> <reason phrase>\"' at INFO, "
-    "verbatim: a server echoing the key in its reason phrase puts it in httpx's log",
-)
 def test_httpx_own_log_line_never_shows_a_key_echoed_in_the_reason_phrase(
     logs: pytest.LogCaptureFixture,
 ) -> None:

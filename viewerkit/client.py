@@ -31,6 +31,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -374,6 +375,7 @@ class Client:
         if rate_limit is not None and rate_limit <= 0:
             raise ConfigurationError("rate_limit must be a positive number of requests per second")
         self.__key = _Secret(key)
+        _LOG_SCRUBBER.watch(self, key)
         self._base_url = url
         self._fingerprint = hashlib.sha256(key.encode()).hexdigest()[:12]
         self.max_retries = max_retries
@@ -787,6 +789,48 @@ def environment_client() -> Iterator[Client | None]:
         return
     with Client() as client:
         yield client
+
+
+class _LogScrubber(logging.Filter):
+    """Removes the API keys of live clients from httpx's and httpcore's own log records:
+    httpx logs each response's reason phrase verbatim at INFO, and a server may echo the
+    key there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._keys: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, client: Client, key: str) -> None:
+        with self._lock:
+            self._keys[id(client)] = key
+        weakref.finalize(client, self._forget, id(client))
+
+    def _forget(self, client_id: int) -> None:
+        with self._lock:
+            self._keys.pop(client_id, None)
+
+    def _scrub(self, value: object) -> object:
+        if not isinstance(value, (str, bytes)):
+            return value
+        for key in self._keys.values():
+            if isinstance(value, bytes):
+                value = value.replace(key.encode(), _REDACTED.encode())
+            else:
+                value = value.replace(key, _REDACTED)
+        return value
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._keys:
+            record.msg = self._scrub(record.msg)
+            if isinstance(record.args, tuple):
+                record.args = tuple(self._scrub(arg) for arg in record.args)
+        return True
+
+
+_LOG_SCRUBBER = _LogScrubber()
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).addFilter(_LOG_SCRUBBER)
 
 
 class _Secret:
