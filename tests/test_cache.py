@@ -120,17 +120,8 @@ def test_active_then_full_refresh_agree_with_a_fresh_fetch(
     import viewerkit.fetch as fetch_module
 
     # the cost model of fetch.retrieve_studies picks how closed studies are re-read: force
-    # each way once, and see which studies it retrieved singly
+    # each way once; the sandbox's request log tells which studies were retrieved singly
     monkeypatch.setattr(fetch_module, "_PAGE_COST", page_cost)
-    retrieved: list[list[str]] = []
-    real_retrieve = fetch_module._retrieve_each
-
-    def spy(client: Client, study_ids: list[str], *args: Any) -> Any:
-        if study_ids:
-            retrieved.append(sorted(study_ids))
-        return real_retrieve(client, study_ids, *args)
-
-    monkeypatch.setattr(fetch_module, "_retrieve_each", spy)
     server: Sandbox = make_sandbox(studies=1500, seed=22)
     # three old complete studies are open again (set in the server's database), so that
     # some open studies lie beyond the newest pages active mode reads for new studies
@@ -172,12 +163,18 @@ def test_active_then_full_refresh_agree_with_a_fresh_fetch(
         c.update_study(closed_ids[0], study_description="Edited after completion")  # missed by active
         c.update_study(closed_ids[1], study_viewer_status="incomplete")  # re-opened: open again
 
+        seen_before = server.requests()[-1]["seq"]
         active = cache.refresh(c, mode="active", progress=False)
         assert (active.mode, active.new, active.changed, active.gone) == ("active", 2, 5, 1)
+        retrieved = sorted(
+            r["path"].rsplit("/", 1)[1]
+            for r in server.requests(since=seen_before)
+            if r["method"] == "GET" and r["path"].startswith("/v1/viewer/studies/stu_")
+        )
         if page_cost == 0.0:  # paged: only the vanished study is left to retrieve (a 404)
-            assert retrieved == [[old_open[2]]]
+            assert retrieved == [old_open[2]]
         else:
-            assert retrieved == [sorted(old_open)]
+            assert retrieved == sorted(old_open)
         after_active = cache.load()
         after_active_order = list(
             zip(after_active["created_at"], after_active["study_id"], strict=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -24,6 +22,20 @@ def everything(sandbox: Sandbox) -> pa.Table:
         return fetch_studies_arrow(client, progress=False)
 
 
+def _last_request(sandbox: Sandbox) -> int:
+    log = sandbox.requests()
+    return int(log[-1]["seq"]) if log else 0
+
+
+def _retrieved(sandbox: Sandbox, since: int) -> list[str]:
+    """The study IDs retrieved singly since request ``since`` (from the sandbox's log)."""
+    return [
+        r["path"].rsplit("/", 1)[1]
+        for r in sandbox.requests(since=since)
+        if r["method"] == "GET" and r["path"].startswith("/v1/viewer/studies/stu_")
+    ]
+
+
 def _pick(table: pa.Table, step: int) -> list[str]:
     return [str(s) for s in table.column("study_id").to_pylist()[::step]]
 
@@ -33,17 +45,11 @@ def test_the_result_is_the_current_state_whichever_path(
     sandbox: Sandbox, everything: pa.Table, monkeypatch: pytest.MonkeyPatch, page_cost: float
 ) -> None:
     monkeypatch.setattr(fetch_module, "_PAGE_COST", page_cost)
-    retrieved: list[str] = []
-    real = fetch_module._retrieve_each
-
-    def spy(client: Client, study_ids: list[str], *args: Any) -> Any:
-        retrieved.extend(study_ids)
-        return real(client, study_ids, *args)
-
-    monkeypatch.setattr(fetch_module, "_retrieve_each", spy)
     wanted = _pick(everything, 37)
+    since = _last_request(sandbox)
     with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
         got = retrieve_studies(client, [*wanted, wanted[0], MISSING], known=everything, progress=False)
+    retrieved = _retrieved(sandbox, since)
     assert got.equals(in_list_order(select_studies(everything, wanted)))
     if page_cost == 0.0:
         # paging found every known study; only the unknown one was retrieved (a 404)
@@ -69,18 +75,15 @@ def test_recent_closed_studies_are_found_by_paging_the_closed_partitions(
         )
     )
     wanted = _pick(closed.slice(0, 150), 1)  # the newest closed studies: paging is cheaper
-    retrieved: list[str] = []
-    real = fetch_module._retrieve_each
-    monkeypatch.setattr(
-        fetch_module, "_retrieve_each",
-        lambda client, ids, *args: (retrieved.extend(ids), real(client, ids, *args))[1],
-    )
+    since = _last_request(sandbox)
     with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
         got = retrieve_studies(
             client, wanted, known=everything, partitions=CLOSED_PARTITIONS, progress=False
         )
     assert got.equals(in_list_order(select_studies(everything, wanted)))
-    assert retrieved == []
+    assert _retrieved(sandbox, since) == []
+    pages = [r for r in sandbox.requests(since=since) if r["path"] == "/v1/viewer/studies"]
+    assert 2 <= len(pages) <= 8  # the newest pages of the four closed partitions, no more
 
 
 def test_unknown_studies_are_absent_and_bad_options_refused_before_sending() -> None:
