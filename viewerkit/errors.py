@@ -107,6 +107,8 @@ class Reason(str, Enum):
     NOT_A_DURATION = "must be hours (a number) or a timedelta"
     NOT_POSITIVE = "must be positive"
     BAD_WINDOW = "must be (start, end) with start before end"
+    # appended for the rule table (schema.RULES)
+    NOT_UNICODE = "must be valid Unicode text (no lone surrogates)"
 
 
 #: Fields whose values are secrets: their value never reaches ``failure_cases`` or a message.
