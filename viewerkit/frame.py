@@ -460,18 +460,25 @@ def from_pandas(df: pd.DataFrame) -> pa.Table:
     viewerkit.errors.ValidationError: from_pandas: 1 problem
       row 0, field study_description: must not be blank (only whitespace) (got '   ')
     """
-    failures = study_table_failures(df)
-    if failures:
-        labels = df.index.take([f.row for f in failures if f.row is not None]).tolist()
-        at = iter(labels)
-        cases = [f.case() if f.row is None else f.case(row=next(at)) for f in failures]
-        raise ValidationError.from_cases("from_pandas", cases)
     # only the study table's columns are converted: conform drops the others, and a column of
     # the user's own (notes of mixed types) must not stop the conversion
     kept = [c for c in df.columns if isinstance(c, str) and (
         STUDY_SCHEMA.get_field_index(c) >= 0 or c.startswith(META_PREFIX))]
     try:
-        return conform(pa.Table.from_pandas(df[kept], preserve_index=False))
+        table: pa.Table | None = pa.Table.from_pandas(df[kept], preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        table = None  # a column of mixed objects: the checks read the DataFrame itself
+    # rows of the converted table are the DataFrame's rows, in order
+    failures = study_table_failures(df if table is None else table)
+    if failures:
+        labels = df.index.take([f.row for f in failures if f.row is not None]).tolist()
+        at = iter(labels)
+        cases = [f.case() if f.row is None else f.case(row=next(at)) for f in failures]
+        raise ValidationError.from_cases("from_pandas", cases)
+    try:
+        if table is None:
+            table = pa.Table.from_pandas(df[kept], preserve_index=False)
+        return conform(table)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         cases = [
             {"row": None, "field": name, "value": str(df[name].dtype),

@@ -117,7 +117,7 @@ class Failure:
     ``row`` is the position in the column checked (None for one value); callers that know
     better labels (a DataFrame's index) put those in ``case``. ``detail`` is optional text the
     message adds after the reason. The value of a secret field (``errors.SECRET_FIELDS``) is
-    never kept.
+    never kept; a lone surrogate in a text value is kept escaped (``\\ud800``).
 
     >>> Failure("api_key", "sk-live-123", Reason.EMPTY).value
     '<redacted>'
@@ -132,6 +132,11 @@ class Failure:
     def __post_init__(self) -> None:
         if self.field in SECRET_FIELDS:
             object.__setattr__(self, "value", _REDACTED)
+        elif isinstance(self.value, str) and not _is_unicode(self.value):
+            # a lone surrogate, escaped: pandas 3 stores a column of str in Arrow, which
+            # cannot hold one, so failure_cases could not be built with it
+            escaped = self.value.encode("utf-8", "backslashreplace").decode("utf-8")
+            object.__setattr__(self, "value", escaped)
 
     def case(self, row: Any = None) -> dict[str, Any]:
         """This failure as a case of ``ValidationError.from_cases`` (``row`` replaces the
