@@ -7,9 +7,12 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from types import MappingProxyType
 from typing import Any
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
 
 from viewerkit import (
@@ -22,6 +25,7 @@ from viewerkit import (
     ValidationError,
 )
 from viewerkit.client import CancelResult, RerouteUrl
+from viewerkit.errors import Reason
 from viewerkit.sandbox.server import Sandbox, running
 
 ABSENT_STUDY = "stu_" + "0" * 32
@@ -160,6 +164,13 @@ def test_filters_select_only_matching_studies(client: Client) -> None:
         (lambda c: c.update_study(ABSENT_STUDY, metadata={"k": "v" * 1001}), "metadata"),
         (lambda c: c.create_study(severity="stat", study_description="CT", study_instance_uid="1..2"), "study_instance_uid"),
         (lambda c: c.create_study(severity="stat", study_description="", study_instance_uid="1.2"), "study_description"),
+        (lambda c: c.create_study(severity="stat", study_description="   ", study_instance_uid="1.2"), "study_description"),
+        (lambda c: c.update_study(ABSENT_STUDY, study_description="\t\n"), "study_description"),
+        (lambda c: c.update_study(ABSENT_STUDY, study_description="CT \ud800"), "study_description"),
+        (lambda c: c.update_study(ABSENT_STUDY, metadata={"site": "\udfff"}), "metadata"),
+        (lambda c: c.update_study(ABSENT_STUDY, severity=pd.NA), "severity"),
+        (lambda c: c.list_studies(study_description=""), "study_description"),
+        (lambda c: c.list_studies(limit=2.5), "limit"),
         (lambda c: c.create_study(severity="stat", study_description="CT", study_instance_uid="1.2", express_customer_id="cus_x"), "express_customer_id"),
         (lambda c: c.list_studies(limit=500), "limit"),
         (lambda c: c.list_studies(severity="urgent"), "severity"),
@@ -180,6 +191,38 @@ def test_bad_arguments_raise_validation_error_before_any_request(
     assert field in str(caught.value)
     assert field in set(caught.value.failure_cases["field"])
     assert untouched.audit() == []
+
+
+def test_every_bad_argument_of_a_call_is_named_in_one_message(client: Client) -> None:
+    with pytest.raises(ValidationError) as caught:
+        client.update_study(
+            "stu_abc", severity="urgent", study_description="   ", metadata={"": "x", "k": 1}
+        )
+    assert str(caught.value) == (
+        "update_study: 5 problems\n"
+        "  field study_id: must be stu_ + 32 lowercase hex (got 'stu_abc')\n"
+        "  field metadata: has a key that is not 1-100 characters (got '')\n"
+        "  field metadata: has a value that is not a string, key 'k' (got 1)\n"
+        "  field severity: must be one of normal, high, stat (got 'urgent')\n"
+        "  field study_description: must not be blank (only whitespace) (got '   ')"
+    )
+    assert caught.value.failure_cases["reason"].tolist() == [
+        Reason.NOT_STUDY_ID,
+        Reason.BAD_METADATA_KEY,
+        Reason.METADATA_VALUE_NOT_TEXT,
+        Reason.NOT_SEVERITY,
+        Reason.BLANK,
+    ]
+
+
+def test_metadata_may_be_any_mapping_and_limits_may_be_numpy_or_whole_floats(
+    writable: Sandbox,
+) -> None:
+    with Client(api_key=writable.api_key, base_url=writable.base_url) as c:
+        study_id = c.list_studies(limit=np.int64(1))["studies"][0]["studyId"]
+        updated = c.update_study(study_id, metadata=MappingProxyType({"site": "North"}))
+        assert updated["metadata"] == {"site": "North"}
+        assert len(c.list_studies(limit=3.0)["studies"]) == 3
 
 
 def test_empty_study_id_message_quotes_the_value(client: Client) -> None:

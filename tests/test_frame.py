@@ -322,3 +322,11 @@ def test_compact_makes_repeated_strings_categoricals_with_the_same_values() -> N
         assert compact[name].astype(object).equals(plain[name].astype(object)), name
     # and the compact frame converts back to the very same study table
     assert from_pandas(compact).equals(table)
+
+
+def test_from_pandas_allows_nulls_wherever_the_study_table_does() -> None:
+    # only the identifiers are required: every other column may be null
+    table = studies_to_arrow([{"studyId": f"stu_{1:032x}", "studyInstanceUid": "1.2"}])
+    df = to_pandas(table)
+    assert df.drop(columns=["study_id", "study_instance_uid"]).isna().all().all()
+    assert from_pandas(df).equals(table)

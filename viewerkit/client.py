@@ -46,22 +46,17 @@ from viewerkit.errors import (
     ApiError,
     ConfigurationError,
     Conflict,
-    Reason,
     ValidationError,
     error_for_status,
 )
 from viewerkit.runner import pause, stop_requested
 from viewerkit.schema import (
     NOT_GIVEN,
-    SEVERITIES,
-    VIEWER_STATUSES,
     NotGiven,
-    is_customer_id,
-    is_dicom_uid,
-    is_study_id,
-    is_user_id,
+    check_arguments,
     list_query_params,
-    metadata_problems,
+    reference_failures,
+    wire_body,
 )
 
 __all__ = [
@@ -251,74 +246,14 @@ class _TokenBucket:
 # --- validation helpers --------------------------------------------------------------------
 
 
-class _Checks:
-    """Gathers every bad argument of one call, then raises one ValidationError naming them."""
-
-    def __init__(self, call: str) -> None:
-        self.call = call
-        self.cases: list[dict[str, Any]] = []
-
-    def bad(self, name: str, value: object, reason: Reason, detail: str | None = None) -> None:
-        self.cases.append(
-            {"row": None, "field": name, "value": value, "reason": reason, "detail": detail}
-        )
-
-    def study_id(self, name: str, value: object) -> None:
-        if value == "" or value is None:
-            self.bad(name, value, Reason.EMPTY)
-        elif not is_study_id(value):
-            self.bad(name, value, Reason.NOT_STUDY_ID)
-
-    def uid(self, name: str, value: object) -> None:
-        if value == "" or value is None:
-            self.bad(name, value, Reason.EMPTY)
-        elif not is_dicom_uid(value):
-            self.bad(name, value, Reason.NOT_DICOM_UID)
-
-    def enum(self, name: str, value: object, allowed: tuple[str, ...], reason: Reason) -> None:
-        if value not in allowed:
-            self.bad(name, value, reason)
-
-    def text(self, name: str, value: object) -> None:
-        if not isinstance(value, str) or not value:
-            self.bad(name, value, Reason.EMPTY if value == "" else Reason.NOT_TEXT)
-
-    def user(self, name: str, value: object) -> None:
-        if value is not None and not is_user_id(value):
-            self.bad(name, value, Reason.NOT_USER_ID, "or None")
-
-    def customer(self, name: str, value: object) -> None:
-        if value is not None and not is_customer_id(value):
-            self.bad(name, value, Reason.NOT_CUSTOMER_ID, "or None")
-
-    def metadata(self, name: str, value: object) -> None:
-        if value is None:
-            return
-        for problem in metadata_problems(value):
-            self.bad(name, _short(value), Reason.NOT_METADATA, problem)
-
-    def done(self) -> None:
-        if self.cases:
-            raise ValidationError.from_cases(self.call, self.cases)
-
-
-def _short(value: object) -> object:
-    text = repr(value)
-    return value if len(text) <= 80 else text[:77] + "..."
-
-
 def _target(
     call: str, study_id: str | None, study_instance_uid: str | None
 ) -> tuple[dict[str, str], str]:
-    """The body naming one study by ID or UID, and the label for messages."""
-    checks = _Checks(call)
-    if study_id is None and study_instance_uid is None:
-        checks.bad("study_id", None, Reason.REQUIRED, "give study_id or study_instance_uid")
-    if study_id is not None:
-        checks.study_id("study_id", study_id)
-    if study_instance_uid is not None:
-        checks.uid("study_instance_uid", study_instance_uid)
-    checks.done()
+    """The body naming one study by ID or UID (checked by ``schema.reference_failures``),
+    and the label for messages."""
+    failures = reference_failures(study_id, study_instance_uid)
+    if failures:
+        raise ValidationError.from_cases(call, [f.case() for f in failures])
     body: dict[str, str] = {}
     if study_id is not None:
         body["studyId"] = study_id
@@ -438,25 +373,16 @@ class Client:
         may have been applied (a 5xx, or the connection lost mid-request) returns the existing
         study; any other 409 (first try, or after 408 / 429, which apply nothing) raises
         Conflict."""
-        checks = _Checks("create_study")
-        checks.enum("severity", severity, SEVERITIES, Reason.NOT_SEVERITY)
-        checks.text("study_description", study_description)
-        checks.uid("study_instance_uid", study_instance_uid)
-        body: dict[str, Any] = {
+        fields: dict[str, Any] = {
             "severity": severity,
-            "studyDescription": study_description,
-            "studyInstanceUid": study_instance_uid,
+            "study_description": study_description,
+            "study_instance_uid": study_instance_uid,
+            "assigned_to": assigned_to,
+            "express_customer_id": express_customer_id,
+            "metadata": metadata,
         }
-        if not isinstance(assigned_to, NotGiven):
-            checks.user("assigned_to", assigned_to)
-            body["assignedTo"] = assigned_to
-        if not isinstance(express_customer_id, NotGiven):
-            checks.customer("express_customer_id", express_customer_id)
-            body["expressCustomerId"] = express_customer_id
-        if not isinstance(metadata, NotGiven):
-            checks.metadata("metadata", metadata)
-            body["metadata"] = dict(metadata) if metadata is not None else None
-        checks.done()
+        check_arguments("create_study", **fields)
+        body = wire_body(**fields)
         try:
             response = self._send(
                 "create_study", "POST", _STUDIES, study=study_instance_uid, json=body,
@@ -556,17 +482,13 @@ class Client:
 
     def retrieve_study(self, study_id: str) -> dict[str, Any]:
         """One study by its ID."""
-        checks = _Checks("retrieve_study")
-        checks.study_id("study_id", study_id)
-        checks.done()
+        check_arguments("retrieve_study", study_id=study_id)
         response = self._send("retrieve_study", "GET", f"{_STUDIES}/{study_id}", study=study_id)
         return self._json("retrieve_study", study_id, response)
 
     def retrieve_study_by_uid(self, study_instance_uid: str) -> dict[str, Any]:
         """One study by its Study Instance UID."""
-        checks = _Checks("retrieve_study_by_uid")
-        checks.uid("study_instance_uid", study_instance_uid)
-        checks.done()
+        check_arguments("retrieve_study_by_uid", study_instance_uid=study_instance_uid)
         response = self._send(
             "retrieve_study_by_uid",
             "GET",
@@ -587,25 +509,15 @@ class Client:
     ) -> dict[str, Any]:
         """Change the given fields of a study; returns it. ``assigned_to=None`` unassigns,
         ``metadata=None`` clears the map (metadata replaces the whole map)."""
-        checks = _Checks("update_study")
-        checks.study_id("study_id", study_id)
-        body: dict[str, Any] = {}
-        if not isinstance(assigned_to, NotGiven):
-            checks.user("assigned_to", assigned_to)
-            body["assignedTo"] = assigned_to
-        if not isinstance(metadata, NotGiven):
-            checks.metadata("metadata", metadata)
-            body["metadata"] = dict(metadata) if metadata is not None else None
-        if not isinstance(severity, NotGiven):
-            checks.enum("severity", severity, SEVERITIES, Reason.NOT_SEVERITY)
-            body["severity"] = severity
-        if not isinstance(study_description, NotGiven):
-            checks.text("study_description", study_description)
-            body["studyDescription"] = study_description
-        if not isinstance(study_viewer_status, NotGiven):
-            checks.enum("study_viewer_status", study_viewer_status, VIEWER_STATUSES, Reason.NOT_VIEWER_STATUS)
-            body["studyViewerStatus"] = study_viewer_status
-        checks.done()
+        fields: dict[str, Any] = {
+            "assigned_to": assigned_to,
+            "metadata": metadata,
+            "severity": severity,
+            "study_description": study_description,
+            "study_viewer_status": study_viewer_status,
+        }
+        check_arguments("update_study", study_id=study_id, **fields)
+        body = wire_body(**fields)
         response = self._send(
             "update_study", "PATCH", f"{_STUDIES}/{study_id}", study=study_id, json=body
         )

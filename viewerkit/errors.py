@@ -113,6 +113,8 @@ class Reason(str, Enum):
     WRONG_SUFFIX = "must end with one of the allowed suffixes"
     NO_SUCH_FOLDER = "must be in a folder that exists"
     IS_A_FOLDER = "is a folder, not a file"
+    # text
+    NOT_UNICODE = "must be valid Unicode text (no lone surrogates)"
 
 
 #: Fields whose values are secrets: their value never reaches ``failure_cases`` or a message.

@@ -36,17 +36,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from viewerkit.errors import ApiError, ViewerkitError
+from viewerkit.errors import ApiError, Reason, ValidationError
 from viewerkit.schema import (
     CREATE_FIELDS,
     META_PREFIX,
     REFERENCE_USER_FIELDS,
+    RULES,
     SEVERITIES,
     SEVERITY_TYPE,
     STUDY_SCHEMA,
     UPDATE_FIELDS,
     VIEWER_STATUS_TYPE,
     VIEWER_STATUSES,
+    study_table_failures,
 )
 
 __all__ = [
@@ -329,7 +331,8 @@ def _timestamps(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _fixed_dictionary(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
-    """Re-encode ``column`` over its fixed dictionary; an unknown value is an error."""
+    """Re-encode ``column`` over its fixed dictionary; unknown values are a ValidationError
+    naming each row (position) and value, by the enum's rule (``schema.RULES``)."""
     arrow_type, dictionary = _FIXED_DICTIONARIES[name]
     if column.type == arrow_type and all(
         c.dictionary.equals(dictionary) for c in column.chunks
@@ -341,10 +344,8 @@ def _fixed_dictionary(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     indices = pc.index_in(values, value_set=dictionary)
     unknown = pc.and_(pc.is_null(indices), pc.is_valid(values))
     if pc.any(unknown).as_py():
-        bad = pc.filter(values, unknown)[0].as_py()
-        raise ViewerkitError(
-            f"unknown {name} {bad!r}: expected one of {', '.join(dictionary.to_pylist())}"
-        )
+        failures = RULES[name].check_column(values, name)
+        raise ValidationError.from_cases("study table", [f.case() for f in failures])
     chunks = [
         pa.DictionaryArray.from_arrays(
             c.cast(pa.int8()), dictionary, ordered=arrow_type.ordered
@@ -441,13 +442,70 @@ def to_pandas(table: pa.Table, *, compact: bool = False) -> pd.DataFrame:
 def from_pandas(df: pd.DataFrame) -> pa.Table:
     """A study DataFrame (e.g. from ``to_pandas``, edited) -> a conformed study table.
 
+    The table is checked first, whole columns at a time, by the contract's rule table
+    (``schema.STUDY_COLUMNS``): ``study_id`` and ``study_instance_uid`` (present, never null),
+    the writable fields (``study_description`` not empty or blank, ``severity`` and
+    ``study_viewer_status`` in their enums, ``assigned_to_user_id`` and
+    ``express_customer_id`` IDs; null allowed) and the ``meta.*`` metadata limits. Every
+    failure is reported at once: a ``ValidationError`` whose ``failure_cases`` name the
+    DataFrame's row label (``row``) and the column (``field``). A column that cannot take
+    its study-table type (e.g. ``created_at`` text that is not a time) is a ``WRONG_TYPE``
+    case naming the column.
+
     >>> df = to_pandas(studies_to_arrow([{"studyId": "stu_" + "c" * 32,
     ...                                   "studyInstanceUid": "1.2", "severity": "high"}]))
     >>> from_pandas(df).equals(studies_to_arrow([{"studyId": "stu_" + "c" * 32,
     ...                                           "studyInstanceUid": "1.2", "severity": "high"}]))
     True
+    >>> df.loc[0, "study_description"] = "   "
+    >>> from_pandas(df)
+    Traceback (most recent call last):
+    ...
+    viewerkit.errors.ValidationError: from_pandas: 1 problem
+      row 0, field study_description: must not be blank (only whitespace) (got '   ')
     """
-    return conform(pa.Table.from_pandas(df, preserve_index=False))
+    # only the study table's columns are converted: conform drops the others, and a column of
+    # the user's own (notes of mixed types) must not stop the conversion
+    kept = [c for c in df.columns if isinstance(c, str) and (
+        STUDY_SCHEMA.get_field_index(c) >= 0 or c.startswith(META_PREFIX))]
+    try:
+        table: pa.Table | None = pa.Table.from_pandas(df[kept], preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        table = None  # a column of mixed objects: the checks read the DataFrame itself
+    # rows of the converted table are the DataFrame's rows, in order
+    failures = study_table_failures(df if table is None else table)
+    if failures:
+        labels = df.index.take([f.row for f in failures if f.row is not None]).tolist()
+        at = iter(labels)
+        cases = [f.case() if f.row is None else f.case(row=next(at)) for f in failures]
+        raise ValidationError.from_cases("from_pandas", cases)
+    try:
+        if table is None:
+            table = pa.Table.from_pandas(df[kept], preserve_index=False)
+        return conform(table)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        cases = [
+            {"row": None, "field": name, "value": str(df[name].dtype),
+             "reason": Reason.WRONG_TYPE, "detail": f"expected {STUDY_SCHEMA.field(name).type}"}
+            for name in _unconvertible_columns(df)
+        ]
+        if not cases:
+            raise
+        raise ValidationError.from_cases("from_pandas", cases) from None
+
+
+def _unconvertible_columns(df: pd.DataFrame) -> list[str]:
+    """The study-table columns of ``df`` that do not convert to their type (the slow path,
+    taken only after a conversion failed)."""
+    bad = []
+    for name in df.columns:
+        if not isinstance(name, str) or STUDY_SCHEMA.get_field_index(name) < 0:
+            continue
+        try:
+            conform(pa.Table.from_pandas(df[[name]], preserve_index=False))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            bad.append(name)
+    return bad
 
 
 _BODY_FIELDS: Final = {

@@ -30,7 +30,6 @@ import binascii
 import hashlib
 import hmac
 import html
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -43,20 +42,21 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from viewerkit.errors import Reason
 from viewerkit.sandbox.faults import FaultMiddleware, Faults, RequestLog
 from viewerkit.sandbox.store import Keyset, Store, StudyFilters
 from viewerkit.schema import (
     CREATE_FIELDS,
+    FIELDS,
     IDENTIFY_FIELDS,
+    LIST_FILTERS,
     MAX_PAGE_LIMIT,
     SEVERITIES,
     UPDATE_FIELDS,
     VIEWER_STATUSES,
-    is_customer_id,
-    is_dicom_uid,
-    is_study_id,
-    is_user_id,
+    Field,
     metadata_problems,
+    reference_failures,
 )
 
 __all__ = ["create_app", "SandboxError", "DEFAULT_PAGE_LIMIT"]
@@ -128,72 +128,69 @@ async def _body(request: Request, allowed: Sequence[str]) -> dict[str, Any]:
     return data
 
 
-def _check_severity(value: object, param: str = "severity") -> str:
-    if not isinstance(value, str) or value not in SEVERITIES:
-        raise _bad(param, f"{param} must be one of {', '.join(SEVERITIES)}")
+def _checked(field: Field, value: Any) -> Any:
+    """``value`` when it keeps the rule of ``field`` (the one rule table, ``schema.FIELDS``
+    and ``schema.LIST_FILTERS``), else the 400 naming the field."""
+    if field.check(value):
+        raise _bad(field.wire, _rule_message(field, value))
     return value
 
 
-def _check_status(value: object, param: str = "studyViewerStatus") -> str:
-    if not isinstance(value, str) or value not in VIEWER_STATUSES:
-        raise _bad(param, f"{param} must be one of {', '.join(VIEWER_STATUSES)}")
-    return value
+def _rule_message(field: Field, value: Any) -> str:
+    if field.name == "metadata":
+        return "metadata " + "; ".join(metadata_problems(value)[:5])
+    return f"{field.wire} must be {field.rule.wire_text}" + (", or null" if field.nullable else "")
 
 
-def _check_description(value: object, param: str = "studyDescription") -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _bad(param, f"{param} must be a non-empty string")
-    return value
+def _check_severity(value: object) -> str:
+    return str(_checked(FIELDS["severity"], value))
 
 
-def _check_uid(value: object, param: str = "studyInstanceUid") -> str:
-    if not is_dicom_uid(value):
-        raise _bad(
-            param,
-            f"{param} must be a DICOM UID: 1-64 digits and dots, no empty component, "
-            "no leading zero",
-        )
-    assert isinstance(value, str)
-    return value
+def _check_status(value: object) -> str:
+    return str(_checked(FIELDS["study_viewer_status"], value))
 
 
-def _check_study_id(value: object, param: str = "studyId") -> str:
-    if not is_study_id(value):
-        raise _bad(param, f"{param} must be stu_ followed by 32 lowercase hex digits")
-    assert isinstance(value, str)
-    return value
+def _check_description(value: object) -> str:
+    return str(_checked(FIELDS["study_description"], value))
 
 
-def _check_user(store: Store, value: object, param: str = "assignedTo") -> str | None:
-    if value is None:
-        return None
-    if not is_user_id(value):
-        raise _bad(param, f"{param} must be usr_ followed by 32 lowercase hex digits, or null")
-    assert isinstance(value, str)
-    if not store.user_exists(value):
-        raise _bad(param, f"{param}: no user {value}")
-    return value
+def _check_uid(value: object) -> str:
+    return str(_checked(FIELDS["study_instance_uid"], value))
 
 
-def _check_customer(store: Store, value: object, param: str = "expressCustomerId") -> str | None:
-    if value is None:
-        return None
-    if not is_customer_id(value):
-        raise _bad(param, f"{param} must be cus_ followed by 32 lowercase hex digits, or null")
-    assert isinstance(value, str)
-    if not store.customer_exists(value):
-        raise _bad(param, f"{param}: no express customer {value}")
-    return value
+def _check_study_id(value: object) -> str:
+    return str(_checked(FIELDS["study_id"], value))
+
+
+def _check_user(store: Store, value: object) -> str | None:
+    user: str | None = _checked(FIELDS["assigned_to"], value)
+    if user is not None and not store.user_exists(user):
+        raise _bad("assignedTo", f"assignedTo: no user {user}")
+    return user
+
+
+def _check_customer(store: Store, value: object) -> str | None:
+    customer: str | None = _checked(FIELDS["express_customer_id"], value)
+    if customer is not None and not store.customer_exists(customer):
+        raise _bad("expressCustomerId", f"expressCustomerId: no express customer {customer}")
+    return customer
 
 
 def _check_metadata(value: object) -> dict[str, str] | None:
-    if value is None:
-        return None
-    problems = metadata_problems(value)
-    if problems:
-        raise _bad("metadata", "metadata " + "; ".join(problems[:5]))
-    assert isinstance(value, dict)
-    return value
+    metadata: dict[str, str] | None = _checked(FIELDS["metadata"], value)
+    return metadata
+
+
+def _check_reference(study_id: object, uid: object) -> None:
+    """How cancel / uncancel / reroute-url name a study (``schema.reference_failures``)."""
+    failures = reference_failures(study_id, uid)
+    if not failures:
+        return
+    first = failures[0]
+    if first.reason is Reason.REQUIRED:
+        raise _bad("studyId", "give studyId or studyInstanceUid")
+    field = FIELDS[first.field]
+    raise _bad(field.wire, _rule_message(field, study_id if field.name == "study_id" else uid))
 
 
 # -- cursors and reroute tokens -------------------------------------------------------------
@@ -392,12 +389,8 @@ def create_app(
         """The study ID a cancel / uncancel / reroute body names (400 / 404 otherwise)."""
         study_id = body.get("studyId")
         uid = body.get("studyInstanceUid")
-        if study_id is None and uid is None:
-            raise _bad("studyId", "give studyId or studyInstanceUid")
-        if study_id is not None:
-            _check_study_id(study_id)
+        _check_reference(study_id, uid)
         if uid is not None:
-            _check_uid(uid)
             by_uid = store.study_id_for_uid(uid)
             if by_uid is None:
                 raise SandboxError(404, f"no study with studyInstanceUid {uid}", "studyInstanceUid")
@@ -664,44 +657,26 @@ def create_app(
 
 
 def _list_filters(params: Mapping[str, str]) -> StudyFilters:
-    assigned = params.get("assignedTo")
-    if assigned is not None and assigned != "null" and not is_user_id(assigned):
-        raise _bad("assignedTo", "assignedTo must be usr_ followed by 32 lowercase hex digits, or null")
-    customer = params.get("expressCustomerId")
-    if customer is not None and customer != "null" and not is_customer_id(customer):
-        raise _bad(
-            "expressCustomerId",
-            "expressCustomerId must be cus_ followed by 32 lowercase hex digits, or null",
-        )
-    cancelled = params.get("isCancelled")
-    if cancelled is not None and cancelled not in ("true", "false"):
-        raise _bad("isCancelled", "isCancelled must be true or false")
-    severity = params.get("severity")
-    if severity is not None:
-        _check_severity(severity)
-    status = params.get("studyViewerStatus")
-    if status is not None:
-        _check_status(status)
-    description = params.get("studyDescription")
-    if description is not None and not description:
-        raise _bad("studyDescription", "studyDescription must be a non-empty string")
+    # the text of each filter, read as the rule table says (``null``, ``true`` / ``false``),
+    # checked in LIST_FILTERS order; the store takes "null" as is
+    values: dict[str, Any] = {}
+    for field in LIST_FILTERS.values():
+        text = params.get(field.wire)
+        if field.name in ("limit", "cursor") or text is None:
+            continue
+        values[field.name] = _checked(field, field.from_query(text))
     return StudyFilters(
-        assigned_to=assigned,
-        express_customer_id=customer,
-        is_cancelled=None if cancelled is None else cancelled == "true",
-        severity=severity,
-        study_description=description,
-        study_viewer_status=status,
+        assigned_to=params.get("assignedTo"),
+        express_customer_id=params.get("expressCustomerId"),
+        is_cancelled=values.get("is_cancelled"),
+        severity=values.get("severity"),
+        study_description=values.get("study_description"),
+        study_viewer_status=values.get("study_viewer_status"),
     )
-
-
-# the SDK types limit as a float, so "25.0" is a whole number too; "1e1", "1_0", " 10" are not
-_WHOLE_NUMBER = re.compile(r"[0-9]+(\.0*)?")
 
 
 def _page_limit(text: str | None) -> int:
     if text is None:
         return DEFAULT_PAGE_LIMIT
-    if not _WHOLE_NUMBER.fullmatch(text) or not 1 <= float(text) <= MAX_PAGE_LIMIT:
-        raise _bad("limit", f"limit must be a whole number from 1 to {MAX_PAGE_LIMIT}")
-    return int(float(text))
+    field = LIST_FILTERS["limit"]
+    return int(_checked(field, field.from_query(text)))
