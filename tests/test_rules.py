@@ -35,6 +35,7 @@ from viewerkit.schema import (
     RULES,
     STUDY_COLUMNS,
     Failure,
+    StudyFilterArgs,
     is_api_key_id,
     is_customer_id,
     is_dicom_uid,
@@ -853,7 +854,9 @@ def test_a_failure_of_a_secret_field_never_holds_its_value() -> None:
 def test_the_client_names_each_failure_by_its_argument_name() -> None:
     # failure_cases fields are the client's own argument names (so SECRET_FIELDS, which are
     # argument names, apply), never the wire's camelCase
-    names = {*FIELDS, *LIST_FILTERS}
+    names = {*FIELDS, *LIST_FILTERS, "filters", "filter_args"}
+    # the list calls take their filters as StudyFilterArgs keywords (or one StudyFilters)
+    assert set(StudyFilterArgs.__annotations__) <= set(LIST_FILTERS)
     for method in (
         Client.create_study,
         Client.update_study,

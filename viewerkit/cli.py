@@ -8,6 +8,7 @@ import sys
 import click
 
 from viewerkit.errors import ViewerkitError
+from viewerkit.schema import SEVERITIES, VIEWER_STATUSES
 
 
 class _Group(click.Group):
@@ -50,11 +51,11 @@ _cache_option = click.option(
 
 
 @main.command("fetch")
-@click.option("--severity", type=click.Choice(["normal", "high", "stat"]), help="Only this severity.")
+@click.option("--severity", type=click.Choice(SEVERITIES), help="Only this severity.")
 @click.option(
     "--status",
     "study_viewer_status",
-    type=click.Choice(["incomplete", "complete"]),
+    type=click.Choice(VIEWER_STATUSES),
     help="Only this viewer status.",
 )
 @click.option("--cancelled/--not-cancelled", "is_cancelled", default=None, help="Only (not) cancelled studies.")
@@ -84,20 +85,20 @@ def fetch_command(
     from viewerkit.client import Client
     from viewerkit.fetch import fetch_studies_arrow
     from viewerkit.files import check_output_path, write_studies
-    from viewerkit.schema import NOT_GIVEN
+    from viewerkit.schema import StudyFilters
 
+    filters = StudyFilters.from_text(
+        assigned_to=assigned_to,
+        express_customer_id=express_customer_id,
+        is_cancelled=is_cancelled,
+        severity=severity,
+        study_description=study_description,
+        study_viewer_status=study_viewer_status,
+    )
     if out is not None:
         check_output_path(out)  # before the fetch, which may take minutes
-    filters: dict[str, object] = {
-        "severity": severity if severity is not None else NOT_GIVEN,
-        "study_viewer_status": study_viewer_status if study_viewer_status is not None else NOT_GIVEN,
-        "is_cancelled": is_cancelled if is_cancelled is not None else NOT_GIVEN,
-        "study_description": study_description if study_description is not None else NOT_GIVEN,
-    }
-    for name, value in (("assigned_to", assigned_to), ("express_customer_id", express_customer_id)):
-        filters[name] = NOT_GIVEN if value is None else (None if value == "null" else value)
     with Client() as client:
-        table = fetch_studies_arrow(client, concurrency=concurrency, progress=progress, **filters)  # type: ignore[arg-type]
+        table = fetch_studies_arrow(client, filters, concurrency=concurrency, progress=progress)
     if out is None:
         click.echo(f"{table.num_rows} studies (use --out FILE.parquet to keep them)")
         return

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -53,11 +53,18 @@ from viewerkit.runner import pause, stop_requested
 from viewerkit.schema import (
     NOT_GIVEN,
     NotGiven,
+    Severity,
+    StudyFilterArgs,
+    StudyFilters,
+    ViewerStatus,
     check_arguments,
     list_query_params,
     reference_failures,
     wire_body,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "Client",
@@ -362,7 +369,7 @@ class Client:
     def create_study(
         self,
         *,
-        severity: str,
+        severity: Severity,
         study_description: str,
         study_instance_uid: str,
         assigned_to: str | None | NotGiven = NOT_GIVEN,
@@ -394,54 +401,37 @@ class Client:
 
     def list_studies_raw(
         self,
+        filters: StudyFilters | None = None,
+        /,
         *,
-        assigned_to: str | None | NotGiven = NOT_GIVEN,
-        express_customer_id: str | None | NotGiven = NOT_GIVEN,
-        is_cancelled: bool | NotGiven = NOT_GIVEN,
-        severity: str | NotGiven = NOT_GIVEN,
-        study_description: str | NotGiven = NOT_GIVEN,
-        study_viewer_status: str | NotGiven = NOT_GIVEN,
         limit: int | NotGiven = NOT_GIVEN,
         cursor: str | NotGiven = NOT_GIVEN,
+        **filter_args: Unpack[StudyFilterArgs],
     ) -> bytes:
-        """One page of the study list as the response body bytes (for the Arrow path)."""
-        params = list_query_params(
-            assigned_to=assigned_to,
-            express_customer_id=express_customer_id,
-            is_cancelled=is_cancelled,
-            severity=severity,
-            study_description=study_description,
-            study_viewer_status=study_viewer_status,
-            limit=limit,
-            cursor=cursor,
-        )
+        """One page of the study list as the response body bytes (for the Arrow path);
+        arguments as :meth:`list_studies`."""
+        params = list_query_params(filters, limit=limit, cursor=cursor, **filter_args)
         response = self._send("list_studies", "GET", _STUDIES, params=params)
         return response.content
 
     def list_studies(
         self,
+        filters: StudyFilters | None = None,
+        /,
         *,
-        assigned_to: str | None | NotGiven = NOT_GIVEN,
-        express_customer_id: str | None | NotGiven = NOT_GIVEN,
-        is_cancelled: bool | NotGiven = NOT_GIVEN,
-        severity: str | NotGiven = NOT_GIVEN,
-        study_description: str | NotGiven = NOT_GIVEN,
-        study_viewer_status: str | NotGiven = NOT_GIVEN,
         limit: int | NotGiven = NOT_GIVEN,
         cursor: str | NotGiven = NOT_GIVEN,
+        **filter_args: Unpack[StudyFilterArgs],
     ) -> dict[str, Any]:
         """One page: ``{"studies": [...], "cursor": str | None, "hasMore": bool}``, newest first.
-        ``None`` for ``assigned_to`` / ``express_customer_id`` selects "none"."""
-        raw = self.list_studies_raw(
-            assigned_to=assigned_to,
-            express_customer_id=express_customer_id,
-            is_cancelled=is_cancelled,
-            severity=severity,
-            study_description=study_description,
-            study_viewer_status=study_viewer_status,
-            limit=limit,
-            cursor=cursor,
-        )
+
+        The filters (``viewerkit.schema.StudyFilterArgs``: ``assigned_to``,
+        ``express_customer_id``, ``is_cancelled``, ``severity``, ``study_description``,
+        ``study_viewer_status``) come as keywords or as one ``StudyFilters``; ``None`` for
+        ``assigned_to`` / ``express_customer_id`` selects "none". ``limit`` is 1-100 (the API's
+        default 25), ``cursor`` the previous page's. Bad values raise ``ValidationError``
+        before anything is sent."""
+        raw = self.list_studies_raw(filters, limit=limit, cursor=cursor, **filter_args)
         page = _loads("list_studies", None, raw)
         if not isinstance(page, dict) or not isinstance(page.get("studies"), list):
             raise ApiError("the answer is not a page of studies", call="list_studies")
@@ -449,29 +439,18 @@ class Client:
 
     def iter_studies(
         self,
+        filters: StudyFilters | None = None,
+        /,
         *,
-        assigned_to: str | None | NotGiven = NOT_GIVEN,
-        express_customer_id: str | None | NotGiven = NOT_GIVEN,
-        is_cancelled: bool | NotGiven = NOT_GIVEN,
-        severity: str | NotGiven = NOT_GIVEN,
-        study_description: str | NotGiven = NOT_GIVEN,
-        study_viewer_status: str | NotGiven = NOT_GIVEN,
         limit: int = 100,
+        **filter_args: Unpack[StudyFilterArgs],
     ) -> Iterator[dict[str, Any]]:
-        """Every study matching the filters, page after page (sequential; for a table use
-        ``viewerkit.fetch_studies``)."""
+        """Every study matching the filters (as :meth:`list_studies`), page after page
+        (sequential; for a table use ``viewerkit.fetch_studies``)."""
+        chosen = StudyFilters.of(filters, filter_args)
         cursor: str | NotGiven = NOT_GIVEN
         while True:
-            page = self.list_studies(
-                assigned_to=assigned_to,
-                express_customer_id=express_customer_id,
-                is_cancelled=is_cancelled,
-                severity=severity,
-                study_description=study_description,
-                study_viewer_status=study_viewer_status,
-                limit=limit,
-                cursor=cursor,
-            )
+            page = self.list_studies(chosen, limit=limit, cursor=cursor)
             yield from page["studies"]
             if not page.get("hasMore"):
                 return
@@ -503,9 +482,9 @@ class Client:
         *,
         assigned_to: str | None | NotGiven = NOT_GIVEN,
         metadata: Mapping[str, str] | None | NotGiven = NOT_GIVEN,
-        severity: str | NotGiven = NOT_GIVEN,
+        severity: Severity | NotGiven = NOT_GIVEN,
         study_description: str | NotGiven = NOT_GIVEN,
-        study_viewer_status: str | NotGiven = NOT_GIVEN,
+        study_viewer_status: ViewerStatus | NotGiven = NOT_GIVEN,
     ) -> dict[str, Any]:
         """Change the given fields of a study; returns it. ``assigned_to=None`` unassigns,
         ``metadata=None`` clears the map (metadata replaces the whole map)."""

@@ -46,7 +46,7 @@ paged past its position, missed; a later fetch or cache refresh sees it.
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -72,13 +72,14 @@ from viewerkit.schema import (
     MAX_PAGE_LIMIT,
     NOT_GIVEN,
     SEVERITIES,
-    VIEWER_STATUSES,
     NotGiven,
-    list_query_params,
+    StudyFetchFilterArgs,
+    StudyFilters,
 )
 
 if TYPE_CHECKING:
     import pandas as pd
+    from typing_extensions import Unpack
 
     from viewerkit.client import Client
 
@@ -95,22 +96,14 @@ __all__ = [
 ]
 
 
-# The partition dimensions, each value list ordered so the usually-largest partition
-# (normal, complete, not cancelled) is started first.
-_DIMENSIONS: tuple[tuple[str, tuple[Any, ...]], ...] = (
-    ("severity", SEVERITIES),
-    ("study_viewer_status", tuple(reversed(VIEWER_STATUSES))),
-    ("is_cancelled", (False, True)),
-)
-
 #: The partitions of the closed studies (complete x severity, not cancelled; cancelled):
 #: where a study that left the open list is.
-CLOSED_PARTITIONS: tuple[dict[str, Any], ...] = (
+CLOSED_PARTITIONS: tuple[StudyFilters, ...] = (
     *(
-        {"study_viewer_status": "complete", "is_cancelled": False, "severity": severity}
+        StudyFilters(study_viewer_status="complete", is_cancelled=False, severity=severity)
         for severity in SEVERITIES
     ),
-    {"is_cancelled": True},
+    StudyFilters(is_cancelled=True),
 )
 
 #: Active reads page the unfiltered list back to this long before the newest cached study,
@@ -121,23 +114,21 @@ NEW_STUDY_MARGIN = timedelta(minutes=10)
 _PAGE_COST = 3.0
 
 
-def study_partitions(filters: dict[str, Any]) -> list[dict[str, Any]]:
-    """Disjoint filter sets that together select exactly what ``filters`` selects.
+def study_partitions(filters: StudyFilters | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Disjoint single-value filter sets that together select exactly what ``filters``
+    selects (see ``StudyFilters.partitions``), as ``list_studies`` keyword arguments.
 
-    ``filters`` are ``list_studies`` keyword arguments (absent or ``NOT_GIVEN`` = no filter).
-    Each dimension the caller did not fix (severity, viewer status, cancelled) is split
-    into its values.
+    ``filters`` is a ``StudyFilters`` or its keyword arguments (``NOT_GIVEN`` = off). Each
+    dimension the caller did not fix (severity, viewer status, cancelled) is split into its
+    values, and each given several values into those.
 
     >>> [p["is_cancelled"] for p in study_partitions({"severity": "high",
     ...                                               "study_viewer_status": "complete"})]
     [False, True]
     """
-    given = {k: v for k, v in filters.items() if v is not NOT_GIVEN}
-    free = [(name, values) for name, values in _DIMENSIONS if name not in given]
-    return [
-        {**given, **dict(zip((n for n, _ in free), combo, strict=True))}
-        for combo in itertools.product(*(values for _, values in free))
-    ]
+    if not isinstance(filters, StudyFilters):
+        filters = StudyFilters.of(None, {k: v for k, v in filters.items() if v is not NOT_GIVEN})
+    return [part.given() for part in filters.partitions()]
 
 
 # --- page chains ------------------------------------------------------------------------------
@@ -149,7 +140,7 @@ class _Chain:
     reaches back past ``down_to`` (a created_at)."""
 
     order: int
-    filters: dict[str, Any]
+    filters: StudyFilters
     down_to: datetime | None = None
     cursor: str | NotGiven = NOT_GIVEN
     pages: int = 0
@@ -160,13 +151,13 @@ class _Chain:
 
 
 def _read_page(client: Client, chain: _Chain) -> tuple[pa.StructArray, str | None, bool]:
-    body = client.list_studies_raw(**chain.filters, limit=MAX_PAGE_LIMIT, cursor=chain.cursor)
+    body = client.list_studies_raw(chain.filters, limit=MAX_PAGE_LIMIT, cursor=chain.cursor)
     return read_page(body)
 
 
 def _page_chains(
     client: Client,
-    partitions: list[dict[str, Any]],
+    partitions: Sequence[StudyFilters],
     *,
     workers: int,
     progress: bool,
@@ -213,22 +204,20 @@ def _workers(client: Client, concurrency: int) -> int:
 
 def fetch_studies_arrow(
     client: Client,
+    filters: StudyFilters | None = None,
+    /,
     *,
-    assigned_to: str | None | NotGiven = NOT_GIVEN,
-    express_customer_id: str | None | NotGiven = NOT_GIVEN,
-    is_cancelled: bool | NotGiven = NOT_GIVEN,
-    severity: str | NotGiven = NOT_GIVEN,
-    study_description: str | NotGiven = NOT_GIVEN,
-    study_viewer_status: str | NotGiven = NOT_GIVEN,
     concurrency: int = 8,
     progress: bool = True,
     partitioned: bool = True,
+    **filter_args: Unpack[StudyFetchFilterArgs],
 ) -> pa.Table:
     """Every study matching the filters as the study table (``STUDY_SCHEMA`` + ``meta.*``).
 
-    Filters are those of ``Client.list_studies`` (``None`` for ``assigned_to`` /
-    ``express_customer_id`` selects studies with none); bad values raise ``ValidationError``
-    before any request. ``concurrency`` caps pages in flight (and never exceeds the client's
+    Filters are those of ``Client.list_studies`` (keywords or one ``StudyFilters``; ``None``
+    for ``assigned_to`` / ``express_customer_id`` selects studies with none), and severity,
+    viewer status and cancelled may take several values (``severity=["stat", "high"]``);
+    bad values raise ``ValidationError`` before any request. ``concurrency`` caps pages in flight (and never exceeds the client's
     ``max_concurrency``); ``partitioned=False`` pages the filter as one sequential chain.
     ``progress`` shows a tqdm bar of studies fetched. Ctrl-C cancels the pages not yet sent,
     waits for those in flight (which no longer retry), and re-raises ``KeyboardInterrupt``;
@@ -242,18 +231,10 @@ def fetch_studies_arrow(
     viewerkit.errors.ValidationError: bad study list filters: 1 problem
       field severity: must be one of normal, high, stat (got 'urgent')
     """
-    filters: dict[str, Any] = {
-        "assigned_to": assigned_to,
-        "express_customer_id": express_customer_id,
-        "is_cancelled": is_cancelled,
-        "severity": severity,
-        "study_description": study_description,
-        "study_viewer_status": study_viewer_status,
-    }
-    list_query_params(**filters)
+    chosen = StudyFilters.of(filters, filter_args)
     _check_concurrency(concurrency)
-    given = {k: v for k, v in filters.items() if v is not NOT_GIVEN}
-    partitions = study_partitions(given) if partitioned else [given]
+    # one chain per partition; unpartitioned, still one per value of a filter given several
+    partitions = chosen.partitions() if partitioned else chosen.partitions(split=())
     pages = _page_chains(
         client, partitions, workers=_workers(client, concurrency), progress=progress
     )
@@ -271,17 +252,14 @@ def _check_concurrency(concurrency: object) -> None:
 
 def fetch_studies(
     client: Client,
+    filters: StudyFilters | None = None,
+    /,
     *,
-    assigned_to: str | None | NotGiven = NOT_GIVEN,
-    express_customer_id: str | None | NotGiven = NOT_GIVEN,
-    is_cancelled: bool | NotGiven = NOT_GIVEN,
-    severity: str | NotGiven = NOT_GIVEN,
-    study_description: str | NotGiven = NOT_GIVEN,
-    study_viewer_status: str | NotGiven = NOT_GIVEN,
     concurrency: int = 8,
     progress: bool = True,
     partitioned: bool = True,
     compact: bool = False,
+    **filter_args: Unpack[StudyFetchFilterArgs],
 ) -> pd.DataFrame:
     """Every study matching the filters as a DataFrame (``to_pandas`` of
     :func:`fetch_studies_arrow`; see there for the arguments; ``compact=True`` makes
@@ -298,12 +276,7 @@ def fetch_studies(
     return to_pandas(
         fetch_studies_arrow(
             client,
-            assigned_to=assigned_to,
-            express_customer_id=express_customer_id,
-            is_cancelled=is_cancelled,
-            severity=severity,
-            study_description=study_description,
-            study_viewer_status=study_viewer_status,
+            StudyFilters.of(filters, filter_args),
             concurrency=concurrency,
             progress=progress,
             partitioned=partitioned,
@@ -320,7 +293,7 @@ def retrieve_studies(
     study_ids: list[str] | pa.Array | pa.ChunkedArray,
     *,
     known: pa.Table | None = None,
-    partitions: list[dict[str, Any]] | tuple[dict[str, Any], ...] | None = None,
+    partitions: Sequence[StudyFilters] | None = None,
     concurrency: int = 8,
     progress: bool = True,
 ) -> pa.Table:
@@ -351,7 +324,7 @@ def retrieve_studies(
     tables: list[pa.Table] = []
     remaining = ids
     if known is not None:
-        chains = list(partitions) if partitions is not None else study_partitions({})
+        chains = list(partitions) if partitions is not None else StudyFilters().partitions()
         cutoff = _paging_cutoff(known, ids, chains, workers)
         if cutoff is not None:
             paged = flatten_studies(
@@ -386,20 +359,22 @@ def _retrieve_each(client: Client, study_ids: list[str], workers: int, progress:
     return studies_to_arrow(found, call="retrieve_study") if found else empty_studies()
 
 
-def _partition_mask(known: pa.Table, filters: dict[str, Any]) -> pa.Array:
+def _partition_mask(known: pa.Table, filters: StudyFilters) -> pa.Array:
     """Which rows of ``known`` a partition's filters select (severity, status, cancelled)."""
     mask = pa.repeat(pa.scalar(True), len(known))
+    given = filters.given()
     for name in ("severity", "study_viewer_status"):
-        if name in filters:
-            mask = pc.and_(mask, pc.fill_null(pc.equal(known.column(name).cast(pa.string()), filters[name]), False))
-    if "is_cancelled" in filters:
+        if name in given:
+            same = pc.equal(known.column(name).cast(pa.string()), given[name])
+            mask = pc.and_(mask, pc.fill_null(same, False))
+    if "is_cancelled" in given:
         cancelled = pc.fill_null(known.column("is_cancelled"), False)
-        mask = pc.and_(mask, cancelled if filters["is_cancelled"] else pc.invert(cancelled))
+        mask = pc.and_(mask, cancelled if given["is_cancelled"] else pc.invert(cancelled))
     return mask
 
 
 def _paging_cutoff(
-    known: pa.Table, ids: pa.Array, partitions: list[dict[str, Any]], workers: int
+    known: pa.Table, ids: pa.Array, partitions: Sequence[StudyFilters], workers: int
 ) -> datetime | None:
     """The created_at down to which paging ``partitions`` is cheaper than retrieving, or
     None to retrieve every study.
@@ -455,7 +430,8 @@ def fetch_new_studies(client: Client, since: datetime, *, progress: bool = False
     viewerkit.errors.ApiConnectionError: list_studies: no answer from http://127.0.0.1:9 (...)
     """
     pages = _page_chains(
-        client, [{}], workers=1, progress=progress, down_to=since, desc="reading new studies"
+        client, [StudyFilters()], workers=1, progress=progress, down_to=since,
+        desc="reading new studies",
     )
     return newest_per_study(flatten_studies(pages))
 

@@ -25,12 +25,13 @@ False
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, Union
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict, Union
 
 import numpy as np
 import pyarrow as pa
@@ -81,6 +82,11 @@ __all__ = [
     "NOT_GIVEN",
     "NotGiven",
     "list_query_params",
+    "StudyFilters",
+    "StudyFilterArgs",
+    "StudyFetchFilterArgs",
+    "FILTER_NAMES",
+    "MULTI_VALUE_FILTERS",
     "CREATE_FIELDS",
     "UPDATE_FIELDS",
     "IDENTIFY_FIELDS",
@@ -1100,46 +1106,284 @@ NOT_GIVEN: Final = NotGiven()
 
 
 def list_query_params(
+    filters: StudyFilters | None = None,
+    /,
     *,
-    assigned_to: str | None | NotGiven = NOT_GIVEN,
-    express_customer_id: str | None | NotGiven = NOT_GIVEN,
-    is_cancelled: bool | NotGiven = NOT_GIVEN,
-    severity: str | NotGiven = NOT_GIVEN,
-    study_description: str | NotGiven = NOT_GIVEN,
-    study_viewer_status: str | NotGiven = NOT_GIVEN,
     limit: int | NotGiven = NOT_GIVEN,
     cursor: str | NotGiven = NOT_GIVEN,
+    **filter_args: Any,
 ) -> dict[str, str]:
-    """Validate list filters (``LIST_FILTERS``) and encode them as the API's query parameters.
+    """Check one list call's filters (a :class:`StudyFilters`, or its keyword arguments),
+    ``limit`` and ``cursor`` against ``LIST_FILTERS``, and encode them as the API's query
+    parameters. Every problem is reported at once, as a ``ValidationError`` naming the
+    field, before any request.
 
     ``None`` for ``assigned_to`` / ``express_customer_id`` selects studies with no assignee /
-    no customer (the API's literal ``null``); ``NOT_GIVEN`` leaves the filter off. Every bad
-    value is reported at once, as a ``ValidationError`` naming the field, before any request.
+    no customer (the API's literal ``null``); ``NOT_GIVEN`` leaves a filter off. The API takes
+    one value per filter.
 
-    >>> list_query_params(assigned_to=None, is_cancelled=False, severity="stat")
-    {'assignedTo': 'null', 'isCancelled': 'false', 'severity': 'stat'}
+    >>> list_query_params(assigned_to=None, is_cancelled=False, severity="stat", limit=100)
+    {'assignedTo': 'null', 'isCancelled': 'false', 'severity': 'stat', 'limit': '100'}
     """
-    given: dict[str, object] = {
-        "assigned_to": assigned_to,
-        "express_customer_id": express_customer_id,
-        "is_cancelled": is_cancelled,
-        "severity": severity,
-        "study_description": study_description,
-        "study_viewer_status": study_viewer_status,
-        "limit": limit,
-        "cursor": cursor,
-    }
-    failures: list[Failure] = []
+    chosen, cases = StudyFilters.checked(filters, filter_args)
     params: dict[str, str] = {}
-    for field in LIST_FILTERS.values():
-        value = given[field.name]
+    if chosen is not None:
+        cases += chosen.several_values()
+        params.update(
+            (LIST_FILTERS[name].wire, LIST_FILTERS[name].to_query(value))
+            for name, value in chosen.given().items()
+        )
+    for name, value in (("limit", limit), ("cursor", cursor)):
         if isinstance(value, NotGiven):
             continue
-        found = field.check(value)
-        if found:
-            failures += found
-        else:
-            params[field.wire] = field.to_query(value)
-    if failures:
-        raise ValidationError.from_cases("bad study list filters", [f.case() for f in failures])
+        found = LIST_FILTERS[name].check(value)
+        cases += [f.case() for f in found]
+        if not found:
+            params[LIST_FILTERS[name].wire] = LIST_FILTERS[name].to_query(value)
+    if cases:
+        raise ValidationError.from_cases("bad study list filters", cases)
     return params
+
+
+# --- the study list's filters -----------------------------------------------------------------
+
+#: The six filters of the study list, in the order of ``LIST_FILTERS``.
+FILTER_NAMES: Final = (
+    "assigned_to",
+    "express_customer_id",
+    "is_cancelled",
+    "severity",
+    "study_description",
+    "study_viewer_status",
+)
+#: The filters a fetch may give several values of (the fetcher pages one partition per value).
+MULTI_VALUE_FILTERS: Final = ("severity", "study_viewer_status", "is_cancelled")
+#: Every value of the multi-value filters: the partition dimensions.
+FILTER_VALUES: Final[Mapping[str, tuple[Any, ...]]] = {
+    "severity": SEVERITIES,
+    "study_viewer_status": VIEWER_STATUSES,
+    "is_cancelled": (False, True),
+}
+
+# The partition dimensions' values, ordered so that the usually-largest partition (normal,
+# complete, not cancelled) comes first: the fetcher starts it first.
+_PARTITION_ORDER: Final[Mapping[str, tuple[Any, ...]]] = {
+    **FILTER_VALUES,
+    "study_viewer_status": tuple(reversed(VIEWER_STATUSES)),
+}
+
+
+class StudyFilterArgs(TypedDict, total=False):
+    """The study list's filters as keyword arguments, one value each, as the API takes
+    them (``Client.list_studies`` ...). ``None`` for ``assigned_to`` /
+    ``express_customer_id`` selects studies with none. Fields: :data:`FILTER_NAMES`."""
+
+    assigned_to: str | None
+    express_customer_id: str | None
+    is_cancelled: bool
+    severity: Severity
+    study_description: str
+    study_viewer_status: ViewerStatus
+
+
+class StudyFetchFilterArgs(TypedDict, total=False):
+    """The filters as ``fetch_studies`` takes them: as :class:`StudyFilterArgs`, and
+    several values of severity, viewer status or cancelled (e.g. ``severity=["stat",
+    "high"]``), which the fetcher pages as separate partitions."""
+
+    assigned_to: str | None
+    express_customer_id: str | None
+    is_cancelled: bool | Sequence[bool]
+    severity: Severity | Sequence[Severity]
+    study_description: str
+    study_viewer_status: ViewerStatus | Sequence[ViewerStatus]
+
+
+@dataclass(frozen=True)
+class StudyFilters:
+    """Filters of the study list, checked once against ``LIST_FILTERS`` when made (every bad
+    value at once, as a ``ValidationError`` naming the field, before any request).
+
+    A filter left ``NOT_GIVEN`` is off; ``None`` for ``assigned_to`` /
+    ``express_customer_id`` selects studies with none. Severity, viewer status and
+    cancelled may hold several values (a tuple, in the contract's order): the fetcher pages
+    one partition per value, while a single list call (:meth:`query_params`) takes one value
+    per filter, as the API does.
+
+    >>> StudyFilters(severity=["stat", "high"], assigned_to=None)
+    StudyFilters(assigned_to=None, severity=('high', 'stat'))
+    >>> StudyFilters(severity="stat").query_params()
+    {'severity': 'stat'}
+    >>> StudyFilters(severity="urgent")
+    Traceback (most recent call last):
+    ...
+    viewerkit.errors.ValidationError: bad study list filters: 1 problem
+      field severity: must be one of normal, high, stat (got 'urgent')
+    """
+
+    assigned_to: str | None | NotGiven = NOT_GIVEN
+    express_customer_id: str | None | NotGiven = NOT_GIVEN
+    is_cancelled: bool | tuple[bool, ...] | NotGiven = NOT_GIVEN
+    severity: Severity | tuple[Severity, ...] | NotGiven = NOT_GIVEN
+    study_description: str | NotGiven = NOT_GIVEN
+    study_viewer_status: ViewerStatus | tuple[ViewerStatus, ...] | NotGiven = NOT_GIVEN
+
+    def __post_init__(self) -> None:
+        cases = self._normalise()
+        if cases:
+            raise ValidationError.from_cases("bad study list filters", cases)
+
+    def _normalise(self) -> list[dict[str, Any]]:
+        """Check every filter; give several values one order (the contract's) and one value
+        as itself; np.bool_ as bool. The failures as ``failure_cases`` dicts."""
+        failures: list[Failure] = []
+        for name in FILTER_NAMES:
+            value = getattr(self, name)
+            if isinstance(value, NotGiven):
+                continue
+            if name in MULTI_VALUE_FILTERS and _is_collection(value):
+                values = list(value)
+                found = [f for v in values for f in LIST_FILTERS[name].check(v)]
+                if not values:
+                    found = [Failure(name, value, Reason.EMPTY, detail="give one value or more")]
+                if not found:
+                    ordered = tuple(v for v in FILTER_VALUES[name] if v in values)
+                    object.__setattr__(self, name, ordered[0] if len(ordered) == 1 else ordered)
+                failures += found
+            else:
+                found = LIST_FILTERS[name].check(value)
+                if name == "is_cancelled" and not found:
+                    object.__setattr__(self, name, bool(value))  # np.bool_ -> bool
+                failures += found
+        return [f.case() for f in failures]
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{name}={value!r}" for name, value in self.given().items())
+        return f"StudyFilters({given})"
+
+    @classmethod
+    def of(
+        cls, filters: StudyFilters | None = None, arguments: Mapping[str, Any] | None = None
+    ) -> StudyFilters:
+        """A ``StudyFilters`` from either a ``StudyFilters`` or filter keyword arguments (as
+        the public functions take them), not both; an unknown filter name is a
+        ``ValidationError``, as is any bad value (every problem at once).
+
+        >>> StudyFilters.of(None, {"is_cancelled": False})
+        StudyFilters(is_cancelled=False)
+        """
+        chosen, cases = cls.checked(filters, arguments)
+        if cases or chosen is None:
+            raise ValidationError.from_cases("bad study list filters", cases)
+        return chosen
+
+    @classmethod
+    def checked(
+        cls, filters: StudyFilters | None, arguments: Mapping[str, Any] | None
+    ) -> tuple[StudyFilters | None, list[dict[str, Any]]]:
+        """As :meth:`of`, but the problems come back as ``failure_cases`` dicts (with None
+        for the filters when there are any), to be reported with others."""
+        arguments = dict(arguments or {})
+        cases: list[dict[str, Any]] = [
+            {"field": name, "value": arguments.pop(name), "reason": Reason.NOT_A_CHOICE,
+             "detail": "filters: " + ", ".join(FILTER_NAMES)}
+            for name in sorted(set(arguments) - set(FILTER_NAMES))
+        ]
+        if filters is not None and not isinstance(filters, StudyFilters):
+            cases.append({"field": "filters", "value": filters, "reason": Reason.WRONG_TYPE,
+                          "detail": "must be a StudyFilters"})
+        elif filters is not None and arguments:
+            cases.append({"field": "filters", "value": filters, "reason": Reason.CONFLICT,
+                          "detail": "give a StudyFilters or filter keywords, not both"})
+        if cases:
+            return None, cases
+        if filters is not None:
+            return filters, []
+        chosen = cls.__new__(cls)
+        for name in FILTER_NAMES:
+            object.__setattr__(chosen, name, arguments.get(name, NOT_GIVEN))
+        found = chosen._normalise()
+        return (None, found) if found else (chosen, [])
+
+    @classmethod
+    def from_text(cls, **values: str | bool | Sequence[str] | None) -> StudyFilters:
+        """Filters as a command line gives them: ``None`` (or an empty sequence) leaves a
+        filter off; the literal ``null`` selects "none" for ``assigned_to`` /
+        ``express_customer_id``; ``is_cancelled`` takes a bool or ``true`` / ``false``.
+
+        >>> StudyFilters.from_text(assigned_to="null", severity=None, is_cancelled="false")
+        StudyFilters(assigned_to=None, is_cancelled=False)
+        """
+        given: dict[str, Any] = {}
+        for name, value in values.items():
+            if value is None or (not isinstance(value, (str, bool)) and len(value) == 0):
+                continue
+            given[name] = (
+                LIST_FILTERS[name].from_query(value)
+                if isinstance(value, str) and name in LIST_FILTERS
+                else value
+            )
+        return cls.of(None, given)
+
+    def given(self) -> dict[str, Any]:
+        """The filters that are on, by name (keyword arguments of ``Client.list_studies``
+        when :attr:`single`)."""
+        return {
+            name: getattr(self, name)
+            for name in FILTER_NAMES
+            if not isinstance(getattr(self, name), NotGiven)
+        }
+
+    @property
+    def single(self) -> bool:
+        """Does every filter hold at most one value (one list call can take them)?"""
+        return not any(isinstance(getattr(self, name), tuple) for name in MULTI_VALUE_FILTERS)
+
+    def several_values(self) -> list[dict[str, Any]]:
+        """A ``failure_cases`` dict per filter holding several values (a list call takes
+        one), empty when :attr:`single`."""
+        return [
+            {"field": name, "value": getattr(self, name), "reason": Reason.CONFLICT,
+             "detail": "a list call takes one value per filter (fetch_studies takes several)"}
+            for name in MULTI_VALUE_FILTERS
+            if isinstance(getattr(self, name), tuple)
+        ]
+
+    def query_params(self) -> dict[str, str]:
+        """The filters as the API's query parameters (``null`` for none). Raises
+        ``ValidationError`` for a filter with several values: the API takes one.
+
+        >>> StudyFilters(assigned_to=None, is_cancelled=True).query_params()
+        {'assignedTo': 'null', 'isCancelled': 'true'}
+        """
+        return list_query_params(self)
+
+    def partitions(self, split: Sequence[str] = MULTI_VALUE_FILTERS) -> list[StudyFilters]:
+        """Disjoint single-value filters that together select exactly what these select:
+        each filter named in ``split`` that is off is split into all its values, and each
+        that holds several values into those. Every study has one severity, one viewer
+        status and one cancelled flag, so the partitions cover the filters exactly once.
+
+        >>> [p.is_cancelled for p in StudyFilters(severity="high",
+        ...                                       study_viewer_status="complete").partitions()]
+        [False, True]
+        >>> len(StudyFilters(severity=("stat", "high")).partitions(split=()))
+        2
+        """
+        dimensions: list[tuple[str, tuple[Any, ...]]] = []
+        for name in MULTI_VALUE_FILTERS:
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                dimensions.append((name, tuple(v for v in _PARTITION_ORDER[name] if v in value)))
+            elif isinstance(value, NotGiven) and name in split:
+                dimensions.append((name, _PARTITION_ORDER[name]))
+        names = [name for name, _ in dimensions]
+        return [
+            dataclasses.replace(self, **dict(zip(names, combo, strict=True)))
+            for combo in itertools.product(*(values for _, values in dimensions))
+        ]
+
+
+def _is_collection(value: object) -> bool:
+    """Several values: a list, tuple, set, array or Series (not a string or a mapping)."""
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping))
