@@ -9,7 +9,12 @@ import pytest
 import viewerkit.fetch as fetch_module
 from viewerkit import Client
 from viewerkit.errors import ValidationError
-from viewerkit.fetch import CLOSED_PARTITIONS, fetch_studies_arrow, retrieve_studies
+from viewerkit.fetch import (
+    CLOSED_PARTITIONS,
+    fetch_studies_arrow,
+    retrieve_studies,
+    retrieve_studies_arrow,
+)
 from viewerkit.frame import in_list_order, select_studies
 from viewerkit.sandbox.server import Sandbox
 
@@ -48,7 +53,7 @@ def test_the_result_is_the_current_state_whichever_path(
     wanted = _pick(everything, 37)
     since = _last_request(sandbox)
     with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
-        got = retrieve_studies(client, [*wanted, wanted[0], MISSING], known=everything, progress=False)
+        got = retrieve_studies_arrow(client, [*wanted, wanted[0], MISSING], known=everything, progress=False)
     retrieved = _retrieved(sandbox, since)
     assert got.equals(in_list_order(select_studies(everything, wanted)))
     if page_cost == 0.0:
@@ -61,7 +66,7 @@ def test_the_result_is_the_current_state_whichever_path(
 def test_without_a_known_table_each_study_is_retrieved(sandbox: Sandbox, everything: pa.Table) -> None:
     wanted = _pick(everything, 211)
     with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
-        got = retrieve_studies(client, pa.array(wanted), progress=False)
+        got = retrieve_studies_arrow(client, pa.array(wanted), progress=False)
     assert got.equals(in_list_order(select_studies(everything, wanted)))
 
 
@@ -77,7 +82,7 @@ def test_recent_closed_studies_are_found_by_paging_the_closed_partitions(
     wanted = _pick(closed.slice(0, 150), 1)  # the newest closed studies: paging is cheaper
     since = _last_request(sandbox)
     with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
-        got = retrieve_studies(
+        got = retrieve_studies_arrow(
             client, wanted, known=everything, partitions=CLOSED_PARTITIONS, progress=False
         )
     assert got.equals(in_list_order(select_studies(everything, wanted)))
@@ -88,6 +93,18 @@ def test_recent_closed_studies_are_found_by_paging_the_closed_partitions(
 
 def test_unknown_studies_are_absent_and_bad_options_refused_before_sending() -> None:
     with Client(api_key="sk-unused", base_url="http://127.0.0.1:9", max_retries=0) as client:
-        assert retrieve_studies(client, []).num_rows == 0
+        assert retrieve_studies_arrow(client, []).num_rows == 0
         with pytest.raises(ValidationError, match="concurrency"):
-            retrieve_studies(client, [MISSING], concurrency=0)
+            retrieve_studies_arrow(client, [MISSING], concurrency=0)
+
+
+def test_the_dataframe_form_takes_what_an_analyst_has(sandbox: Sandbox, everything: pa.Table) -> None:
+    from viewerkit.frame import to_pandas
+
+    frame = to_pandas(everything)
+    wanted = frame["study_id"].iloc[::97]
+    with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
+        got = retrieve_studies(client, wanted, known=frame, progress=False)
+    expected = to_pandas(in_list_order(select_studies(everything, wanted.tolist())))
+    assert got.equals(expected)
+    assert str(got["severity"].dtype) == "category"

@@ -21,6 +21,7 @@ _EXPORTS = {
     "fetch_studies": "viewerkit.fetch",
     "fetch_studies_arrow": "viewerkit.fetch",
     "retrieve_studies": "viewerkit.fetch",
+    "retrieve_studies_arrow": "viewerkit.fetch",
     "diff_studies": "viewerkit.frame",
     "write_studies": "viewerkit.files",
     "StudyCache": "viewerkit.cache",

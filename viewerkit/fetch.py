@@ -52,6 +52,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -60,6 +61,7 @@ from viewerkit.frame import (
     concat_studies,
     empty_studies,
     flatten_studies,
+    from_pandas,
     newest_per_study,
     oldest_created_at,
     read_page,
@@ -78,7 +80,6 @@ from viewerkit.schema import (
 )
 
 if TYPE_CHECKING:
-    import pandas as pd
     from typing_extensions import Unpack
 
     from viewerkit.client import Client
@@ -88,6 +89,7 @@ __all__ = [
     "fetch_studies_arrow",
     "study_partitions",
     "retrieve_studies",
+    "retrieve_studies_arrow",
     "fetch_active",
     "fetch_new_studies",
     "ActiveRead",
@@ -288,7 +290,7 @@ def fetch_studies(
 # --- given studies ----------------------------------------------------------------------------
 
 
-def retrieve_studies(
+def retrieve_studies_arrow(
     client: Client,
     study_ids: list[str] | pa.Array | pa.ChunkedArray,
     *,
@@ -312,7 +314,7 @@ def retrieve_studies(
 
     >>> from viewerkit import Client
     >>> with Client(api_key="sk-x", base_url="http://127.0.0.1:9") as client:
-    ...     retrieve_studies(client, []).num_rows
+    ...     retrieve_studies_arrow(client, []).num_rows
     0
     """
     _check_concurrency(concurrency)
@@ -338,6 +340,38 @@ def retrieve_studies(
             remaining = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=found.column("study_id"))))
     tables.append(_retrieve_each(client, remaining.to_pylist(), workers, progress))
     return newest_per_study(concat_studies(tables))
+
+
+def retrieve_studies(
+    client: Client,
+    study_ids: list[str] | pa.Array | pa.ChunkedArray | pd.Series,
+    *,
+    known: pa.Table | pd.DataFrame | None = None,
+    partitions: Sequence[StudyFilters] | None = None,
+    concurrency: int = 8,
+    progress: bool = True,
+    compact: bool = False,
+) -> pd.DataFrame:
+    """The current state of the given studies as a DataFrame (``to_pandas`` of
+    :func:`retrieve_studies_arrow`, see there; dtypes as ``fetch_studies``). A study the API
+    answers 404 for is absent.
+
+    >>> from viewerkit import Client
+    >>> with Client(api_key="sk-x", base_url="http://127.0.0.1:9") as client:
+    ...     len(retrieve_studies(client, []))
+    0
+    """
+    if isinstance(known, pd.DataFrame):
+        known = from_pandas(known)
+    if isinstance(study_ids, pd.Series):
+        study_ids = pa.array(study_ids.astype(object).tolist(), pa.string())
+    return to_pandas(
+        retrieve_studies_arrow(
+            client, study_ids, known=known, partitions=partitions, concurrency=concurrency,
+            progress=progress,
+        ),
+        compact=compact,
+    )
 
 
 def _retrieve_each(client: Client, study_ids: list[str], workers: int, progress: bool) -> pa.Table:
@@ -465,7 +499,7 @@ def fetch_active(
     )
     was_open_ids = cached.column("study_id").filter(was_open).combine_chunks()
     closed_ids = pc.filter(was_open_ids, pc.invert(pc.is_in(was_open_ids, value_set=seen)))
-    closed = retrieve_studies(
+    closed = retrieve_studies_arrow(
         client, closed_ids, known=cached, partitions=CLOSED_PARTITIONS,
         concurrency=concurrency, progress=progress,
     )
