@@ -498,3 +498,18 @@ def test_check_output_path_accepts_a_relative_name_in_the_working_folder(
     monkeypatch.chdir(tmp_path)
     assert check_output_path("studies.parquet") == Path("studies.parquet")
     assert write_studies(empty_studies(), "studies.parquet").exists()
+
+
+def test_write_studies_takes_the_dataframe_an_analyst_has(sandbox: Sandbox, tmp_path: Path) -> None:
+    from viewerkit import fetch_studies
+    from viewerkit.frame import to_pandas
+
+    with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
+        studies = fetch_studies(client, severity="stat", progress=False)
+    studies["my notes"] = "checked"  # a column of the analyst's own is not written
+    written = write_studies(studies, tmp_path / "stat.parquet")
+    back = pq.read_table(written)
+    assert "my notes" not in back.column_names
+    assert to_pandas(back).equals(studies.drop(columns="my notes"))
+    csv = write_studies(studies, tmp_path / "stat.csv").read_text().splitlines()
+    assert len(csv) == len(studies) + 1 and "my notes" not in csv[0]

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Final
 from viewerkit.errors import LockTimeout, Reason, ValidationError
 
 if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
 
 __all__ = [
@@ -357,11 +358,13 @@ def check_output_path(path: StrPath) -> Path:
     return target
 
 
-def write_studies(table: pa.Table, path: StrPath) -> Path:
-    """Write a study table to ``path``, atomically: ``.parquet`` (zstd, the Arrow types as
-    they are) or ``.csv`` (via ``viewerkit.frame.to_pandas``, so values read as in the
-    DataFrame users get: timestamps ``2026-11-02 08:00:00+00:00``, empty cells for nulls; a
-    header row, no index). Returns the path.
+def write_studies(table: pa.Table | pd.DataFrame, path: StrPath) -> Path:
+    """Write a study table (Arrow, or the DataFrame of ``fetch_studies`` / ``StudyCache.load``,
+    edited or not) to ``path``, atomically: ``.parquet`` (zstd, the study table's Arrow
+    types: ``viewerkit.frame.conform``) or ``.csv`` (via ``viewerkit.frame.to_pandas``, so
+    values read as in the DataFrame users get: timestamps ``2026-11-02 08:00:00+00:00``,
+    empty cells for nulls; a header row, no index). Columns outside the study table are
+    not written. Returns the path.
 
     Raises ``ValidationError`` (field ``path``) before writing anything if the suffix is
     neither or the folder does not exist (``check_output_path``).
@@ -372,11 +375,16 @@ def write_studies(table: pa.Table, path: StrPath) -> Path:
     >>> out.read_text().split(",")[:3]
     ['study_id', 'study_instance_uid', 'study_description']
     """
+    import pyarrow as pa
+
+    from viewerkit.frame import conform, to_pandas
+
     target = check_output_path(path)
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    table = conform(table)
     if target.suffix.lower() == ".parquet":
         return write_parquet(table, target)
-    from viewerkit.frame import to_pandas
-
     studies = to_pandas(table)
     with atomic_write(target) as temp:
         studies.to_csv(temp, index=False)
