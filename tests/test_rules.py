@@ -571,7 +571,7 @@ def test_client_and_sandbox_refuse_the_same_create_bodies(
 ) -> None:
     before = len(sandbox.audit())
     value = world.harmless(wire, value)
-    body = {"severity": "normal", "studyDescription": "CT Head", "studyInstanceUid": world.uid}
+    body: dict[str, Any] = {"severity": "normal", "studyDescription": "CT Head", "studyInstanceUid": world.uid}
     body[wire] = value
     client_refuses = refused_by_client(
         lambda: offline.create_study(**{SNAKE[k]: v for k, v in body.items()})
