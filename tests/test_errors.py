@@ -78,7 +78,9 @@ def test_no_validation_error_is_built_without_failure_cases() -> None:
         if path == root / "errors.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-            target = node.func if isinstance(node, ast.Call) else node.exc if isinstance(node, ast.Raise) else None
+            if not isinstance(node, ast.Call | ast.Raise):
+                continue
+            target = node.func if isinstance(node, ast.Call) else node.exc
             name = target.id if isinstance(target, ast.Name) else target.attr if isinstance(target, ast.Attribute) else None
             if name == "ValidationError":
                 found.append(f"{path.relative_to(root.parent)}:{node.lineno}")

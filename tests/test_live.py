@@ -148,6 +148,7 @@ def test_running_sandbox_in_live_mode_serves_new_and_changed_studies(make_sandbo
         for study_id in completed:
             study = client.viewer.studies.retrieve(study_id)
             assert study.study_viewer_status == "complete"
+            assert study.created_at is not None and study.updated_at is not None
             assert study.updated_at >= study.created_at
     finally:
         client.close()

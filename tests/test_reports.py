@@ -8,6 +8,7 @@ datetime64[ms, UTC]). T0 is Monday 2026-11-02 00:00 UTC; durations are in hours.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -83,7 +84,7 @@ def history(rows: list[tuple[float, str, str, str, float]]) -> pd.DataFrame:
     return pd.concat([heads, states], axis=1)
 
 
-def row_of(frame: pd.DataFrame, **keys: Any) -> dict[str, Any]:
+def row_of(frame: pd.DataFrame, **keys: Any) -> dict[Hashable, Any]:
     mask = np.ones(len(frame), dtype=bool)
     for k, v in keys.items():
         mask &= (frame[k].astype(str) == v).to_numpy()
@@ -466,7 +467,7 @@ def test_sla_targets_accept_numpy_numbers() -> None:
     assert sla.target("stat") == pd.Timedelta(hours=2) and sla.target("high") == pd.Timedelta(hours=5.5)
     assert SLA.for_customer("cus_n", normal=np.int32(12)).target("normal", "cus_n") == pd.Timedelta(hours=12)
     with pytest.raises(ValidationError, match="hours"):
-        SLA.with_targets(stat=np.bool_(True))
+        SLA.with_targets(stat=np.bool_(True))  # type: ignore[arg-type]
 
 
 def test_a_window_may_reach_beyond_the_nanosecond_range() -> None:

@@ -50,12 +50,14 @@ CASES: list[tuple[str, Callable[[], Any], list[tuple[str, Reason]]]] = [
     ("studies-not-a-frame", lambda: turnaround([{"severity": "stat"}]),  # type: ignore[arg-type]
      [("studies", Reason.WRONG_TYPE)]),
     # sla.py: targets
-    ("target-not-hours", lambda: SlaTargets(stat="1h"), [("stat", Reason.NOT_A_DURATION)]),
-    ("target-bool", lambda: SLA.with_targets(stat=np.bool_(True)), [("stat", Reason.NOT_A_DURATION)]),
+    ("target-not-hours", lambda: SlaTargets(stat="1h"),  # type: ignore[arg-type]
+     [("stat", Reason.NOT_A_DURATION)]),
+    ("target-bool", lambda: SLA.with_targets(stat=np.bool_(True)),  # type: ignore[arg-type]
+     [("stat", Reason.NOT_A_DURATION)]),
     ("target-nan", lambda: SlaTargets(high=float("nan")), [("high", Reason.NOT_A_DURATION)]),
     ("target-too-long", lambda: SlaTargets(normal=1e20), [("normal", Reason.OUT_OF_RANGE)]),
     ("target-zero", lambda: SlaTargets(stat=0), [("stat", Reason.NOT_POSITIVE)]),
-    ("every-bad-target-at-once", lambda: SlaTargets(stat=0, high="x", normal=-1),
+    ("every-bad-target-at-once", lambda: SlaTargets(stat=0, high="x", normal=-1),  # type: ignore[arg-type]
      [("normal", Reason.NOT_POSITIVE), ("high", Reason.NOT_A_DURATION), ("stat", Reason.NOT_POSITIVE)]),
     ("override-unknown-severity", lambda: turnaround(ONE, sla={"urgent": 1}),
      [("severity", Reason.NOT_SEVERITY)]),
@@ -83,8 +85,8 @@ CASES: list[tuple[str, Callable[[], Any], list[tuple[str, Reason]]]] = [
     ("window-backwards", lambda: turnaround(ONE, window=(T, T - pd.Timedelta("1h"))),
      [("window", Reason.BAD_WINDOW)]),
     ("now-not-a-time", lambda: backlog(ONE, now="teatime"), [("now", Reason.NOT_A_TIME)]),
-    ("now-nat", lambda: deadlines(ONE, now=pd.NaT), [("now", Reason.NOT_A_TIME)]),
-    ("days-not-whole", lambda: last_days(2.5), [("days", Reason.NOT_WHOLE_NUMBER)]),  # type: ignore[arg-type]
+    ("now-nat", lambda: deadlines(ONE, now=pd.NaT), [("now", Reason.NOT_A_TIME)]),  # type: ignore[arg-type]
+    ("days-not-whole", lambda: last_days(2.5), [("days", Reason.NOT_WHOLE_NUMBER)]),
     ("days-zero", lambda: last_days(0), [("days", Reason.NOT_POSITIVE)]),
     ("days-before-year-one", lambda: last_days(10**7, now=T), [("days", Reason.OUT_OF_RANGE)]),
     # kpis.py: the change history and options

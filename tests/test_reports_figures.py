@@ -6,14 +6,17 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from typing import cast
 
 import matplotlib
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from matplotlib.container import BarContainer
+from matplotlib.collections import LineCollection
+from matplotlib.container import BarContainer, Container
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
 from viewerkit.errors import ValidationError
 from viewerkit.frame import to_pandas
@@ -66,11 +69,13 @@ def studies() -> pd.DataFrame:
     return to_pandas(pa.Table.from_pylist(rows, schema=STUDY_SCHEMA))
 
 
-def bars(container: BarContainer, attr: str = "height") -> list[float]:
+def bars(container: Container, attr: str = "height") -> list[float]:
+    # Axes.containers is typed list[Container]; the figures draw bars
+    assert isinstance(container, BarContainer)
     return [getattr(p, f"get_{attr}")() for p in container.patches]
 
 
-def assert_close(plotted: list[float] | np.ndarray, expected: list[float] | np.ndarray) -> None:
+def assert_close(plotted: ArrayLike, expected: ArrayLike) -> None:
     np.testing.assert_allclose(np.asarray(plotted, dtype=float), np.asarray(expected, dtype=float), equal_nan=True)
 
 
@@ -100,7 +105,8 @@ def test_turnaround_figure_bars_are_the_median_and_p90_with_targets(studies: pd.
     assert_close(p90s, table["p90_h"])
     for i, sev in enumerate(SEVERITIES):
         assert matplotlib.colors.same_color(containers[2 * i].patches[0].get_facecolor(), SEVERITY_COLORS[sev])
-    targets = [seg[0][1] for coll in ax.collections for seg in coll.get_segments()]
+    # Axes.collections is typed list[Collection]; the target lines are hlines' LineCollections
+    targets = [seg[0][1] for coll in ax.collections for seg in cast(LineCollection, coll).get_segments()]
     assert targets == [24.0, 4.0, 1.0]
     assert "Turnaround by severity" in ax.get_title()
     assert "hours" in ax.get_ylabel()
@@ -113,7 +119,7 @@ def test_weekly_turnaround_lines_are_the_weekly_medians(studies: pd.DataFrame) -
     lines = {line.get_label(): line for line in fig.axes[0].lines}
     for sev in SEVERITIES:
         assert_close(lines[f"{sev} median"].get_ydata(), rows_of(table, sev)["median_h"])
-    dashed = sorted(float(line.get_ydata()[0]) for line in fig.axes[0].lines if line.get_linestyle() == "--")
+    dashed = sorted(float(np.asarray(line.get_ydata())[0]) for line in fig.axes[0].lines if line.get_linestyle() == "--")
     assert dashed == [1.0, 4.0, 12.0]
     assert_labelled(fig)
 

@@ -397,9 +397,11 @@ def test_one_limit_and_a_column_of_limits_agree(values: list[Any]) -> None:
 
 
 def test_list_query_params_encodes_numpy_and_whole_float_values_as_the_wire_does() -> None:
-    params = list_query_params(is_cancelled=np.True_, limit=np.int64(50))
+    # accepted at runtime, but schema.py's signature says bool / int: to widen there
+    params = list_query_params(is_cancelled=np.True_, limit=np.int64(50))  # type: ignore[arg-type]
     assert params == {"isCancelled": "true", "limit": "50"}
-    assert list_query_params(limit=25.0) == {"limit": "25"}  # the avara SDK types limit as float
+    # the avara SDK types limit as float
+    assert list_query_params(limit=25.0) == {"limit": "25"}  # type: ignore[arg-type]
     assert list_query_params(study_description="   ") == {"studyDescription": "   "}
 
 
@@ -570,7 +572,7 @@ def test_client_and_sandbox_refuse_the_same_create_bodies(
 ) -> None:
     before = len(sandbox.audit())
     value = world.harmless(wire, value)
-    body = {"severity": "normal", "studyDescription": "CT Head", "studyInstanceUid": world.uid}
+    body: dict[str, Any] = {"severity": "normal", "studyDescription": "CT Head", "studyInstanceUid": world.uid}
     body[wire] = value
     client_refuses = refused_by_client(
         lambda: offline.create_study(**{SNAKE[k]: v for k, v in body.items()})

@@ -331,7 +331,7 @@ def test_cancel_and_uncancel_by_either_identifier(fresh: Sandbox, by: str) -> No
     assert back.success is True
     restored = client.viewer.studies.retrieve(study.study_id)
     assert restored.is_cancelled is False and restored.cancelled_at is None
-    assert restored.updated_at is not None and restored.updated_at > cancelled.updated_at  # type: ignore[operator]
+    assert restored.updated_at is not None and restored.updated_at > cancelled.updated_at
     not_cancelled = client.viewer.studies.uncancel(**ident)
     assert (not_cancelled.success, not_cancelled.message) == (False, "study is not cancelled")
     assert [r["operation"] for r in fresh.audit(study.study_id)] == ["create", "cancel", "uncancel"]

@@ -520,7 +520,7 @@ _CALL_FIELDS: Final = {"create": CREATE_FIELDS, "update": UPDATE_FIELDS}
 
 
 def study_to_api_body(
-    row: Mapping[str, Any], *, call: Literal["create", "update"] | None = None
+    row: pd.Series | Mapping[str, Any], *, call: Literal["create", "update"] | None = None
 ) -> dict[str, Any]:
     """A study row (DataFrame row or dict) -> the API's create/update body, camelCase.
 

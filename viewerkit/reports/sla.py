@@ -351,12 +351,15 @@ def resolve_now(now: Moment) -> pd.Timestamp:
     return pd.Timestamp(np.datetime64(int(now_ms(now)), "ms")).tz_localize("UTC")
 
 
-def last_days(days: int | np.integer, *, now: Moment = None) -> tuple[pd.Timestamp, None]:
+def last_days(
+    days: int | float | np.integer | np.floating, *, now: Moment = None
+) -> tuple[pd.Timestamp, None]:
     """The report window of the last ``days`` days: from ``days`` x 24 h before ``now``
     (default: the current time, to the millisecond), open-ended.
 
     The end is open, as ``viewerkit report --days N`` has it: the report's own ``now`` bounds
-    what is open, and nothing completes after it. ``days`` must be a whole number >= 1:
+    what is open, and nothing completes after it. ``days`` must be a whole number >= 1
+    (``7``, ``7.0``, ``np.int64(7)``; not ``7.5`` nor a bool):
     ``ValidationError`` on field ``days`` with ``Reason.NOT_WHOLE_NUMBER``,
     ``Reason.NOT_POSITIVE`` or ``Reason.OUT_OF_RANGE`` (before the year 1).
 
