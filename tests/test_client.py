@@ -196,7 +196,7 @@ def test_bad_arguments_raise_validation_error_before_any_request(
 def test_every_bad_argument_of_a_call_is_named_in_one_message(client: Client) -> None:
     with pytest.raises(ValidationError) as caught:
         client.update_study(
-            "stu_abc", severity="urgent", study_description="   ",
+            "stu_abc", severity="urgent", study_description="   ",  # type: ignore[arg-type]
             metadata={"": "x", "k": 1},  # type: ignore[dict-item]
         )
     assert str(caught.value) == (
@@ -221,10 +221,10 @@ def test_metadata_may_be_any_mapping_and_limits_may_be_numpy_or_whole_floats(
 ) -> None:
     with Client(api_key=writable.api_key, base_url=writable.base_url) as c:
         # accepted at runtime, but client.py's signature says int: to widen there
-        study_id = c.list_studies(limit=np.int64(1))["studies"][0]["studyId"]  # type: ignore[arg-type]
+        study_id = c.list_studies(limit=np.int64(1))["studies"][0]["studyId"]
         updated = c.update_study(study_id, metadata=MappingProxyType({"site": "North"}))
         assert updated["metadata"] == {"site": "North"}
-        assert len(c.list_studies(limit=3.0)["studies"]) == 3  # type: ignore[arg-type]
+        assert len(c.list_studies(limit=3.0)["studies"]) == 3
 
 
 def test_empty_study_id_message_quotes_the_value(client: Client) -> None:

@@ -66,7 +66,10 @@ def test_a_typo_in_a_filter_name_or_both_forms_at_once_is_refused() -> None:
 
 
 def test_several_values_are_for_the_fetcher_not_for_one_list_call() -> None:
-    filters = StudyFilters(severity=["stat", "high", "stat"], study_viewer_status=np.array(["incomplete"]))
+    filters = StudyFilters(
+        severity=["stat", "high", "stat"],
+        study_viewer_status=np.array(["incomplete"]),  # type: ignore[arg-type]
+    )
     assert filters.severity == ("high", "stat")  # the contract's order, once each
     assert filters.study_viewer_status == "incomplete"  # one value is the value
     assert not filters.single
@@ -74,7 +77,7 @@ def test_several_values_are_for_the_fetcher_not_for_one_list_call() -> None:
         filters.query_params()
     assert caught.value.failure_cases["field"].tolist() == ["severity"]
     with offline() as client, pytest.raises(ValidationError, match="one value per filter"):
-        client.list_studies(severity=["stat", "high"])  # type: ignore[typeddict-item]
+        client.list_studies(severity=["stat", "high"])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -398,10 +398,10 @@ def test_one_limit_and_a_column_of_limits_agree(values: list[Any]) -> None:
 
 def test_list_query_params_encodes_numpy_and_whole_float_values_as_the_wire_does() -> None:
     # accepted at runtime, but schema.py's signature says bool / int: to widen there
-    params = list_query_params(is_cancelled=np.True_, limit=np.int64(50))  # type: ignore[arg-type]
+    params = list_query_params(is_cancelled=np.True_, limit=np.int64(50))
     assert params == {"isCancelled": "true", "limit": "50"}
     # the avara SDK types limit as float
-    assert list_query_params(limit=25.0) == {"limit": "25"}  # type: ignore[arg-type]
+    assert list_query_params(limit=25.0) == {"limit": "25"}
     assert list_query_params(study_description="   ") == {"studyDescription": "   "}
 
 
@@ -409,10 +409,10 @@ def test_list_query_params_reports_every_bad_filter_at_once() -> None:
     with pytest.raises(ValidationError) as caught:
         list_query_params(
             assigned_to="usr_1",
-            is_cancelled="yes",  # type: ignore[arg-type]
+            is_cancelled="yes",
             severity="urgent",
             study_description="",
-            limit=2.5,  # type: ignore[arg-type]
+            limit=2.5,
             cursor="",
         )
     cases = caught.value.failure_cases

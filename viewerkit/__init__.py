@@ -11,7 +11,7 @@ server and the CLI import only what they use).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -46,6 +46,86 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
+    from viewerkit.cache import (
+        StudyCache as StudyCache,
+    )
+    from viewerkit.client import (
+        Client as Client,
+    )
+    from viewerkit.errors import (
+        ApiConnectionError as ApiConnectionError,
+    )
+    from viewerkit.errors import (
+        ApiError as ApiError,
+    )
+    from viewerkit.errors import (
+        ApiStatusError as ApiStatusError,
+    )
+    from viewerkit.errors import (
+        AuthenticationError as AuthenticationError,
+    )
+    from viewerkit.errors import (
+        BadRequest as BadRequest,
+    )
+    from viewerkit.errors import (
+        CacheError as CacheError,
+    )
+    from viewerkit.errors import (
+        ConfigurationError as ConfigurationError,
+    )
+    from viewerkit.errors import (
+        Conflict as Conflict,
+    )
+    from viewerkit.errors import (
+        LockTimeout as LockTimeout,
+    )
+    from viewerkit.errors import (
+        NotFound as NotFound,
+    )
+    from viewerkit.errors import (
+        RateLimited as RateLimited,
+    )
+    from viewerkit.errors import (
+        Reason as Reason,
+    )
+    from viewerkit.errors import (
+        ServerError as ServerError,
+    )
+    from viewerkit.errors import (
+        ValidationError as ValidationError,
+    )
+    from viewerkit.errors import (
+        ViewerkitError as ViewerkitError,
+    )
+    from viewerkit.fetch import (
+        fetch_studies as fetch_studies,
+    )
+    from viewerkit.fetch import (
+        fetch_studies_arrow as fetch_studies_arrow,
+    )
+    from viewerkit.fetch import (
+        retrieve_studies as retrieve_studies,
+    )
+    from viewerkit.fetch import (
+        retrieve_studies_arrow as retrieve_studies_arrow,
+    )
+    from viewerkit.files import (
+        write_studies as write_studies,
+    )
+    from viewerkit.frame import (
+        diff_studies as diff_studies,
+    )
+    from viewerkit.schema import (
+        SEVERITIES as SEVERITIES,
+    )
+    from viewerkit.schema import (
+        STUDY_SCHEMA as STUDY_SCHEMA,
+    )
+    from viewerkit.schema import (
+        VIEWER_STATUSES as VIEWER_STATUSES,
+    )
 
 
 def __getattr__(name: str) -> Any:

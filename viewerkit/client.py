@@ -64,6 +64,7 @@ from viewerkit.schema import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     from typing_extensions import Unpack
 
 __all__ = [
@@ -404,7 +405,7 @@ class Client:
         filters: StudyFilters | None = None,
         /,
         *,
-        limit: int | NotGiven = NOT_GIVEN,
+        limit: int | float | np.integer | NotGiven = NOT_GIVEN,
         cursor: str | NotGiven = NOT_GIVEN,
         **filter_args: Unpack[StudyFilterArgs],
     ) -> bytes:
@@ -419,7 +420,7 @@ class Client:
         filters: StudyFilters | None = None,
         /,
         *,
-        limit: int | NotGiven = NOT_GIVEN,
+        limit: int | float | np.integer | NotGiven = NOT_GIVEN,
         cursor: str | NotGiven = NOT_GIVEN,
         **filter_args: Unpack[StudyFilterArgs],
     ) -> dict[str, Any]:

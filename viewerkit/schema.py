@@ -985,12 +985,12 @@ def study_table_failures(table: pa.Table | pd.DataFrame) -> list[Failure]:
         names: list[Any] = list(table.column_names)
 
         def column(name: Any) -> Column:
-            return table.column(name)  # type: ignore[no-any-return]
+            return table.column(name)
     else:
         names = list(table.columns)
 
         def column(name: Any) -> Column:
-            return table[name]  # type: ignore[no-any-return]
+            return table[name]
 
     order = {name: at for at, name in enumerate(STUDY_COLUMNS)}
     failures: list[Failure] = []
@@ -1109,7 +1109,7 @@ def list_query_params(
     filters: StudyFilters | None = None,
     /,
     *,
-    limit: int | NotGiven = NOT_GIVEN,
+    limit: int | float | np.integer | NotGiven = NOT_GIVEN,
     cursor: str | NotGiven = NOT_GIVEN,
     **filter_args: Any,
 ) -> dict[str, str]:
@@ -1221,12 +1221,13 @@ class StudyFilters:
       field severity: must be one of normal, high, stat (got 'urgent')
     """
 
+    # several values may be given as any sequence; once made, they are a tuple
     assigned_to: str | None | NotGiven = NOT_GIVEN
     express_customer_id: str | None | NotGiven = NOT_GIVEN
-    is_cancelled: bool | tuple[bool, ...] | NotGiven = NOT_GIVEN
-    severity: Severity | tuple[Severity, ...] | NotGiven = NOT_GIVEN
+    is_cancelled: bool | Sequence[bool] | NotGiven = NOT_GIVEN
+    severity: Severity | Sequence[Severity] | NotGiven = NOT_GIVEN
     study_description: str | NotGiven = NOT_GIVEN
-    study_viewer_status: ViewerStatus | tuple[ViewerStatus, ...] | NotGiven = NOT_GIVEN
+    study_viewer_status: ViewerStatus | Sequence[ViewerStatus] | NotGiven = NOT_GIVEN
 
     def __post_init__(self) -> None:
         cases = self._normalise()
