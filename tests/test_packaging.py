@@ -32,3 +32,24 @@ def test_a_build_of_the_package_includes_py_typed(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (built / "viewerkit" / "__init__.py").is_file()
     assert (built / "viewerkit" / "py.typed").is_file()
+
+
+def test_the_typed_imports_match_the_lazy_exports() -> None:
+    """viewerkit/__init__.py names each export twice (lazily for speed, under TYPE_CHECKING
+    for mypy and IDEs): both lists must agree."""
+    import ast
+
+    import viewerkit
+
+    source = ast.parse(Path(viewerkit.__file__).read_text(encoding="utf-8"))
+    typed: dict[str, str] = {}
+    for node in ast.walk(source):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            for statement in node.body:
+                assert isinstance(statement, ast.ImportFrom) and statement.module is not None
+                for alias in statement.names:
+                    assert alias.asname == alias.name  # re-exported for type checkers
+                    typed[alias.name] = statement.module
+    assert typed == viewerkit._EXPORTS
+    for name in viewerkit.__all__:
+        assert getattr(viewerkit, name) is not None
