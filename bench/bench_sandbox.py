@@ -60,7 +60,8 @@ def _interleaved_medians_ms(calls: list[Callable[[], Any]], repeats: int) -> lis
 
 def _store_page_costs(db_path: str) -> None:
     # the same pages in-process, without HTTP: what the SQLite query and rendering cost
-    from viewerkit.sandbox.store import Store, StudyFilters
+    from viewerkit.sandbox.store import Store
+    from viewerkit.schema import StudyFilters
 
     store = Store(db_path)
     try:

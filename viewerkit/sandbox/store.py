@@ -15,7 +15,6 @@ descending), so a page deep in a million studies costs what the first page costs
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import secrets
 import sqlite3
@@ -29,7 +28,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Store", "StudyFilters", "Keyset", "format_timestamp", "now_timestamp", "new_study_id"]
+from viewerkit.schema import StudyFilters
+
+__all__ = ["Store", "Keyset", "format_timestamp", "now_timestamp", "new_study_id"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -145,33 +146,6 @@ def now_timestamp() -> str:
 def new_study_id() -> str:
     """A fresh study ID: ``stu_`` + 32 lowercase hex."""
     return "stu_" + uuid.uuid4().hex
-
-
-@dataclass(frozen=True)
-class StudyFilters:
-    """Validated list filters. ``assigned_to`` / ``express_customer_id`` of ``"null"`` select
-    studies without one; ``None`` leaves a filter off."""
-
-    assigned_to: str | None = None
-    express_customer_id: str | None = None
-    is_cancelled: bool | None = None
-    severity: str | None = None
-    study_description: str | None = None
-    study_viewer_status: str | None = None
-
-    def fingerprint(self) -> str:
-        """A short hash that binds a cursor to these filters."""
-        text = orjson.dumps(
-            [
-                self.assigned_to,
-                self.express_customer_id,
-                self.is_cancelled,
-                self.severity,
-                self.study_description,
-                self.study_viewer_status,
-            ]
-        )
-        return hashlib.sha256(text).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -447,26 +421,19 @@ class Store:
         ``raw_metadata=True`` is the server's fast path (see ``_render``)."""
         where: list[str] = []
         args: list[Any] = []
-        for column, value in (
-            ("assigned_to", filters.assigned_to),
-            ("express_customer_id", filters.express_customer_id),
-        ):
-            if value == "null":
+        given = filters.given()  # one value per filter: the API's (checked) list query
+        for column in ("assigned_to", "express_customer_id", "severity", "study_viewer_status"):
+            if column not in given:
+                continue
+            if given[column] is None:  # the wire's "null": studies with none
                 where.append(f"s.{column} IS NULL")
-            elif value is not None:
+            else:
                 where.append(f"s.{column} = ?")
-                args.append(value)
-        for column, value in (
-            ("severity", filters.severity),
-            ("study_viewer_status", filters.study_viewer_status),
-        ):
-            if value is not None:
-                where.append(f"s.{column} = ?")
-                args.append(value)
-        if filters.is_cancelled is not None:
+                args.append(given[column])
+        if "is_cancelled" in given:
             where.append("s.is_cancelled = ?")
-            args.append(int(filters.is_cancelled))
-        needle = filters.study_description
+            args.append(int(given["is_cancelled"]))
+        needle = given.get("study_description")
         if needle is not None and needle.isascii():
             # SQLite's LIKE folds ASCII case in C, far faster than a Python function per row
             escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
