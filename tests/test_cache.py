@@ -316,7 +316,11 @@ def test_interrupted_refresh_leaves_the_previous_cache_intact(
     assert summary.changed == 1
     assert cache.info()["refreshes"] == 2
     info = cache.info()
-    assert set(snapshot(Path(info["path"]))) == set(info["file_bytes"])  # orphans swept
+    # orphans swept; the previous generation's studies file stays for readers of the old
+    # manifest until the next refresh
+    previous = {name for name in before if Path(name).name.startswith("studies-")}
+    leftover = set(snapshot(Path(info["path"]))) - set(info["file_bytes"])
+    assert {Path(name).name for name in leftover} == {Path(name).name for name in previous}
 
 
 def test_sigkilled_refresh_leaves_the_previous_cache_intact(
@@ -577,3 +581,80 @@ def test_two_refreshes_from_two_processes_both_complete_one_after_the_other(
     history = cache.history()
     assert (history["study_id"] == study_id).sum() == 2  # new at the first refresh, changed once
     assert history["observed_at"].nunique() == 2
+
+
+def test_a_load_meeting_refreshes_of_another_process_reads_a_whole_table(
+    make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader read the manifest, then two refreshes committed (and swept the file it named)
+    before it opened the studies file: it reads the manifest again instead of calling the
+    cache corrupt (whose advice, delete the cache, would lose the history)."""
+    server: Sandbox = make_sandbox(studies=150, seed=33)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        cache.refresh(c, progress=False)
+        real_read = StudyCache._read_table
+        interleaved: list[str] = []
+
+        def read_after_two_refreshes(self: StudyCache, directory: Path, name: str) -> pa.Table:
+            if not interleaved:
+                interleaved.append(name)
+                other = StudyCache(tmp_path)  # as another process would
+                for severity in ("stat", "high"):
+                    c.update_study(cache_ids[0], severity=severity)
+                    other.refresh(c, progress=False)
+                assert not (directory / name).exists()  # swept under the reader's feet
+            return real_read(self, directory, name)
+
+        cache_ids = cache.load()["study_id"].tolist()
+        monkeypatch.setattr(StudyCache, "_read_table", read_after_two_refreshes)
+        table = cache.load_arrow()
+        info = cache.info()
+    assert interleaved and table.num_rows == 150
+    assert table.column("severity").to_pylist()[table.column("study_id").to_pylist().index(cache_ids[0])] == "high"
+    assert info["refreshes"] == 3
+
+
+def test_a_refresh_that_waited_for_the_lock_dates_what_it_saw_after_the_wait(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    import logging
+    import threading
+
+    from viewerkit.cache import namespace_of
+    from viewerkit.files import file_lock
+
+    server: Sandbox = make_sandbox(studies=600, seed=34)
+    cache = StudyCache(tmp_path)
+    waiting = threading.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for the lock" in record.getMessage():
+                waiting.set()
+
+    handler = Waiting()
+    logging.getLogger("viewerkit.files").addHandler(handler)
+    try:
+        with Client(api_key=server.api_key, base_url=server.base_url) as c:
+            cache.refresh(c, progress=False)
+            loaded = cache.load()
+            is_open = (loaded["study_viewer_status"] == "incomplete") & ~loaded["is_cancelled"]
+            study_id = loaded[is_open]["study_id"].iloc[0]
+            lock = tmp_path / namespace_of(c.base_url, c.key_fingerprint) / ".lock"
+            summaries: list[Any] = []
+            with file_lock(lock, timeout=0):
+                refresh = threading.Thread(
+                    target=lambda: summaries.append(cache.refresh(c, mode="active", progress=False))
+                )
+                refresh.start()
+                assert waiting.wait(60)
+                completed = c.update_study(study_id, study_viewer_status="complete")
+            refresh.join(120)
+    finally:
+        logging.getLogger("viewerkit.files").removeHandler(handler)
+    history = cache.history()
+    seen = history[(history["study_id"] == study_id) & (history["change"] == "changed")]
+    assert len(seen) == 1
+    assert seen["observed_at"].iloc[0] >= pd.Timestamp(completed["updatedAt"])
+    assert pd.Timestamp(summaries[0].refreshed_at) >= pd.Timestamp(completed["updatedAt"])

@@ -58,6 +58,8 @@ DEFAULT_CACHE_PATH = "data/cache"
 #: The columns history rows carry before the STUDY_SCHEMA columns of the observed state.
 HISTORY_COLUMNS = ("observed_at", "change")
 
+#: How often a reader re-reads the manifest when a concurrent refresh moved the files.
+_READ_TRIES = 5
 _FORMAT = "viewerkit-study-cache"
 _FORMAT_VERSION = 1
 _MANIFEST = "manifest.json"
@@ -304,11 +306,21 @@ class StudyCache:
         directory = self._directory(client)
         if directory is None or not (directory / _MANIFEST).exists():
             return frame.empty_studies()
-        manifest = self._manifest(directory)
-        if not (directory / manifest["studies_file"]).exists():
-            # a refresh in another process committed and swept the file we were told of
+        return self._read_current(directory)[1]
+
+    def _read_current(self, directory: Path) -> tuple[dict[str, Any], pa.Table]:
+        """The manifest and the studies it names. A refresh in another process may commit
+        between reading the two (and, a refresh later, sweep the file named): read again
+        then, until the manifest holds still."""
+        for _ in range(_READ_TRIES - 1):
             manifest = self._manifest(directory)
-        return self._read_table(directory, manifest["studies_file"])
+            try:
+                return manifest, self._read_table(directory, manifest["studies_file"])
+            except CacheError:
+                if self._manifest(directory)["studies_file"] == manifest["studies_file"]:
+                    raise
+        manifest = self._manifest(directory)
+        return manifest, self._read_table(directory, manifest["studies_file"])
 
     def load(self, client: Client | None = None, *, compact: bool = False) -> pd.DataFrame:
         """The cached studies as a DataFrame, dtypes identical to ``viewerkit.fetch_studies``
@@ -415,11 +427,17 @@ class StudyCache:
         }
         if directory is None or not (directory / _MANIFEST).exists():
             return info
-        manifest = self._manifest(directory)
-        if not (directory / manifest["studies_file"]).exists():
-            manifest = self._manifest(directory)  # another process's refresh just committed
+        for _ in range(_READ_TRIES):
+            manifest = self._manifest(directory)
+            names = [_MANIFEST, manifest["studies_file"], *manifest["history_files"]]
+            try:
+                sizes = {name: (directory / name).stat().st_size for name in names}
+                break
+            except FileNotFoundError:
+                continue  # another process's refresh committed (and swept) meanwhile
+        else:
+            sizes = {name: _file_size(directory, name) for name in names}
         last = manifest["refreshes"][-1] if manifest["refreshes"] else None
-        files = [_MANIFEST, manifest["studies_file"], *manifest["history_files"]]
         info.update(
             base_url=manifest["base_url"],
             key_fingerprint=manifest["key_fingerprint"],
@@ -428,7 +446,7 @@ class StudyCache:
             last_refresh_mode=last["mode"] if last else None,
             last_refresh=last,
             refreshes=len(manifest["refreshes"]),
-            file_bytes={name: _file_size(directory, name) for name in files},
+            file_bytes=sizes,
         )
         return info
 
@@ -478,10 +496,12 @@ class StudyCache:
                   "detail": "allowed: full, active"}],
             )
         started = time.perf_counter()
-        observed_at = _now_ms()
         directory = self.path / namespace_of(client.base_url, client.key_fingerprint)
         directory.mkdir(parents=True, exist_ok=True)
         with files.file_lock(directory / ".lock", timeout=lock_timeout, holder="another refresh"):
+            # observed once the lock is ours: a refresh that waited for another one must not
+            # date what it sees to before the wait (turnaround would be understated)
+            observed_at = _now_ms()
             manifest = self._manifest(directory) if (directory / _MANIFEST).exists() else None
             old = self._read_table(directory, manifest["studies_file"]) if manifest else None
             if old is None or len(old) == 0:
@@ -559,7 +579,10 @@ class StudyCache:
             },
             directory / _MANIFEST,
         )
-        self._sweep(directory, {studies_file, *history_files})
+        # the previous studies file stays one more generation, for readers that read the
+        # previous manifest just before this commit
+        previous = {manifest["studies_file"]} if manifest else set()
+        self._sweep(directory, {studies_file, *previous, *history_files})
 
     def _sweep(self, directory: Path, keep: set[str]) -> None:
         """Remove files no manifest refers to: old generations, unfinished refreshes."""
