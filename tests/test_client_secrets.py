@@ -23,6 +23,7 @@ from viewerkit import (
     AuthenticationError,
     BadRequest,
     Client,
+    ConfigurationError,
     Conflict,
     NotFound,
     RateLimited,
@@ -200,3 +201,70 @@ def test_a_connection_error_whose_text_holds_the_key_never_shows_it(
     assert isinstance(error, ApiConnectionError)
     assert f"{kind.__name__}: proxy refused" in str(error)
     assert_key_nowhere(error, logs.records)
+
+
+# -- the key in a traceback's locals, and keys an HTTP header cannot carry --------------------
+
+
+def _locals_text(error: BaseException) -> str:
+    """The locals of viewerkit's own frames, as a traceback that shows locals prints them
+    (the test's frames hold the key on purpose)."""
+    found = traceback.TracebackException.from_exception(error, capture_locals=True)
+    frames = [f for f in found.stack if "/viewerkit/" in f.filename]
+    assert frames
+    return "\n".join(f"{f.name}: {f.locals}" for f in frames)
+
+
+def test_no_traceback_that_shows_locals_shows_the_key(sandbox: Any) -> None:
+    """IPython's verbose tracebacks, pytest -l and error trackers print every frame's
+    locals; the request path must hold the key only inside httpx's auth flow."""
+    with (
+        Client(api_key=sandbox.api_key, base_url=sandbox.base_url, max_retries=0) as client,
+        pytest.raises(NotFound) as caught,
+    ):
+        client.retrieve_study("stu_" + "0" * 32)
+    text = _locals_text(caught.value)
+    assert "'headers'" in text and "_send" in text  # the locals of the request path are shown
+    assert sandbox.api_key not in text
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda key: Client(api_key=key, base_url="ftp://nowhere"),  # a bad URL after a good key
+        lambda key: Client("http://127.0.0.1:9", key),  # key and URL swapped by position
+        lambda key: Client(api_key=key + "\x00", base_url="http://127.0.0.1:9"),
+    ],
+)
+def test_a_configuration_error_shows_the_key_in_no_local(make: Any) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        make(KEY)
+    text = _locals_text(caught.value)
+    assert "_connection" in text
+    assert KEY not in text
+
+
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [
+        (KEY + " extra", "whitespace inside it"),
+        (KEY[:5] + "\u00e9" + KEY[5:], "non-ASCII"),
+        (KEY + "\x07", "control"),
+        (12345, "must be a string"),
+        (b"sk-bytes", "must be a string"),
+        ("   ", "no API key"),
+    ],
+)
+def test_a_key_no_header_can_carry_is_refused_at_once_naming_no_key(key: Any, said: str) -> None:
+    with pytest.raises(ConfigurationError, match=said) as caught:
+        Client(api_key=key, base_url="http://127.0.0.1:9")
+    assert str(key) not in str(caught.value) or str(key).strip() == ""
+
+
+def test_a_key_read_from_a_file_with_its_newline_works(sandbox: Any) -> None:
+    for ending in ("\n", "\r\n", " "):
+        with Client(api_key=sandbox.api_key + ending, base_url=sandbox.base_url) as client:
+            assert client.list_studies(limit=1)["studies"]
+            assert client.key_fingerprint == Client(
+                api_key=sandbox.api_key, base_url=sandbox.base_url
+            ).key_fingerprint

@@ -151,3 +151,12 @@ def test_fetch_with_several_severities_is_the_union_of_single_fetches(sandbox: S
 
 def test_not_given_in_a_keyword_mapping_is_off() -> None:
     assert list_query_params(severity=NOT_GIVEN, limit=NOT_GIVEN) == {}
+
+
+def test_a_description_filter_too_long_for_a_url_is_refused_naming_the_field() -> None:
+    with offline() as client:
+        with pytest.raises(ValidationError, match="study_description") as caught:
+            client.list_studies(study_description="x" * 200_000)
+        assert caught.value.failure_cases["reason"].tolist() == [Reason.TOO_LONG]
+        with pytest.raises(ValidationError, match="study_description"):
+            fetch_studies_arrow(client, study_description="é" * 30_000, progress=False)

@@ -124,3 +124,39 @@ def test_run_all_keeps_item_order_whatever_finishes_first() -> None:
 
     outcomes = run_all(wait_for_next, [0, 1, 2, 3], workers=4, progress=False)
     assert [o.result for o in outcomes] == [0, 1, 2, 3]
+
+
+def test_a_stop_reaches_calls_waiting_for_a_rate_limit_token(sandbox: Any) -> None:
+    """With a client-side rate limit of one request per 1000 s, three calls wait for a
+    token; a failed task stops the run, and they give up at once instead of sleeping it out
+    (the test would hang otherwise), sending nothing."""
+    from viewerkit import Client
+
+    before = sandbox.requests()
+    since = before[-1]["seq"] if before else 0
+    study_id = "stu_" + "0" * 32
+    client = Client(api_key=sandbox.api_key, base_url=sandbox.base_url, rate_limit=0.001)
+    sent = threading.Event()
+
+    def first_then_fail() -> None:
+        assert sent.wait(30)
+        raise ValueError("a page failed")
+
+    def retrieve() -> Any:
+        from viewerkit.errors import NotFound
+
+        try:
+            return client.retrieve_study(study_id)
+        except NotFound:
+            return None
+        finally:
+            sent.set()
+
+    with client, pytest.raises(ValueError, match="a page failed"), Runner(workers=5, progress=False) as runner:
+        for n in range(4):
+            runner.submit(n, retrieve)
+        runner.submit("fail", first_then_fail)
+        list(runner.outcomes())
+    reached = [r for r in sandbox.requests(since=since) if r["path"].endswith(study_id)]
+    assert len(reached) == 1  # the one token of the bucket; the waiting calls sent nothing
+    assert not _runner_threads()

@@ -32,7 +32,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import TracebackType
@@ -46,11 +46,13 @@ from viewerkit.errors import (
     ApiError,
     ConfigurationError,
     Conflict,
+    Reason,
     ValidationError,
     error_for_status,
 )
 from viewerkit.runner import pause, stop_requested
 from viewerkit.schema import (
+    LIST_FILTERS,
     NOT_GIVEN,
     NotGiven,
     Severity,
@@ -85,6 +87,9 @@ _STUDIES = "/v1/viewer/studies"
 _INITIAL_RETRY_DELAY = 0.5  # seconds; doubles per attempt
 _MAX_BACKOFF = 8.0  # cap of our own exponential backoff
 _MAX_RETRY_AFTER = 60.0  # cap of a server's Retry-After hint
+#: httpx refuses a URL component longer than this (httpx._urlparse.MAX_URL_LENGTH).
+_MAX_QUERY_LENGTH = 65_536
+_SLOT_POLL_SECONDS = 0.2  # how often a call waiting for a concurrency slot checks for a stop
 _REDACTED = "<redacted>"
 
 
@@ -238,7 +243,9 @@ class _TokenBucket:
         self.stamp = time.monotonic()
         self.lock = threading.Lock()
 
-    def acquire(self) -> None:
+    def acquire(self) -> bool:
+        """Take a token, waiting for one; False (no token taken) when the run this thread
+        works for stops meanwhile (``viewerkit.runner.pause``)."""
         while True:
             with self.lock:
                 now = time.monotonic()
@@ -246,9 +253,10 @@ class _TokenBucket:
                 self.stamp = now
                 if self.tokens >= 1.0:
                     self.tokens -= 1.0
-                    return
+                    return True
                 wait = (1.0 - self.tokens) / self.rate
-            time.sleep(wait)
+            if pause(wait):
+                return False
 
 
 # --- validation helpers --------------------------------------------------------------------
@@ -298,29 +306,23 @@ class Client:
         max_concurrency: int = 8,
         http_client: httpx.Client | None = None,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get("AVARA_API_KEY")
-        if not key:
-            raise ConfigurationError(
-                "no API key: pass api_key= or set the environment variable AVARA_API_KEY"
-            )
-        url = base_url if base_url is not None else os.environ.get("AVARA_BASE_URL")
-        url = (url or DEFAULT_BASE_URL).rstrip("/")
-        if not url.startswith(("http://", "https://")):
-            # the value is not shown: with the key and URL swapped by position it is the key
-            source = "base_url=" if base_url is not None else "AVARA_BASE_URL"
-            raise ConfigurationError(
-                f"the base URL ({source}) must start with http:// or https://"
-            )
+        # the key, and a base URL that may be a key given by position, leave this frame's
+        # locals at once: a traceback that shows locals (IPython's verbose mode, pytest -l,
+        # error trackers) must not show them
+        given = [api_key, base_url]
+        del api_key, base_url
+        secret, url = _connection(given.pop(0), given.pop(0))
         if max_retries < 0:
             raise ConfigurationError("max_retries must be 0 or more")
         if max_concurrency < 1:
             raise ConfigurationError("max_concurrency must be 1 or more")
         if rate_limit is not None and rate_limit <= 0:
             raise ConfigurationError("rate_limit must be a positive number of requests per second")
-        self.__key = _Secret(key)
-        _LOG_SCRUBBER.watch(self, key)
+        self.__key = secret
+        self.__auth = _BearerAuth(secret)
+        _LOG_SCRUBBER.watch(self, secret.value)
         self._base_url = url
-        self._fingerprint = hashlib.sha256(key.encode()).hexdigest()[:12]
+        self._fingerprint = hashlib.sha256(secret.value.encode()).hexdigest()[:12]
         self.max_retries = max_retries
         self.max_concurrency = max_concurrency
         self._slots = threading.BoundedSemaphore(max_concurrency)
@@ -347,7 +349,9 @@ class Client:
         return self._fingerprint
 
     def __repr__(self) -> str:
-        return f"Client(base_url={self._base_url!r}, key_fingerprint={self._fingerprint!r})"
+        # getattr: a traceback showing locals may repr a client that failed half-way in __init__
+        base_url, fingerprint = getattr(self, "_base_url", None), getattr(self, "_fingerprint", None)
+        return f"Client(base_url={base_url!r}, key_fingerprint={fingerprint!r})"
 
     def close(self) -> None:
         """Close the connection pool (not an ``http_client`` you supplied)."""
@@ -412,6 +416,14 @@ class Client:
         """One page of the study list as the response body bytes (for the Arrow path);
         arguments as :meth:`list_studies`."""
         params = list_query_params(filters, limit=limit, cursor=cursor, **filter_args)
+        if len(str(httpx.QueryParams(params))) > _MAX_QUERY_LENGTH:
+            # httpx refuses such a URL with InvalidURL; say which filter, before sending
+            wire = max(params, key=lambda name: len(params[name]))
+            field = next(f.name for f in LIST_FILTERS.values() if f.wire == wire)
+            raise ValidationError.one(
+                "list_studies", field, params[wire][:40] + "...", Reason.TOO_LONG,
+                detail=f"the encoded query must stay within {_MAX_QUERY_LENGTH:,} characters",
+            )
         response = self._send("list_studies", "GET", _STUDIES, params=params)
         return response.content
 
@@ -577,7 +589,7 @@ class Client:
         """
         url = self._base_url + path
         content = orjson.dumps(json) if json is not None else None
-        headers = {**self._headers, "Authorization": f"Bearer {self.__key.value}"}
+        headers = dict(self._headers)  # the key is added by the auth, outside this frame
         if content is not None:
             headers["Content-Type"] = "application/json"
         attempt = 0
@@ -585,20 +597,24 @@ class Client:
         while True:
             response: httpx.Response | None = None
             error: Exception | None = None
-            with self._slots:
+            while not self._slots.acquire(timeout=_SLOT_POLL_SECONDS):
+                if stop_requested():
+                    raise ApiError("stopped before sending", call=call, study=study)
+            try:
                 # the token is taken once a slot is ours, right before sending: a token taken
                 # while waiting for a slot would let the waiting threads send in one burst
-                if self._bucket is not None:
-                    self._bucket.acquire()
-                if stop_requested():
+                if (self._bucket is not None and not self._bucket.acquire()) or stop_requested():
                     # the run stopped while this call waited for a slot or a token: send nothing
                     raise ApiError("stopped before sending", call=call, study=study)
                 try:
                     response = self._http.request(
-                        method, url, params=params, content=content, headers=headers
+                        method, url, params=params, content=content, headers=headers,
+                        auth=self.__auth,
                     )
                 except httpx.TransportError as exc:
                     error = exc
+            finally:
+                self._slots.release()
             if response is not None:
                 log.debug("%s %s %s -> %d (try %d)", call, method, path, response.status_code, attempt + 1)
                 if response.is_success:
@@ -681,6 +697,52 @@ def environment_client() -> Iterator[Client | None]:
         return
     with Client() as client:
         yield client
+
+
+def _connection(api_key: object, base_url: object) -> tuple[_Secret, str]:
+    """The API key (wrapped) and the base URL, from the arguments or the environment.
+    Raises ConfigurationError naming neither value; the values leave this frame's locals
+    before it raises."""
+    raw = api_key if api_key is not None else os.environ.get("AVARA_API_KEY")
+    url = base_url if base_url is not None else os.environ.get("AVARA_BASE_URL")
+    source = "base_url=" if base_url is not None else "AVARA_BASE_URL"
+    del api_key, base_url
+    problem = None
+    key = raw.strip() if isinstance(raw, str) else None  # a key read from a file ends with \n
+    if raw is None or key == "":
+        problem = "no API key: pass api_key= or set the environment variable AVARA_API_KEY"
+    elif key is None:
+        problem = f"the API key must be a string, not {type(raw).__name__}"
+    elif not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        problem = (
+            "the API key holds characters an HTTP header cannot carry (whitespace inside it, "
+            "control or non-ASCII characters): check how it was copied"
+        )
+    text = (url if isinstance(url, str) else "") or DEFAULT_BASE_URL
+    if not text.startswith(("http://", "https://")):
+        # the value is not shown: with the key and URL swapped by position it is the key
+        problem = problem or f"the base URL ({source}) must start with http:// or https://"
+    secret = _Secret(key) if problem is None and key is not None else None
+    del raw, key, url
+    if secret is None:
+        del text
+        raise ConfigurationError(problem or "no API key")
+    return secret, text.rstrip("/")
+
+
+class _BearerAuth(httpx.Auth):
+    """Adds ``Authorization: Bearer <key>`` to each request (in httpx's frames, not ours);
+    its repr never shows the key."""
+
+    def __init__(self, key: _Secret) -> None:
+        self._key = key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._key.value}"
+        yield request
+
+    def __repr__(self) -> str:
+        return f"_BearerAuth({_REDACTED})"
 
 
 class _LogScrubber(logging.Filter):
