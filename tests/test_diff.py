@@ -139,3 +139,38 @@ def test_every_cell_of_the_study_dataframe_can_be_edited_in_place() -> None:
         assert frame["study_viewer_status"].tolist() == ["incomplete", "incomplete"]
         assert frame["severity"].cat.ordered
         assert table.column("severity").to_pylist() == ["normal", "high"]  # the source is untouched
+
+
+def test_a_study_twice_on_a_side_is_refused_naming_it() -> None:
+    from viewerkit.errors import Reason, ValidationError
+
+    before = to_pandas(studies_to_arrow([study(A), study(B)]))
+    after = pd.concat([before, before.iloc[[0]]])
+    try:
+        diff_studies(before, after)
+    except ValidationError as error:
+        assert error.failure_cases[["field", "value", "reason"]].values.tolist() == [
+            ["after.study_id", A, Reason.DUPLICATE]
+        ]
+    else:
+        raise AssertionError("a duplicated study was compared")
+
+
+def test_a_column_an_analyst_dropped_is_not_reported_as_emptied() -> None:
+    table = to_pandas(studies_to_arrow([
+        study(A, assignedTo={"userId": USER_1, "email": "a@x"}), study(B, severity="high"),
+    ]))
+    cut = table.drop(columns=["assigned_to_email", "created_at"])
+    cut.loc[cut["study_id"] == B, "severity"] = "stat"
+    long = diff_studies(table, cut)
+    assert long[["study_id", "field", "before", "after"]].values.tolist() == [[B, "severity", "high", "stat"]]
+
+
+def test_what_is_not_a_study_table_is_a_validation_error() -> None:
+    import pytest
+
+    from viewerkit.errors import Reason, ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        diff_studies([study(A)], studies_to_arrow([study(A)]))
+    assert caught.value.failure_cases[["field", "reason"]].values.tolist() == [["before", Reason.WRONG_TYPE]]

@@ -108,3 +108,25 @@ def test_the_dataframe_form_takes_what_an_analyst_has(sandbox: Sandbox, everythi
     expected = to_pandas(in_list_order(select_studies(everything, wanted.tolist())))
     assert got.equals(expected)
     assert str(got["severity"].dtype) == "category"
+
+
+def test_every_bad_id_is_named_with_its_position_before_anything_is_sent(sandbox: Sandbox) -> None:
+    import numpy as np
+
+    from viewerkit.errors import Reason
+
+    good = "stu_" + "a" * 32
+    since = _last_request(sandbox)
+    with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
+        with pytest.raises(ValidationError) as caught:
+            retrieve_studies(client, [good] * 20 + ["bob", np.nan, "STU_" + "A" * 32], concurrency=0)
+        cases = caught.value.failure_cases
+        assert cases[["row", "field", "reason"]].values.tolist() == [
+            [20, "study_ids", Reason.NOT_STUDY_ID],
+            [21, "study_ids", Reason.REQUIRED],
+            [22, "study_ids", Reason.NOT_STUDY_ID],
+            [None, "concurrency", Reason.OUT_OF_RANGE],
+        ]
+        one = retrieve_studies(client, MISSING, progress=False)  # one ID alone is one ID
+    assert one.empty
+    assert [r["path"] for r in sandbox.requests(since=since)] == ["/v1/viewer/studies/" + MISSING]

@@ -46,7 +46,7 @@ paged past its position, missed; a later fetch or cache refresh sees it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -73,6 +73,7 @@ from viewerkit.runner import Runner, run_all
 from viewerkit.schema import (
     MAX_PAGE_LIMIT,
     NOT_GIVEN,
+    RULES,
     SEVERITIES,
     NotGiven,
     StudyFetchFilterArgs,
@@ -292,7 +293,7 @@ def fetch_studies(
 
 def retrieve_studies_arrow(
     client: Client,
-    study_ids: list[str] | pa.Array | pa.ChunkedArray,
+    study_ids: str | Iterable[str] | pa.Array | pa.ChunkedArray | pd.Series,
     *,
     known: pa.Table | None = None,
     partitions: Sequence[StudyFilters] | None = None,
@@ -317,9 +318,7 @@ def retrieve_studies_arrow(
     ...     retrieve_studies_arrow(client, []).num_rows
     0
     """
-    _check_concurrency(concurrency)
-    ids = study_ids if isinstance(study_ids, (pa.Array, pa.ChunkedArray)) else pa.array(study_ids, pa.string())
-    ids = pc.unique(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
+    ids = pc.unique(_study_ids(study_ids, concurrency))
     if len(ids) == 0:
         return empty_studies()
     workers = _workers(client, concurrency)
@@ -344,7 +343,7 @@ def retrieve_studies_arrow(
 
 def retrieve_studies(
     client: Client,
-    study_ids: list[str] | pa.Array | pa.ChunkedArray | pd.Series,
+    study_ids: str | Iterable[str] | pa.Array | pa.ChunkedArray | pd.Series,
     *,
     known: pa.Table | pd.DataFrame | None = None,
     partitions: Sequence[StudyFilters] | None = None,
@@ -363,8 +362,6 @@ def retrieve_studies(
     """
     if isinstance(known, pd.DataFrame):
         known = from_pandas(known)
-    if isinstance(study_ids, pd.Series):
-        study_ids = pa.array(study_ids.astype(object).tolist(), pa.string())
     return to_pandas(
         retrieve_studies_arrow(
             client, study_ids, known=known, partitions=partitions, concurrency=concurrency,
@@ -372,6 +369,28 @@ def retrieve_studies(
         ),
         compact=compact,
     )
+
+
+def _study_ids(study_ids: object, concurrency: object) -> pa.Array:
+    """The study IDs to read as one string array, every bad one (and a bad concurrency)
+    reported at once with its position, before anything is sent. One ID may be given
+    alone."""
+    if isinstance(study_ids, str):
+        study_ids = [study_ids]
+    if isinstance(study_ids, pa.ChunkedArray):
+        study_ids = study_ids.combine_chunks()
+    if isinstance(study_ids, pd.Series):
+        study_ids = study_ids.to_list()
+    if not isinstance(study_ids, pa.Array):
+        study_ids = list(study_ids) if isinstance(study_ids, Iterable) else [study_ids]
+    rule = RULES["study_id"]
+    failures = [f.case() for f in rule.check_column(study_ids, "study_ids", nullable=False)]
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        failures.append({"field": "concurrency", "value": concurrency,
+                         "reason": Reason.OUT_OF_RANGE, "detail": "a whole number, 1 or more"})
+    if failures:
+        raise ValidationError.from_cases("retrieve_studies", failures)
+    return study_ids if isinstance(study_ids, pa.Array) else pa.array(study_ids, pa.string())
 
 
 def _retrieve_each(client: Client, study_ids: list[str], workers: int, progress: bool) -> pa.Table:

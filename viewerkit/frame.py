@@ -647,8 +647,29 @@ def drop_empty_meta(table: pa.Table) -> pa.Table:
     return table.drop_columns(empty) if empty else table
 
 
-def _as_table(studies: pa.Table | pd.DataFrame) -> pa.Table:
-    return from_pandas(studies) if isinstance(studies, pd.DataFrame) else conform(studies)
+def _compared_table(studies: object, side: str) -> tuple[pa.Table, set[str]]:
+    """A side of a comparison as a conformed study table, and the columns it was given with.
+    Not a table, or a study in it twice, is a ValidationError."""
+    if isinstance(studies, pd.DataFrame):
+        given, table = {str(c) for c in studies.columns}, from_pandas(studies)
+    elif isinstance(studies, pa.Table):
+        given, table = set(studies.column_names), conform(studies)
+    else:
+        raise ValidationError.one(
+            "compare_studies", side, type(studies).__name__, Reason.WRONG_TYPE,
+            detail="a study table: a pandas DataFrame or a pyarrow Table",
+        )
+    ids = table.column("study_id")
+    if pc.count_distinct(ids).as_py() < len(ids):
+        counts = pc.value_counts(ids)
+        twice = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        raise ValidationError.from_cases(
+            "compare_studies",
+            [{"field": f"{side}.study_id", "value": study_id, "reason": Reason.DUPLICATE,
+              "detail": "each table must hold a study at most once"}
+             for study_id in twice.to_pylist()],
+        )
+    return table, given
 
 
 def _cells_differ(before: pa.ChunkedArray, after: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -743,9 +764,12 @@ def _display_strings(rows: pa.Table, name: str, mask: pa.Array) -> pa.Array:
 
 
 def compare_studies(before: pa.Table | pd.DataFrame | None, after: pa.Table | pd.DataFrame) -> StudyChanges:
-    """Compare two study tables by ``study_id``: one join, then a vectorised comparison of
-    every column of the matched rows (no per-study Python loop). ``before=None`` means an
-    empty table. Each table must hold a study at most once.
+    """Compare two study tables (DataFrames or Arrow tables) by ``study_id``: one join, then
+    a vectorised comparison of every column of the matched rows (no per-study Python loop).
+    ``before=None`` means an empty table. A column of the study schema that one side lacks
+    is not compared; a ``meta.*`` column one side lacks counts as empty there. Raises
+    ``ValidationError`` when a side is not a table, holds a study twice (``DUPLICATE``, the
+    study IDs), or has bad cells (as ``from_pandas``).
 
     >>> a = studies_to_arrow([{"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "severity": "high"}])
     >>> b = studies_to_arrow([{"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "severity": "stat"},
@@ -753,8 +777,11 @@ def compare_studies(before: pa.Table | pd.DataFrame | None, after: pa.Table | pd
     >>> compare_studies(a, b)
     StudyChanges(new=1, changed=1, gone=0, unchanged=0)
     """
-    old = _as_table(before) if before is not None else empty_studies()
-    new = _as_table(after)
+    old, old_given = (
+        _compared_table(before, "before") if before is not None
+        else (empty_studies(), set(STUDY_SCHEMA.names))
+    )
+    new, new_given = _compared_table(after, "after")
     before_keys = pa.table({"study_id": old.column("study_id"), "before_row": np.arange(len(old))})
     after_keys = pa.table({"study_id": new.column("study_id"), "after_row": np.arange(len(new))})
     joined = after_keys.join(before_keys, "study_id", join_type="full outer")
@@ -766,7 +793,10 @@ def compare_studies(before: pa.Table | pd.DataFrame | None, after: pa.Table | pd
     after_rows = new.take(matched.column("after_row"))
     differs: Any = pa.repeat(pa.scalar(False), len(matched))
     cells: dict[str, pa.Array] = {}
-    columns = [*STUDY_SCHEMA.names]
+    # a fixed column one side was given without is not compared (a table an analyst cut
+    # down is not a table whose cells were emptied); a meta.* column one side lacks is: the
+    # study table has no column for a key no study holds
+    columns = [name for name in STUDY_SCHEMA.names if name in old_given and name in new_given]
     columns += sorted(
         {c for c in (*old.column_names, *new.column_names) if c.startswith(META_PREFIX)}
     )
