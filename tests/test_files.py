@@ -513,3 +513,9 @@ def test_write_studies_takes_the_dataframe_an_analyst_has(sandbox: Sandbox, tmp_
     assert to_pandas(back).equals(studies.drop(columns="my notes"))
     csv = write_studies(studies, tmp_path / "stat.csv").read_text().splitlines()
     assert len(csv) == len(studies) + 1 and "my notes" not in csv[0]
+
+
+@pytest.mark.parametrize("timeout", ["5", True, [1]])
+def test_a_lock_timeout_that_is_not_seconds_is_a_validation_error(tmp_path: Path, timeout: object) -> None:
+    with pytest.raises(ValidationError, match="timeout"), file_lock(tmp_path / "x.lock", timeout=timeout):  # type: ignore[arg-type]
+        pass

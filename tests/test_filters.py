@@ -160,3 +160,16 @@ def test_a_description_filter_too_long_for_a_url_is_refused_naming_the_field() -
         assert caught.value.failure_cases["reason"].tolist() == [Reason.TOO_LONG]
         with pytest.raises(ValidationError, match="study_description"):
             fetch_studies_arrow(client, study_description="é" * 30_000, progress=False)
+
+
+def test_a_misspelt_name_and_a_bad_value_are_both_reported() -> None:
+    with pytest.raises(ValidationError) as caught:
+        StudyFilters.of(None, {"severty": "stat", "severity": "x"})
+    assert caught.value.failure_cases["field"].tolist() == ["severty", "severity"]
+
+
+def test_a_table_is_not_several_values() -> None:
+    with pytest.raises(ValidationError, match="severity"):
+        StudyFilters(severity=pd.DataFrame({"stat": [1]}))  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="severity"):
+        StudyFilters(severity=pa.table({"stat": [1]}))

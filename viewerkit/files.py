@@ -281,7 +281,9 @@ def file_lock(
     ...     "refreshing"
     'refreshing'
     """
-    if timeout is not None and not timeout >= 0:
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0
+    ):
         raise ValidationError.one(
             "file_lock", "timeout", timeout, Reason.OUT_OF_RANGE, detail="seconds, 0 or more, or None"
         )

@@ -661,15 +661,13 @@ class StudyFilters:
         elif filters is not None and arguments:
             cases.append({"field": "filters", "value": filters, "reason": Reason.CONFLICT,
                           "detail": "give a StudyFilters or filter keywords, not both"})
-        if cases:
-            return None, cases
         if filters is not None:
-            return filters, []
+            return (None, cases) if cases else (filters, [])
         chosen = cls.__new__(cls)
         for name in FILTER_NAMES:
             object.__setattr__(chosen, name, arguments.get(name, NOT_GIVEN))
-        found = chosen._normalise()
-        return (None, found) if found else (chosen, [])
+        cases += chosen._normalise()  # every problem at once, a misspelt name's too
+        return (None, cases) if cases else (chosen, [])
 
     @classmethod
     def from_text(cls, **values: str | bool | Sequence[str] | None) -> StudyFilters:
@@ -751,5 +749,12 @@ class StudyFilters:
 
 
 def _is_collection(value: object) -> bool:
-    """Several values: a list, tuple, set, array or Series (not a string or a mapping)."""
-    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping))
+    """Several values: a list, tuple, set, 1-D array or Series (not a string, a mapping, or
+    a table, whose iteration gives its column names)."""
+    return (
+        isinstance(value, Iterable)
+        and not isinstance(value, (str, bytes, Mapping))
+        and getattr(value, "ndim", 1) == 1
+        and not hasattr(value, "columns")
+        and not hasattr(value, "column_names")
+    )
