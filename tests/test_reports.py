@@ -34,6 +34,7 @@ from viewerkit.reports import (
 from viewerkit.schema import STUDY_SCHEMA
 
 T0 = pd.Timestamp("2026-11-02 00:00", tz="UTC")  # a Monday
+NORTH, SOUTH = "cus_" + "a" * 32, "cus_" + "b" * 32  # express customers
 
 
 def h(hours: float) -> pd.Timestamp:
@@ -60,7 +61,7 @@ def study(sid: str, severity: str, created: float, *, done: float | None = None,
         row["assigned_to_email"] = f"{user}@example.org"
     if customer is not None:
         row["express_customer_id"] = customer
-        row["express_customer_name"] = {"cus_n": "North", "cus_s": "South"}.get(customer)
+        row["express_customer_name"] = {NORTH: "North", SOUTH: "South"}.get(customer)
     row.update(extra)
     return row
 
@@ -214,8 +215,8 @@ def test_turnaround_groups_by_week_of_completion_monday_start() -> None:
 
 
 def test_turnaround_by_assignee_and_customer_keeps_missing_ones_as_their_own_group() -> None:
-    rows = [study("stu_a", "stat", 0, done=1, user="usr_b", customer="cus_n"),
-            study("stu_b", "stat", 0, done=3, user="usr_b", customer="cus_n"),
+    rows = [study("stu_a", "stat", 0, done=1, user="usr_b", customer=NORTH),
+            study("stu_b", "stat", 0, done=3, user="usr_b", customer=NORTH),
             study("stu_c", "high", 0, done=2),
             study("stu_d", "high", 0, done=6, user="usr_a")]
     by_user = turnaround(table(rows), "assignee")
@@ -231,10 +232,10 @@ def test_turnaround_by_assignee_and_customer_keeps_missing_ones_as_their_own_gro
 
 
 def test_sla_targets_can_be_overridden_per_call_and_per_customer() -> None:
-    rows = [study("stu_a", "stat", 0, done=2, customer="cus_n"), study("stu_b", "stat", 0, done=2, customer="cus_s")]
+    rows = [study("stu_a", "stat", 0, done=2, customer=NORTH), study("stu_b", "stat", 0, done=2, customer=SOUTH)]
     assert row_of(turnaround(table(rows)), severity="stat")["within_target"] == 0
     assert row_of(turnaround(table(rows), sla={"stat": 2}), severity="stat")["within_target"] == 2
-    north_relaxed = SLA.for_customer("cus_n", stat=timedelta_hours(2))
+    north_relaxed = SLA.for_customer(NORTH, stat=timedelta_hours(2))
     assert row_of(turnaround(table(rows), sla=north_relaxed), severity="stat")["within_target"] == 1
     by_customer = customers(table(rows), sla=north_relaxed).set_index("customer")
     assert by_customer.loc["North", "within_target_share"] == 1.0
@@ -255,8 +256,8 @@ def timedelta_hours(hours: float) -> pd.Timedelta:
 NOW = h(100)
 BACKLOG_ROWS = [
     study("stu_b01", "stat", 100 - 0.5),  # < 1 h, not past
-    study("stu_b02", "stat", 100 - 1, customer="cus_n"),  # exactly 1 h: band 1-4 h, at target: not past
-    study("stu_b03", "stat", 100 - 2, customer="cus_n"),  # 1-4 h, past by 1 h
+    study("stu_b02", "stat", 100 - 1, customer=NORTH),  # exactly 1 h: band 1-4 h, at target: not past
+    study("stu_b03", "stat", 100 - 2, customer=NORTH),  # 1-4 h, past by 1 h
     study("stu_b04", "high", 100 - 4),  # exactly 4 h: band 4-12 h, at target: not past
     study("stu_b05", "high", 100 - 13, user="usr_a"),  # 12-24 h, past by 9 h
     study("stu_b06", "normal", 100 - 24),  # 24-48 h, at target: not past
@@ -281,7 +282,7 @@ def test_backlog_counts_open_studies_per_severity_and_age_band() -> None:
 
 
 def test_backlog_uses_customer_targets_and_window_on_creation() -> None:
-    relaxed = SLA.for_customer("cus_n", stat=3)
+    relaxed = SLA.for_customer(NORTH, stat=3)
     result = backlog(table(BACKLOG_ROWS), now=NOW, sla=relaxed)
     assert row_of(result, severity="stat", age_band="1-4 h")["past_target"] == 0
     windowed = backlog(table(BACKLOG_ROWS), now=NOW, window=(h(52), h(99)))  # created 52 <= t < 99
@@ -357,9 +358,9 @@ def test_workload_per_assignee_open_now_completed_median_and_breaches() -> None:
 
 def test_customers_volume_within_target_and_cancellation_rate() -> None:
     rows = [
-        study("stu_c1", "stat", 0, done=0.5, customer="cus_n"),
-        study("stu_c2", "stat", 0, done=2, customer="cus_n"),
-        study("stu_c3", "normal", 0, cancelled=5, customer="cus_n"),
+        study("stu_c1", "stat", 0, done=0.5, customer=NORTH),
+        study("stu_c2", "stat", 0, done=2, customer=NORTH),
+        study("stu_c3", "normal", 0, cancelled=5, customer=NORTH),
         study("stu_c4", "high", 0, done=1),
     ]
     result = customers(table(rows))
@@ -372,8 +373,8 @@ def test_customers_volume_within_target_and_cancellation_rate() -> None:
 
 def test_cancellations_rate_and_time_to_cancel_by_severity_and_customer() -> None:
     rows = [
-        study("stu_x1", "stat", 0, cancelled=2, customer="cus_n"),
-        study("stu_x2", "stat", 0, customer="cus_n"),
+        study("stu_x1", "stat", 0, cancelled=2, customer=NORTH),
+        study("stu_x2", "stat", 0, customer=NORTH),
         study("stu_x3", "normal", 0, cancelled=1),
         study("stu_x4", "normal", 0, cancelled=4),
         study("stu_x5", "normal", 0, done=3),
@@ -465,7 +466,7 @@ def test_volume_skips_a_study_without_created_at() -> None:
 def test_sla_targets_accept_numpy_numbers() -> None:
     sla = SLA.with_targets(stat=np.int64(2), high=np.float64(5.5))
     assert sla.target("stat") == pd.Timedelta(hours=2) and sla.target("high") == pd.Timedelta(hours=5.5)
-    assert SLA.for_customer("cus_n", normal=np.int32(12)).target("normal", "cus_n") == pd.Timedelta(hours=12)
+    assert SLA.for_customer(NORTH, normal=np.int32(12)).target("normal", NORTH) == pd.Timedelta(hours=12)
     with pytest.raises(ValidationError, match="hours"):
         SLA.with_targets(stat=np.bool_(True))  # type: ignore[arg-type]
 

@@ -30,6 +30,7 @@ from viewerkit.reports.sla import SlaTargets, now_ms, resolve_sla, window_ms
 from viewerkit.schema import STUDY_SCHEMA
 
 T0 = pd.Timestamp("2026-11-02 00:00", tz="UTC")
+CUS_1 = "cus_" + "1" * 32
 
 
 def h(hours: float) -> pd.Timestamp:
@@ -58,12 +59,12 @@ ROWS = [
     study("stu_04", "normal", 0.0, done=3.0),  # complete: not open
     study("stu_05", "stat", 0.0, cancelled=True),  # cancelled: not open
     study("stu_06", "high", 11.0),  # created after now: not open yet
-    study("stu_07", "normal", 4.0, customer="cus_1"),  # customer target 2 h: 4 h past
+    study("stu_07", "normal", 4.0, customer=CUS_1),  # customer target 2 h: 4 h past
 ]
 
 
 def test_deadlines_give_each_open_study_its_time_left_and_overdue_flag() -> None:
-    sla = SLA.for_customer("cus_1", normal=2)
+    sla = SLA.for_customer(CUS_1, normal=2)
     result = deadlines(table(ROWS), sla=sla, now=NOW)
     assert list(result.columns) == ["target_h", "deadline", "open", "age_h", "left_h", "overdue"]
     assert result["target_h"].tolist() == [1.0, 1.0, 4.0, 24.0, 1.0, 4.0, 2.0]
@@ -77,7 +78,7 @@ def test_deadlines_give_each_open_study_its_time_left_and_overdue_flag() -> None
 
 def test_deadlines_agree_with_the_overdue_list_and_the_backlog() -> None:
     studies = table(ROWS)
-    for sla in (None, SLA.for_customer("cus_1", normal=2), {"stat": 0.25}):
+    for sla in (None, SLA.for_customer(CUS_1, normal=2), {"stat": 0.25}):
         flags = deadlines(studies, sla=sla, now=NOW)
         late = overdue(studies, sla=sla, now=NOW)
         assert sorted(studies["study_id"][flags["overdue"].to_numpy()]) == sorted(late["study_id"])
@@ -85,17 +86,22 @@ def test_deadlines_agree_with_the_overdue_list_and_the_backlog() -> None:
         assert backlog(studies, sla=sla, now=NOW)["open"].sum() == flags["open"].sum()
 
 
-def test_deadlines_keep_the_index_of_the_study_table_and_tolerate_unknown_severity() -> None:
+def test_deadlines_keep_the_index_of_the_study_table_and_refuse_an_unknown_severity() -> None:
     studies = pd.DataFrame(
-        {"severity": ["stat", "urgent", None], "study_viewer_status": ["incomplete"] * 3,
+        {"severity": ["stat", "high", None], "study_viewer_status": ["incomplete"] * 3,
          "is_cancelled": [False] * 3, "created_at": [h(9)] * 3},
         index=[30, 10, 20],
     )
     result = deadlines(studies, now=NOW)
     assert list(result.index) == [30, 10, 20]
-    assert result["open"].tolist() == [True, False, False]
-    assert result["target_h"].isna().tolist() == [False, True, True]
-    assert result["deadline"].isna().tolist() == [False, True, True]
+    assert result["open"].tolist() == [True, True, False]  # a null severity is no open work
+    assert result["target_h"].isna().tolist() == [False, False, True]
+    assert result["deadline"].isna().tolist() == [False, False, True]
+    with pytest.raises(ValidationError) as caught:
+        deadlines(studies.assign(severity=pd.Series(["stat", "urgent", None], index=studies.index)), now=NOW)
+    cases = caught.value.failure_cases
+    assert cases[["row", "field", "value"]].values.tolist() == [[10, "severity", "urgent"]]
+    assert cases["reason"].tolist() == [Reason.NOT_SEVERITY]
 
 
 def test_last_days_is_the_window_the_cli_computed_inline() -> None:
@@ -146,8 +152,8 @@ def test_last_days_refuses_what_is_not_a_whole_number_of_days(days: Any, reason:
     ids=lambda v: type(v).__name__,
 )
 def test_hours_are_any_real_number_or_a_timedelta(hours: Any) -> None:
-    sla = SlaTargets(stat=hours).with_targets(high=hours).for_customer("cus_1", normal=hours)
-    assert sla.target("stat") == sla.target("high") == sla.target("normal", "cus_1") == pd.Timedelta(hours=2)
+    sla = SlaTargets(stat=hours).with_targets(high=hours).for_customer(CUS_1, normal=hours)
+    assert sla.target("stat") == sla.target("high") == sla.target("normal", CUS_1) == pd.Timedelta(hours=2)
     assert resolve_sla({"normal": hours}).target_hours("normal") == 2.0
 
 

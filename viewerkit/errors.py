@@ -115,6 +115,8 @@ class Reason(str, Enum):
     IS_A_FOLDER = "is a folder, not a file"
     # text
     NOT_UNICODE = "must be valid Unicode text (no lone surrogates)"
+    # appended by the reports' input checks
+    NOT_A_FOLDER = "is a file, not a folder"
 
 
 #: Fields whose values are secrets: their value never reaches ``failure_cases`` or a message.

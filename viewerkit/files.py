@@ -38,7 +38,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -327,12 +327,16 @@ def file_lock(
 # --- study-table exports ----------------------------------------------------------------------
 
 
-def check_output_path(path: StrPath) -> Path:
-    """Refuse a path ``write_studies`` could not write, before any work: return it as a Path.
+def check_output_path(
+    path: StrPath, *, suffixes: Sequence[str] = STUDY_FILE_SUFFIXES, what: str = "write_studies"
+) -> Path:
+    """Refuse a path ``write_studies`` (or ``what``) could not write, before any work: return
+    it as a Path.
 
-    The name must end with ``.parquet`` or ``.csv`` (any case), its folder must exist, and it
-    must not be a folder. Raises ``ValidationError`` (field ``path``) listing every problem.
-    Call it before a long fetch whose result goes to ``path``.
+    The name must end with one of ``suffixes`` (any case; by default ``.parquet`` or
+    ``.csv``), its folder must exist, and it must not be a folder. Raises ``ValidationError``
+    (field ``path``, message headed ``what``) listing every problem. Call it before a long
+    fetch or report whose result goes to ``path``.
 
     >>> check_output_path("studies.parquet").suffix
     '.parquet'
@@ -347,8 +351,8 @@ def check_output_path(path: StrPath) -> Path:
     def refuse(reason: Reason, detail: str | None = None) -> None:
         cases.append({"field": "path", "value": os.fspath(path), "reason": reason, "detail": detail})
 
-    if target.suffix.lower() not in STUDY_FILE_SUFFIXES:
-        refuse(Reason.WRONG_SUFFIX, "allowed: " + ", ".join(STUDY_FILE_SUFFIXES))
+    if target.suffix.lower() not in suffixes:
+        refuse(Reason.WRONG_SUFFIX, "allowed: " + ", ".join(suffixes))
     folder = target.absolute().parent
     if not folder.is_dir():
         said = f"{folder} is not a folder" if folder.exists() else f"folder {folder} does not exist"
@@ -356,7 +360,7 @@ def check_output_path(path: StrPath) -> Path:
     elif target.is_dir():
         refuse(Reason.IS_A_FOLDER)
     if cases:
-        raise ValidationError.from_cases("write_studies", cases)
+        raise ValidationError.from_cases(what, cases)
     return target
 
 

@@ -6,9 +6,9 @@ colours (``SEVERITY_COLORS``); axes carry their units; figures are 9 x 4.5 in, r
 notebook width. In a notebook, ``display(fig)`` (or a figure as the cell's last value after
 ``%matplotlib inline``) shows it; ``fig.savefig(path)`` writes it.
 
->>> import pandas as pd
+>>> from viewerkit.frame import empty_studies, to_pandas
 >>> from viewerkit.reports import backlog
->>> fig = plot_backlog(backlog(pd.DataFrame(), now="2026-11-02"))
+>>> fig = plot_backlog(backlog(to_pandas(empty_studies()), now="2026-11-02"))
 >>> fig.axes[0].get_title()
 'Open studies by age'
 """

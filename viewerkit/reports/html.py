@@ -5,10 +5,16 @@ the figures from the KPI tables, embeds them as base64 PNG, and writes one HTML 
 no external reference (it opens offline, from e-mail, from a shared drive). Every file is
 written aside and renamed into place, so a reader never sees half a report.
 
+The study table is read as ``viewerkit.reports.columns`` says, for every column any section
+needs (``REPORT_COLUMNS["report"]``), once, before any work; ``render`` checks its output
+path even before that (``viewerkit.files.check_output_path``: an ``.html`` or ``.htm`` name in
+a folder that exists).
+
 >>> import pandas as pd, tempfile, pathlib
 >>> t = pd.Timestamp("2026-11-02 08:00", tz="UTC")
 >>> one = pd.DataFrame({"study_id": ["stu_a"], "severity": ["stat"], "is_cancelled": [False],
-...     "study_viewer_status": ["complete"], "created_at": [t], "updated_at": [t + pd.Timedelta("1h")]})
+...     "study_viewer_status": ["complete"], "created_at": [t], "updated_at": [t + pd.Timedelta("1h")],
+...     "cancelled_at": [pd.NaT], "assigned_to_user_id": [None], "express_customer_id": [None]})
 >>> with tempfile.TemporaryDirectory() as folder:
 ...     page = render(one, pathlib.Path(folder) / "report.html", now=t + pd.Timedelta("2h"))
 ...     "Turnaround" in page.read_text()
@@ -31,6 +37,8 @@ from matplotlib.figure import Figure
 
 import viewerkit.reports.figures as plots
 from viewerkit import files
+from viewerkit.errors import Reason, ValidationError
+from viewerkit.reports.columns import StudyColumns, needed_columns
 from viewerkit.reports.kpis import (
     Freq,
     backlog,
@@ -55,7 +63,7 @@ from viewerkit.reports.sla import (
     window_ms,
 )
 
-__all__ = ["SECTIONS", "render", "report_figures", "report_tables", "save_figures"]
+__all__ = ["HTML_SUFFIXES", "SECTIONS", "render", "report_figures", "report_tables", "save_figures"]
 
 #: The sections of the report, in order: (HTML id, heading).
 SECTIONS: Final = (
@@ -70,20 +78,50 @@ SECTIONS: Final = (
     ("cancellations", "Cancellations"),
 )
 
-def _volume_span(studies: pd.DataFrame, window: Window) -> tuple[Window, Freq]:
+#: What ``render`` writes: an HTML file.
+HTML_SUFFIXES: Final = (".html", ".htm")
+
+
+def _report_columns(studies: pd.DataFrame, history: pd.DataFrame | None, targets: SlaTargets) -> StudyColumns:
+    """The study table read once, for every column a section of the report needs."""
+    needs = needed_columns("report", history=history is not None, customer_targets=bool(targets.customers))
+    return StudyColumns(studies, "report", needs, reads=("completed_at", "completion_source"))
+
+
+def _volume_span(created: np.ndarray, window: Window) -> tuple[Window, Freq]:
     """The window of the volume chart (the report window cut to the arrivals it holds, so a
     wide window does not draw years of empty periods) and a period length that suits it."""
     lo, hi = window_ms(window)
-    if "created_at" not in studies.columns or not studies["created_at"].notna().any():
-        return (window if window is not None else None), "D"
-    created = pd.to_datetime(studies["created_at"], utc=True)
-    first, last = created.min().value / 1e6, created.max().value / 1e6 + 1
-    lo, hi = max(lo, first), min(hi, last)
+    known = created[~np.isnan(created)]
+    if not len(known):
+        return window, "D"
+    lo, hi = max(lo, float(known.min())), min(hi, float(known.max()) + 1)
     if lo >= hi:
-        return (window if window is not None else None), "D"
+        return window, "D"
     span_days = (hi - lo) / DAY_MS
     freq: Freq = "h" if span_days <= 3 else "D" if span_days <= 120 else "W"
     return (pd.Timestamp(int(lo), unit="ms", tz="UTC"), pd.Timestamp(int(hi), unit="ms", tz="UTC")), freq
+
+
+def _tables(
+    cols: StudyColumns,
+    history: pd.DataFrame | None,
+    window: Window,
+    targets: SlaTargets,
+    at: pd.Timestamp,
+) -> dict[str, pd.DataFrame]:
+    table = with_completion(cols.table(), history)
+    span, freq = _volume_span(cols.created, window)
+    return {
+        "turnaround": turnaround(table, "severity", sla=targets, window=window),
+        "turnaround_weekly": turnaround(table, ["severity", "week"], sla=targets, window=window),
+        "backlog": backlog(table, now=at, sla=targets),
+        "overdue": overdue(table, now=at, sla=targets),
+        "volume": volume(table, freq=freq, window=span),
+        "workload": workload(table, now=at, sla=targets, window=window),
+        "customers": customers(table, sla=targets, window=window),
+        "cancellations": cancellations(table, "severity", window=window),
+    }
 
 
 def report_tables(
@@ -97,25 +135,16 @@ def report_tables(
     """Every KPI table of the report, keyed ``turnaround``, ``turnaround_weekly``,
     ``backlog``, ``overdue``, ``volume``, ``workload``, ``customers``, ``cancellations``.
 
-    Completion is resolved once (``with_completion``) and shared by all of them. The
-    window bounds arrivals, completions and cancellations; the backlog, the overdue list and
-    the open counts are what is open at ``now``, however old (a morning report over the last
-    7 days must still show the study that has waited for three weeks).
+    The study table is read once (every column any KPI needs, ``ValidationError`` listing
+    every problem before any number is computed) and completion is resolved once
+    (``with_completion``) and shared by all of them. The window bounds arrivals,
+    completions and cancellations; the backlog, the overdue list and the open counts are
+    what is open at ``now``, however old (a morning report over the last 7 days must still
+    show the study that has waited for three weeks).
     """
-    targets = resolve_sla(sla)
-    at = resolve_now(now)
-    table = with_completion(studies, history)
-    span, freq = _volume_span(studies, window)
-    return {
-        "turnaround": turnaround(table, "severity", sla=targets, window=window),
-        "turnaround_weekly": turnaround(table, ["severity", "week"], sla=targets, window=window),
-        "backlog": backlog(table, now=at, sla=targets),
-        "overdue": overdue(table, now=at, sla=targets),
-        "volume": volume(table, freq=freq, window=span),
-        "workload": workload(table, now=at, sla=targets, window=window),
-        "customers": customers(table, sla=targets, window=window),
-        "cancellations": cancellations(table, "severity", window=window),
-    }
+    targets, at = resolve_sla(sla), resolve_now(now)
+    window_ms(window)
+    return _tables(_report_columns(studies, history, targets), history, window, targets, at)
 
 
 def _figures_of(tables: Mapping[str, pd.DataFrame], targets: SlaTargets) -> dict[str, Figure]:
@@ -141,8 +170,8 @@ def report_figures(
 ) -> dict[str, Figure]:
     """Every figure of the report (matplotlib Figures), keyed like ``report_tables``.
 
-    >>> import pandas as pd
-    >>> figs = report_figures(pd.DataFrame(), now="2026-11-02")
+    >>> from viewerkit.frame import empty_studies, to_pandas
+    >>> figs = report_figures(to_pandas(empty_studies()), now="2026-11-02")
     >>> list(figs)[:3], figs["backlog"].axes[0].get_title()
     (['turnaround', 'turnaround_weekly', 'backlog'], 'Open studies by age')
     """
@@ -166,11 +195,15 @@ def save_figures(
     now: Moment = None,
     dpi: int = 100,
 ) -> list[Path]:
-    """Write one PNG per figure of the report into ``folder`` (``<name>.png``), atomically.
+    """Write one PNG per figure of the report into ``folder`` (``<name>.png``), atomically,
+    creating the folder if needed.
 
-    Returns the paths written, in report order.
+    Returns the paths written, in report order. A ``folder`` that is a file is refused
+    (``ValidationError``, field ``folder``, ``Reason.NOT_A_FOLDER``) before any work.
     """
     out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise ValidationError.one("save_figures", "folder", os.fspath(folder), Reason.NOT_A_FOLDER)
     written = []
     for name, fig in report_figures(studies, history=history, window=window, sla=sla, now=now).items():
         buffer = io.BytesIO()
@@ -266,28 +299,30 @@ def render(
 ) -> Path:
     """Write the report to ``path`` as one self-contained HTML file, atomically; return the path.
 
+    Checks its arguments, then ``path`` (``ValidationError``, field ``path``: not ``.html`` /
+    ``.htm``, a folder that does not exist, a folder), then the study table (see the
+    module notes), all before any KPI is computed.
+
     Sections (``SECTIONS``): summary (headline numbers), the SLA targets used, turnaround,
     backlog, overdue, volume and severity mix, workload, customers, cancellations; each with
     its figure(s) embedded as PNG and its KPI table. The header gives the window, ``now`` and
     the data's freshness: the newest ``updated_at`` and, if given, ``refreshed_at`` (the
     cache's last refresh).
     """
-    targets = resolve_sla(sla)
-    at = resolve_now(now)
-    tables = report_tables(studies, history=history, window=window, sla=targets, now=at)
-    figs = _figures_of(tables, targets)
+    targets, at = resolve_sla(sla), resolve_now(now)
     lo, hi = window_ms(window)
-    window_text = f"{_when(lo) if np.isfinite(lo) else 'the beginning'} to {_when(hi) if np.isfinite(hi) else 'now'}"
-    newest = (
-        float(pd.to_datetime(studies["updated_at"], utc=True).max().value // 1_000_000)
-        if "updated_at" in studies.columns and studies["updated_at"].notna().any()
-        else None
-    )
     refreshed = moment_ms(refreshed_at, "refreshed_at")
+    target = files.check_output_path(path, suffixes=HTML_SUFFIXES, what="render")
+    cols = _report_columns(studies, history, targets)
+    tables = _tables(cols, history, window, targets, at)
+    figs = _figures_of(tables, targets)
+    window_text = f"{_when(lo) if np.isfinite(lo) else 'the beginning'} to {_when(hi) if np.isfinite(hi) else 'now'}"
+    updated = cols.updated[~np.isnan(cols.updated)]
+    newest = float(updated.max()) if len(updated) else None
     tat, bl, cust = tables["turnaround"], tables["backlog"], tables["customers"]
     completed = float(tat["completed"].sum())
     headline = {
-        "studies in the table": f"{len(studies):,}",
+        "studies in the table": f"{cols.n:,}",
         "completed in the window": f"{int(completed):,}",
         "completed within target": _share(float(tat["within_target"].sum()), completed),
         "open now": f"{int(bl['open'].sum()):,}",
@@ -336,4 +371,4 @@ def render(
     )
     for fig in figs.values():
         fig.clear()
-    return _write_bytes(Path(path), page.encode("utf-8"))
+    return files.write_bytes(page.encode("utf-8"), target)

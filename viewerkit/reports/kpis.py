@@ -1,8 +1,11 @@
 """Severity and turnaround KPIs of the study table, each a tidy DataFrame.
 
 Every KPI takes the study table (``fetch_studies`` / ``StudyCache.load``: one row per study,
-the columns of ``viewerkit.schema.STUDY_SCHEMA``) and works on whole columns at once (numpy
-over the timestamp and code arrays; no Python loop over studies).
+the columns of ``viewerkit.schema.STUDY_SCHEMA``; or the same table back from a CSV or Excel
+file) and works on whole columns at once (numpy over the timestamp and code arrays; no
+Python loop over studies). What a KPI accepts, which columns each needs, and the
+``ValidationError`` for anything else (every problem at once, before any number is
+computed) are set out once, in ``viewerkit.reports.columns``.
 
 Rules every KPI follows:
 
@@ -55,11 +58,12 @@ import pyarrow.compute as pc
 
 from viewerkit.errors import Reason, ValidationError
 from viewerkit.reports.columns import (
+    CHANGES,
+    COMPLETION_SOURCES,
+    HISTORY_COLUMNS,
     StudyColumns,
     arrow_strings,
-    column,
-    epoch_ms,
-    equals,
+    needed_columns,
     severity_labels,
     text,
     timestamps,
@@ -105,6 +109,9 @@ _KPI_ERROR: Final = "bad KPI arguments"
 AGE_BANDS: Final = ("< 1 h", "1-4 h", "4-12 h", "12-24 h", "24-48 h", "> 48 h")
 _AGE_EDGES_H: Final = np.array([1.0, 4.0, 12.0, 24.0, 48.0])
 
+#: The columns ``with_completion`` adds, read by the KPIs of completed work when present.
+_RESOLVED: Final = ("completed_at", "completion_source")
+
 UNASSIGNED: Final = "(unassigned)"
 NO_CUSTOMER: Final = "(no customer)"
 
@@ -136,20 +143,19 @@ def _user_name(first: Any, last: Any, email: Any, user_id: Any) -> str:
 # --- the prepared study table -----------------------------------------------------------------
 
 
-def _history_completion(history: pd.DataFrame, study_ids: pd.Series, done: np.ndarray) -> np.ndarray:
+def _history_completion(history: StudyColumns, study_ids: pd.Series, done: np.ndarray) -> np.ndarray:
     """Per study, the completion time the history saw (ms), NaN where it saw no transition.
 
     Only the studies in ``done`` are looked up. String IDs are hashed once each, in Arrow.
     """
     out = np.full(len(study_ids), np.nan)
-    if len(history) == 0 or not done.any():
+    if history.n == 0 or not done.any():
         return out
-    seen = ~equals(column(history, "change"), "gone")
-    h = history.loc[seen]
-    observed = epoch_ms(h["observed_at"])
-    updated = epoch_ms(column(h, "updated_at"))
-    complete = equals(column(h, "study_viewer_status"), "complete")
-    encoded = pc.dictionary_encode(arrow_strings(h["study_id"]))
+    seen = history.values("change") != CHANGES.index("gone")
+    observed = history.values("observed_at")[seen]
+    updated = history.values("updated_at")[seen]
+    complete = history.status_is("complete")[seen]
+    encoded = pc.dictionary_encode(arrow_strings(history.text("study_id")[seen]))
     codes = np.asarray(encoded.indices.fill_null(-1), dtype=np.int64)
     last_incomplete = np.full(len(encoded.dictionary), -np.inf)
     inc = ~complete & (codes >= 0) & ~np.isnan(observed)
@@ -188,43 +194,46 @@ def with_completion(studies: pd.DataFrame, history: pd.DataFrame | None = None) 
     >>> with_completion(one, seen)[["completed_at", "completion_source"]].to_dict("records")
     [{'completed_at': Timestamp('2026-11-02 11:00:00+0000', tz='UTC'), 'completion_source': 'history'}]
     """
-    s = _Studies(studies, history)
+    s = _Studies(studies, "with_completion", history, reads=_RESOLVED)
     source = np.where(s.from_history, 0, np.where(np.isnan(s.completed_at), -1, 1))
     completed_at = timestamps(s.completed_at)
     completed_at.index = studies.index
-    return studies.assign(
+    return s.table().assign(
         completed_at=completed_at,
         completion_source=pd.Categorical.from_codes(source, dtype=pd.CategoricalDtype(["history", "updated_at"])),
     )
 
 
 class _Studies(StudyColumns):
-    """The study table as arrays, with each study's completion resolved from ``history``."""
+    """The study table as arrays, checked for what ``report`` needs (``columns.needed_columns``
+    with the options given), with each study's completion resolved from ``history``."""
 
-    def __init__(self, studies: pd.DataFrame, history: pd.DataFrame | None) -> None:
-        super().__init__(studies)
-        if history is not None and not isinstance(history, pd.DataFrame):
-            raise ValidationError.one(
-                "bad change history", "history", type(history).__name__, Reason.WRONG_TYPE,
-                detail="expected a pandas DataFrame (StudyCache.history()) or None",
-            )
-        if history is not None and len(history):  # an empty history needs no columns
-            missing = [c for c in ("observed_at", "study_id") if c not in history.columns]
-            if missing:
-                raise ValidationError.from_cases(
-                    "bad change history",
-                    [{"field": c, "value": None, "reason": Reason.MISSING_COLUMN} for c in missing],
-                )
-        self.history = history
+    def __init__(
+        self,
+        studies: pd.DataFrame,
+        report: str,
+        history: pd.DataFrame | None = None,
+        *,
+        by: Sequence[str] = (),
+        sla: SlaTargets | None = None,
+        reads: Sequence[str] = (),
+    ) -> None:
+        needs = needed_columns(report, by=by, history=history is not None,
+                               customer_targets=sla is not None and bool(sla.customers))
+        super().__init__(studies, report, needs, reads)
+        self.history = None
+        if history is not None:  # an empty history needs no columns
+            needs_history = HISTORY_COLUMNS if isinstance(history, pd.DataFrame) and len(history) else ()
+            self.history = StudyColumns(history, report, needs_history, field="history")
 
     @cached_property
     def _completion(self) -> tuple[np.ndarray, np.ndarray]:
         done = self.complete & ~self.is_cancelled & (self.severity >= 0) & ~np.isnan(self.created)
-        if self.history is None and {"completed_at", "completion_source"} <= set(self.frame.columns):
-            at = np.where(done, epoch_ms(self.frame["completed_at"]), np.nan)
-            return at, done & equals(self.frame["completion_source"], "history")
+        if self.history is None and self.has("completed_at") and self.has("completion_source"):
+            at = np.where(done, self.values("completed_at"), np.nan)
+            return at, done & (self.values("completion_source") == COMPLETION_SOURCES.index("history"))
         seen = (
-            _history_completion(self.history, column(self.frame, "study_id"), done)
+            _history_completion(self.history, self.text("study_id"), done)
             if self.history is not None
             else np.full(self.n, np.nan)
         )
@@ -245,7 +254,8 @@ class _Studies(StudyColumns):
         return np.asarray((self.completed_at - self.created) / HOUR_MS)
 
     def target_h(self, sla: SlaTargets) -> np.ndarray:
-        return sla.hours_per_study(self.severity, self.column("express_customer_id"))
+        customer_ids = self.text("express_customer_id") if sla.customers else None
+        return sla.hours_per_study(self.severity, customer_ids)
 
 
 # --- grouping ---------------------------------------------------------------------------------
@@ -290,7 +300,7 @@ def _reference_keys(s: _Studies, rows: np.ndarray, who: str) -> tuple[np.ndarray
     else:
         id_col, fields = "express_customer_id", ["name"]
         prefix, label, missing = "express_customer_", "customer", NO_CUSTOMER
-    all_codes, found = pd.factorize(column(s.frame, id_col))
+    all_codes, found = pd.factorize(s.text(id_col))
     width = len(found) + 1  # the last code is "none": no assignee / no customer
     sub = all_codes[rows]
     sub = np.where(sub < 0, width - 1, sub)
@@ -301,7 +311,7 @@ def _reference_keys(s: _Studies, rows: np.ndarray, who: str) -> tuple[np.ndarray
     first = pd.Series(codes).drop_duplicates()  # the first row of each group, for its labels
     firsts = np.empty(len(used), dtype=np.int64)
     firsts[first.to_numpy()] = rows[first.index.to_numpy()]
-    extra = {f: column(s.frame, prefix + f).take(firsts).astype(object).tolist() for f in fields}
+    extra = {f: s.text(prefix + f).take(firsts).astype(object).tolist() for f in fields}
     key_ids: list[str | None] = [str(found[int(u)]) if u < len(found) else None for u in used]
     if who == "assignee":
         names = [
@@ -428,13 +438,15 @@ def turnaround(
     1     high          1       4.0                  1.0
     2     stat          0       NaN                  NaN
     """
-    s = _Studies(studies, history)
-    targets = s.target_h(resolve_sla(sla))
+    dims = _dimensions(by, _DIMENSIONS)
+    targets_of = resolve_sla(sla)
     win = window_ms(window)
+    s = _Studies(studies, "turnaround", history, by=dims, sla=targets_of, reads=("cancelled_at", *_RESOLVED))
+    targets = s.target_h(targets_of)
     done = _inside(s.completed_at, win)
     cancelled = s.is_cancelled & (s.severity >= 0) & _inside(s.cancelled_at, win)
     when = np.where(done, s.completed_at, s.cancelled_at)
-    codes, keys = _group(s, by, _rows(done | cancelled), when)
+    codes, keys = _group(s, dims, _rows(done | cancelled), when)
     n = len(keys)
     hours = s.turnaround_h
     stats = _duration_stats(codes, done, hours, n)
@@ -477,11 +489,11 @@ def backlog(
     >>> b[b.open > 0].to_dict("records")
     [{'severity': 'stat', 'age_band': '1-4 h', 'open': 1, 'past_target': 1}]
     """
-    s = _Studies(studies, None)
-    at = now_ms(now)
-    targets = s.target_h(resolve_sla(sla))
+    at, targets_of, win = now_ms(now), resolve_sla(sla), window_ms(window)
+    s = _Studies(studies, "backlog", sla=targets_of)
+    targets = s.target_h(targets_of)
     age = (at - s.created) / HOUR_MS
-    is_open = s.open_at(at) & _inside(s.created, window_ms(window))
+    is_open = s.open_at(at) & _inside(s.created, win)
     band = np.searchsorted(_AGE_EDGES_H, age, side="right")
     cell = np.where(is_open, s.severity * len(AGE_BANDS) + band, -1)
     n = len(SEVERITIES) * len(AGE_BANDS)
@@ -513,24 +525,25 @@ def overdue(
     >>> now = pd.Timestamp("2026-11-02 12:00", tz="UTC")
     >>> two = pd.DataFrame({"study_id": ["stu_a", "stu_b"], "severity": ["stat", "high"],
     ...     "study_viewer_status": ["incomplete"] * 2, "is_cancelled": [False] * 2,
-    ...     "created_at": [now - pd.Timedelta("3h"), now - pd.Timedelta("10h")]})
+    ...     "created_at": [now - pd.Timedelta("3h"), now - pd.Timedelta("10h")],
+    ...     "assigned_to_user_id": [None] * 2, "express_customer_id": [None] * 2})
     >>> overdue(two, now=now)[["study_id", "age_h", "overdue_h"]].to_dict("records")
     [{'study_id': 'stu_b', 'age_h': 10.0, 'overdue_h': 6.0}, {'study_id': 'stu_a', 'age_h': 3.0, 'overdue_h': 2.0}]
     """
-    s = _Studies(studies, None)
-    at = now_ms(now)
-    targets = s.target_h(resolve_sla(sla))
+    at, targets_of, win = now_ms(now), resolve_sla(sla), window_ms(window)
+    s = _Studies(studies, "overdue", sla=targets_of)
+    targets = s.target_h(targets_of)
     age = (at - s.created) / HOUR_MS
-    late = s.open_at(at) & past_target(age, targets) & _inside(s.created, window_ms(window))
+    late = s.open_at(at) & past_target(age, targets) & _inside(s.created, win)
     rows = _rows(late)
     late_by = age[rows] - targets[rows]
-    ids = column(s.frame, "study_id").take(rows).astype(object).to_numpy()
+    ids = s.text("study_id").take(rows).astype(object).to_numpy()
     order = np.lexsort((ids.astype(str), s.created[rows], -late_by))
     rows, late_by = rows[order], late_by[order]
     who_codes, who = _reference_keys(s, rows, "assignee")
     cust_codes, cust = _reference_keys(s, rows, "customer")
     def study_text(name: str) -> pd.Series:
-        return text(s.column(name).take(rows).reset_index(drop=True))
+        return text(s.text(name).take(rows).reset_index(drop=True))
 
     return pd.DataFrame(
         {
@@ -568,8 +581,8 @@ def volume(studies: pd.DataFrame, *, freq: Freq = "D", window: Window = None) ->
     if freq not in _FREQ_MS:
         raise ValidationError.one(_KPI_ERROR, "freq", freq, Reason.NOT_A_CHOICE,
                                   detail=f"allowed: {', '.join(_FREQ_MS)}")
-    s = _Studies(studies, None)
     win = window_ms(window)
+    s = _Studies(studies, "volume")
     arrived = _inside(s.created, win) & (s.severity >= 0)
     periods = _floor(s.created, freq)
     step = _FREQ_MS[freq]
@@ -613,14 +626,13 @@ def workload(
     >>> import pandas as pd
     >>> now = pd.Timestamp("2026-11-02 12:00", tz="UTC")
     >>> one = pd.DataFrame({"severity": ["stat"], "study_viewer_status": ["incomplete"],
-    ...     "is_cancelled": [False], "created_at": [now], "assigned_to_email": ["a@x.org"]})
+    ...     "is_cancelled": [False], "created_at": [now], "updated_at": [now], "assigned_to_user_id": [None]})
     >>> workload(one, now=now)[["assignee", "open_stat", "completed"]].to_dict("records")
     [{'assignee': '(unassigned)', 'open_stat': 1, 'completed': 0}]
     """
-    s = _Studies(studies, history)
-    at = now_ms(now)
-    targets = s.target_h(resolve_sla(sla))
-    win = window_ms(window)
+    at, targets_of, win = now_ms(now), resolve_sla(sla), window_ms(window)
+    s = _Studies(studies, "workload", history, sla=targets_of, reads=_RESOLVED)
+    targets = s.target_h(targets_of)
     is_open = s.open_at(at)
     done = _inside(s.completed_at, win)
     codes, keys = _group(s, "assignee", _rows(is_open | done))
@@ -655,14 +667,14 @@ def customers(
     >>> import pandas as pd
     >>> t = pd.Timestamp("2026-11-02", tz="UTC")
     >>> two = pd.DataFrame({"severity": ["normal"] * 2, "study_viewer_status": ["incomplete"] * 2,
-    ...     "is_cancelled": [True, False], "created_at": [t, t],
+    ...     "is_cancelled": [True, False], "created_at": [t, t], "updated_at": [t, t],
     ...     "express_customer_id": ["cus_1", "cus_1"], "express_customer_name": ["North", "North"]})
     >>> customers(two)[["customer", "arrivals", "cancellation_rate"]].to_dict("records")
     [{'customer': 'North', 'arrivals': 2, 'cancellation_rate': 0.5}]
     """
-    s = _Studies(studies, history)
-    targets = s.target_h(resolve_sla(sla))
-    win = window_ms(window)
+    targets_of, win = resolve_sla(sla), window_ms(window)
+    s = _Studies(studies, "customers", history, sla=targets_of, reads=_RESOLVED)
+    targets = s.target_h(targets_of)
     arrived = _inside(s.created, win) & (s.severity >= 0)
     done = _inside(s.completed_at, win)
     codes, keys = _group(s, "customer", _rows(arrived | done))
@@ -691,10 +703,11 @@ def cancellations(studies: pd.DataFrame, by: By = "severity", *, window: Window 
     >>> cancellations(two).loc[2, ["cancellation_rate", "median_to_cancel_h"]].tolist()
     [0.5, 2.0]
     """
-    _dimensions(by, ("severity", "customer"))
-    s = _Studies(studies, None)
-    arrived = _inside(s.created, window_ms(window)) & (s.severity >= 0)
-    codes, keys = _group(s, by, _rows(arrived))
+    dims = _dimensions(by, ("severity", "customer"))
+    win = window_ms(window)
+    s = _Studies(studies, "cancellations", by=dims, reads=("updated_at",))
+    arrived = _inside(s.created, win) & (s.severity >= 0)
+    codes, keys = _group(s, dims, _rows(arrived))
     n = len(keys)
     gone = arrived & s.is_cancelled
     stats = _duration_stats(codes, gone, (s.cancelled_at - s.created) / HOUR_MS, n)

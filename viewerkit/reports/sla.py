@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 from viewerkit.errors import Reason, ValidationError
-from viewerkit.reports.columns import StudyColumns, severity_codes, timestamps
-from viewerkit.schema import SEVERITIES, Severity
+from viewerkit.reports.columns import StudyColumns, needed_columns, severity_codes, timestamps
+from viewerkit.schema import RULES, SEVERITIES, Severity
 
 __all__ = [
     "DAY_MS",
@@ -130,13 +130,16 @@ class SlaTargets:
     """Turnaround targets per severity, with optional overrides per express customer.
 
     Hours are any real number (numpy numbers too, not bool) or a timedelta, and must be
-    positive. ``customers`` maps an ``express_customer_id`` to the severities whose target
-    differs for that customer. Every bad target is reported at once, as a
-    ``ValidationError`` whose ``failure_cases`` name the field (``stat``,
-    ``customers.cus_1.high``, or ``severity`` for an unknown severity key) and the reason.
+    positive. ``customers`` maps an ``express_customer_id`` (``cus_`` + 32 lowercase hex, the
+    contract's format: ``viewerkit.schema.RULES["customer_id"]``) to the severities whose
+    target differs for that customer. Every bad target or customer ID is reported at once,
+    as a ``ValidationError`` whose ``failure_cases`` name the field (``stat``,
+    ``customers.cus_….high``, ``customers`` for a bad customer ID, or ``severity`` for an
+    unknown severity key) and the reason.
 
-    >>> sla = SLA.with_targets(normal=12).for_customer("cus_1", stat=0.5)
-    >>> sla.target("normal"), sla.target("stat", "cus_1"), sla.target("stat", "cus_2")
+    >>> north, south = "cus_" + "1" * 32, "cus_" + "2" * 32
+    >>> sla = SLA.with_targets(normal=12).for_customer(north, stat=0.5)
+    >>> sla.target("normal"), sla.target("stat", north), sla.target("stat", south)
     (Timedelta('0 days 12:00:00'), Timedelta('0 days 00:30:00'), Timedelta('0 days 01:00:00'))
     >>> print(SLA)
     stat 1 h, high 4 h, normal 24 h
@@ -155,6 +158,7 @@ class SlaTargets:
                           "detail": "expected a mapping of customer ID to {severity: hours}"})
             raise ValidationError.from_cases(_SLA_ERROR, cases)
         for cid, own in self.customers.items():
+            cases += [f.case() for f in RULES["customer_id"].check(cid, "customers")]
             if isinstance(own, Mapping):
                 cases += _targets_cases(own, f"customers.{cid}.")
             else:
@@ -165,7 +169,7 @@ class SlaTargets:
         for sev, value in defaults.items():
             object.__setattr__(self, sev, _timedelta(value))
         object.__setattr__(
-            self, "customers", {str(cid): _checked(own, "") for cid, own in self.customers.items()}
+            self, "customers", {cid: _checked(own, "") for cid, own in self.customers.items()}
         )
 
     def target(self, severity: Severity, customer_id: str | None = None) -> pd.Timedelta:
@@ -188,13 +192,15 @@ class SlaTargets:
     ) -> np.ndarray:
         """The target of each study in hours (float64, NaN for a null or unknown severity).
 
-        ``severity``: the study table's severity column, or an int array of severity codes
-        (0 normal, 1 high, 2 stat, -1 unknown). ``customer_id``: the
+        ``severity``: the study table's severity column (read as every report reads it:
+        ``ValidationError`` for a value outside the contract, NaN for null), or an int array
+        of severity codes (0 normal, 1 high, 2 stat, -1 null). ``customer_id``: the
         ``express_customer_id`` column, for the customers with their own targets.
 
         >>> import pandas as pd
-        >>> SLA.for_customer("cus_1", high=2).hours_per_study(
-        ...     pd.Series(["high", "high", "urgent"]), pd.Series(["cus_1", None, None])).tolist()
+        >>> north = "cus_" + "1" * 32
+        >>> SLA.for_customer(north, high=2).hours_per_study(
+        ...     pd.Series(["high", "high", None]), pd.Series([north, None, None])).tolist()
         [2.0, 4.0, nan]
         """
         codes = (
@@ -220,8 +226,22 @@ class SlaTargets:
         return SlaTargets(**{**self._defaults(), **_checked(hours, "")}, customers=self.customers)
 
     def for_customer(self, customer_id: str, **hours: Hours) -> SlaTargets:
-        """A copy where one customer has its own targets for the severities given."""
-        merged = {**self.customers.get(customer_id, {}), **_checked(hours, f"customers.{customer_id}.")}
+        """A copy where one customer has its own targets for the severities given.
+
+        ``customer_id`` must have the contract's format (``cus_`` + 32 lowercase hex):
+        ``ValidationError`` on field ``customer_id`` (``Reason.NOT_CUSTOMER_ID``) otherwise,
+        with every bad target of ``hours``.
+
+        >>> SLA.for_customer("bob", stat=2)
+        Traceback (most recent call last):
+        viewerkit.errors.ValidationError: bad SLA targets: 1 problem
+          field customer_id: must be cus_ + 32 lowercase hex (got 'bob')
+        """
+        cases = [f.case() for f in RULES["customer_id"].check(customer_id, "customer_id")]
+        cases += _targets_cases(hours, f"customers.{customer_id}.")
+        if cases:
+            raise ValidationError.from_cases(_SLA_ERROR, cases)
+        merged = {**self.customers.get(customer_id, {}), **_checked(hours, "")}
         return SlaTargets(**self._defaults(), customers={**self.customers, customer_id: merged})
 
     def table(self) -> pd.DataFrame:
@@ -408,9 +428,9 @@ def deadlines(studies: pd.DataFrame, *, sla: SlaLike = None, now: Moment = None)
     >>> deadlines(one, now=now)[["deadline", "left_h", "overdue"]].to_dict("records")
     [{'deadline': Timestamp('2026-11-02 16:00:00+0000', tz='UTC'), 'left_h': 4.0, 'overdue': False}]
     """
-    cols = StudyColumns(studies)
-    at = now_ms(now)
-    target_h = resolve_sla(sla).hours_per_study(cols.severity, cols.column("express_customer_id"))
+    at, targets = now_ms(now), resolve_sla(sla)
+    cols = StudyColumns(studies, "deadlines", needed_columns("deadlines", customer_targets=bool(targets.customers)))
+    target_h = targets.hours_per_study(cols.severity, cols.text("express_customer_id") if targets.customers else None)
     is_open = cols.open_at(at)
     age_h = np.where(is_open, (at - cols.created) / HOUR_MS, np.nan)
     deadline = timestamps(cols.created + np.round(target_h * HOUR_MS))
