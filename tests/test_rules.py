@@ -28,13 +28,13 @@ from hypothesis import strategies as st
 from viewerkit import ApiConnectionError, Client, ValidationError
 from viewerkit.errors import SECRET_FIELDS, Reason
 from viewerkit.frame import conform, from_pandas, studies_to_arrow, to_pandas
+from viewerkit.rules import Failure
 from viewerkit.sandbox.server import Sandbox
 from viewerkit.schema import (
     FIELDS,
     LIST_FILTERS,
     RULES,
     STUDY_COLUMNS,
-    Failure,
     StudyFilterArgs,
     is_api_key_id,
     is_customer_id,
