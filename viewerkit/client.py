@@ -381,10 +381,14 @@ class Client:
         express_customer_id: str | None | NotGiven = NOT_GIVEN,
         metadata: Mapping[str, str] | None | NotGiven = NOT_GIVEN,
     ) -> dict[str, Any]:
-        """Create a study; returns it. A retry that meets 409 for this UID after a try that
-        may have been applied (a 5xx, or the connection lost mid-request) returns the existing
-        study; any other 409 (first try, or after 408 / 429, which apply nothing) raises
-        Conflict."""
+        """Create a study; returns it.
+
+        A retry that meets 409 for this UID after a try that may have been applied (a 5xx,
+        or the connection lost mid-request) returns the existing study when it is the one
+        sent (same severity, description, assignee, customer and metadata: an earlier try
+        created it and its answer was lost); a study that differs is someone else's, and
+        raises Conflict naming the fields that differ, as does any other 409 (first try, or
+        after 408 / 429, which apply nothing)."""
         fields: dict[str, Any] = {
             "severity": severity,
             "study_description": study_description,
@@ -401,7 +405,16 @@ class Client:
                 conflict_on_retry_ok=True,
             )
         except _CreateAlreadyApplied:
-            return self.retrieve_study_by_uid(study_instance_uid)
+            existing = self.retrieve_study_by_uid(study_instance_uid)
+            differing = _differences(body, existing)
+            if differing:
+                raise Conflict(
+                    "a study with this Study Instance UID exists and is not the one sent "
+                    f"(it differs in {', '.join(differing)})",
+                    call="create_study", study=study_instance_uid, status_code=409,
+                    param="studyInstanceUid",
+                ) from None
+            return existing
         return self._json("create_study", study_instance_uid, response)
 
     def list_studies_raw(
@@ -510,6 +523,12 @@ class Client:
         }
         check_arguments("update_study", study_id=study_id, **fields)
         body = wire_body(**fields)
+        if not body:
+            # an empty PATCH changes nothing, and is almost always a bug in the caller
+            raise ValidationError.one(
+                "update_study", "fields", None, Reason.REQUIRED,
+                detail="give at least one of " + ", ".join(fields),
+            )
         response = self._send(
             "update_study", "PATCH", f"{_STUDIES}/{study_id}", study=study_id, json=body
         )
@@ -697,6 +716,23 @@ def environment_client() -> Iterator[Client | None]:
         return
     with Client() as client:
         yield client
+
+
+def _differences(sent: Mapping[str, Any], study: Mapping[str, Any]) -> list[str]:
+    """The fields of a create body (wire names) whose value the study does not hold."""
+    reference = {
+        "assignedTo": ((study.get("assignedTo") or {}).get("userId")),
+        "expressCustomerId": ((study.get("expressCustomer") or {}).get("expressCustomerId")),
+        "metadata": study.get("metadata") or None,
+    }
+    differing = []
+    for name, value in sent.items():
+        held = reference[name] if name in reference else study.get(name)
+        if name == "metadata":
+            value = value or None  # no map and an empty map create the same study
+        if held != value:
+            differing.append(name)
+    return differing
 
 
 def _connection(api_key: object, base_url: object) -> tuple[_Secret, str]:
