@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Client",
+    "CursorTrail",
     "CancelResult",
     "RerouteUrl",
     "retry_delay",
@@ -474,16 +475,12 @@ class Client:
         """Every study matching the filters (as :meth:`list_studies`), page after page
         (sequential; for a table use ``viewerkit.fetch_studies``)."""
         chosen = StudyFilters.of(filters, filter_args)
-        cursor: str | NotGiven = NOT_GIVEN
-        while True:
+        trail = CursorTrail("list_studies")
+        cursor: str | NotGiven | None = NOT_GIVEN
+        while cursor is not None:
             page = self.list_studies(chosen, limit=limit, cursor=cursor)
             yield from page["studies"]
-            if not page.get("hasMore"):
-                return
-            if not page.get("cursor"):
-                # stopping here would silently return part of the list
-                raise ApiError("a page said hasMore but gave no cursor", call="list_studies")
-            cursor = page["cursor"]
+            cursor = trail.follow(page.get("cursor"), bool(page.get("hasMore")), len(page["studies"]))
 
     def retrieve_study(self, study_id: str) -> dict[str, Any]:
         """One study by its ID."""
@@ -716,6 +713,53 @@ def environment_client() -> Iterator[Client | None]:
         return
     with Client() as client:
         yield client
+
+
+class CursorTrail:
+    """Follows one cursor chain of a paged list, refusing a chain that does not advance: a
+    server that repeats a cursor, or keeps answering empty pages that say there is more,
+    would otherwise be paged forever. Used by every paged read (``iter_studies``, the
+    fetcher's chains, the cache's refresh).
+
+    >>> trail = CursorTrail("list_studies")
+    >>> trail.follow("c1", True, 100), trail.follow(None, False, 7)
+    ('c1', None)
+    >>> trail.follow("c1", True, 100)
+    Traceback (most recent call last):
+    ...
+    viewerkit.errors.ApiError: list_studies: the list repeated a cursor it gave before: it would be paged forever
+    """
+
+    #: Empty pages in a row that say there is more, before the chain is refused.
+    MAX_EMPTY_PAGES = 3
+
+    def __init__(self, call: str) -> None:
+        self.call = call
+        self._seen: set[str] = set()
+        self._empty = 0
+
+    def follow(self, cursor: object, has_more: bool, studies: int) -> str | None:
+        """The cursor of the next page, or None when the list is done; ApiError when the
+        page's answer cannot be followed."""
+        if not has_more:
+            return None
+        if not isinstance(cursor, str) or not cursor:
+            # stopping here would silently return part of the list
+            raise ApiError("a page said hasMore but gave no cursor", call=self.call)
+        if cursor in self._seen:
+            raise ApiError(
+                "the list repeated a cursor it gave before: it would be paged forever",
+                call=self.call,
+            )
+        self._seen.add(cursor)
+        self._empty = self._empty + 1 if studies == 0 else 0
+        if self._empty >= self.MAX_EMPTY_PAGES:
+            raise ApiError(
+                f"{self._empty} empty pages in a row said there was more: the list does not "
+                "advance",
+                call=self.call,
+            )
+        return cursor
 
 
 def _differences(sent: Mapping[str, Any], study: Mapping[str, Any]) -> list[str]:

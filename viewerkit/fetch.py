@@ -56,7 +56,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from viewerkit.errors import ApiError, NotFound, Reason, ValidationError
+from viewerkit.client import CursorTrail
+from viewerkit.errors import NotFound, Reason, ValidationError
 from viewerkit.frame import (
     concat_studies,
     empty_studies,
@@ -148,6 +149,7 @@ class _Chain:
     cursor: str | NotGiven = NOT_GIVEN
     pages: int = 0
     pages_read: list[pa.StructArray] = field(default_factory=list)
+    trail: CursorTrail = field(default_factory=lambda: CursorTrail("list_studies"))
 
     def __hash__(self) -> int:
         return self.order
@@ -182,16 +184,16 @@ def _page_chains(
             chain.pages_read.append(studies)
             chain.pages += 1
             runner.advance(len(studies))
-            if not has_more:
+            next_cursor = chain.trail.follow(cursor, has_more, len(studies))
+            if next_cursor is None:
                 continue
             if chain.down_to is not None:
+                # an empty page that says there is more is followed (the trail refuses a
+                # chain of them): stopping would miss what the next pages hold
                 oldest = oldest_created_at(studies)
-                if oldest is None or oldest < chain.down_to:
+                if oldest is not None and oldest < chain.down_to:
                     continue
-            if not cursor:
-                # stopping here would silently return part of the list
-                raise ApiError("a page said hasMore but gave no cursor", call="list_studies")
-            chain.cursor = cursor
+            chain.cursor = next_cursor
             runner.submit(
                 chain, _read_page, client, chain, priority=chain.pages * len(chains) - chain.order
             )
