@@ -658,3 +658,52 @@ def test_a_refresh_that_waited_for_the_lock_dates_what_it_saw_after_the_wait(
     assert len(seen) == 1
     assert seen["observed_at"].iloc[0] >= pd.Timestamp(completed["updatedAt"])
     assert pd.Timestamp(summaries[0].refreshed_at) >= pd.Timestamp(completed["updatedAt"])
+
+
+def test_a_study_moving_partition_during_a_full_refresh_is_changed_not_gone(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """The partitioned read starts the large (normal, complete, not cancelled) partition and
+    the small (normal, complete, cancelled) one at once; when the small one is paged, another
+    client cancels the large one's oldest study, which then leaves the large partition
+    before its chain reaches it: the read misses it. The refresh must retrieve it and
+    record the cancellation, not a deletion."""
+    import threading
+
+    import httpx
+    import orjson
+
+    server: Sandbox = make_sandbox(studies=3000, seed=35, latency_ms=20)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as other:
+        cache.refresh(other, progress=False)
+        before = cache.load()
+        large = before[
+            (before["severity"] == "normal")
+            & (before["study_viewer_status"] == "complete")
+            & ~before["is_cancelled"]
+        ]
+        oldest = large.sort_values("created_at")["study_id"].iloc[0]
+        moved = threading.Event()
+        small = {"severity": "normal", "studyViewerStatus": "complete", "isCancelled": "true"}
+
+        def on_response(response: httpx.Response) -> None:
+            params = response.request.url.params
+            if moved.is_set() or any(params.get(k) != v for k, v in small.items()):
+                return
+            response.read()
+            if not orjson.loads(response.content)["hasMore"]:  # the small partition is paged
+                other.cancel_study(oldest)
+                moved.set()
+
+        http = httpx.Client(event_hooks={"response": [on_response]})
+        with Client(api_key=server.api_key, base_url=server.base_url, http_client=http) as watched:
+            summary = cache.refresh(watched, progress=False, concurrency=2)
+        http.close()
+    assert moved.is_set()
+    assert (summary.gone, summary.changed) == (0, 1)
+    after = cache.load().set_index("study_id")
+    assert bool(after.loc[oldest, "is_cancelled"]) is True
+    history = cache.history()
+    last = history[history["study_id"] == oldest].iloc[-1]
+    assert last["change"] == "changed" and bool(last["is_cancelled"]) is True

@@ -81,7 +81,7 @@ class RefreshSummary:
     new: int
     #: Studies whose state differs from the cached state.
     changed: int
-    #: Studies in the cache that the API no longer returns.
+    #: Cached studies the API answers 404 for (it has no delete: e.g. a sandbox database edit).
     gone: int
     #: Cached studies seen again in the same state (in active mode: not re-fetched or equal).
     unchanged: int
@@ -463,7 +463,9 @@ class StudyCache:
     ) -> RefreshSummary:
         """Bring the cache up to date with the API and record what changed in the history.
 
-        ``mode="full"`` fetches every study and compares it with the cache: exact.
+        ``mode="full"`` fetches every study and compares it with the cache: exact. A cached
+        study the read did not return (it may have moved partition while the read ran) is
+        retrieved: recorded ``gone`` only when the API answers 404, else with its new state.
 
         ``mode="active"`` fetches only what changes often: the open studies (not cancelled,
         ``incomplete``), the new studies (the unfiltered list, newest first, down to
@@ -510,6 +512,8 @@ class StudyCache:
                 mode = "full"
             if mode == "full":
                 current = fetch.fetch_studies_arrow(client, concurrency=concurrency, progress=progress)
+                if old is not None:
+                    current = self._with_missed(client, old, current, concurrency, progress)
                 changes = frame.compare_studies(old, current)
                 unchanged = changes.unchanged
             else:
@@ -539,6 +543,28 @@ class StudyCache:
             self._commit(directory, client, manifest, old, current, changes, observed_at, summary)
         summary = RefreshSummary(**{**asdict(summary), "duration_s": time.perf_counter() - started})
         return summary
+
+    def _with_missed(
+        self, client: Client, old: pa.Table, current: pa.Table, concurrency: int, progress: bool
+    ) -> pa.Table:
+        """``current`` plus the cached studies a full read did not return, retrieved one by
+        one. The API has no delete, and a partitioned read can miss a study that moved into a
+        partition already paged past it while the read ran: only a study the API answers
+        404 for is gone."""
+        cached_ids = old.column("study_id")
+        missed = pc.filter(
+            cached_ids, pc.invert(pc.is_in(cached_ids, value_set=current.column("study_id")))
+        )
+        if len(missed) == 0:
+            return current
+        found = fetch.retrieve_studies_arrow(
+            client, missed, concurrency=concurrency, progress=progress
+        )
+        if found.num_rows == 0:
+            return current
+        return frame.drop_empty_meta(
+            frame.newest_per_study(frame.concat_studies([current, found]))
+        )
 
     def _commit(
         self,

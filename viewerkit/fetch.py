@@ -224,7 +224,17 @@ def fetch_studies_arrow(
     viewer status and cancelled may take several values (``severity=["stat", "high"]``);
     bad values raise ``ValidationError`` before any request. ``concurrency`` caps pages in flight (and never exceeds the client's
     ``max_concurrency``); ``partitioned=False`` pages the filter as one sequential chain.
-    ``progress`` shows a tqdm bar of studies fetched. Ctrl-C cancels the pages not yet sent,
+    ``progress`` shows a tqdm bar of studies fetched.
+
+    What is guaranteed: every study that matches the filters and does not change while the
+    fetch runs is in the table once, in its state as read. A study changed while the fetch
+    runs is there in its newest state read, or, if the change moved it into a partition the
+    fetch had already paged past (a severity, status or cancellation change), it may be
+    missing; nothing compares the result with an earlier one. ``StudyCache.refresh``
+    (full) retrieves every cached study a read missed, so it records such a move as a
+    change, never as a deletion.
+
+    Ctrl-C cancels the pages not yet sent,
     waits for those in flight (which no longer retry), and re-raises ``KeyboardInterrupt``;
     no thread is left running.
 
