@@ -268,3 +268,16 @@ def test_a_key_read_from_a_file_with_its_newline_works(sandbox: Any) -> None:
             assert client.key_fingerprint == Client(
                 api_key=sandbox.api_key, base_url=sandbox.base_url
             ).key_fingerprint
+
+
+@pytest.mark.parametrize(
+    "kind", [httpx.ConnectError, httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ReadError]
+)
+def test_an_error_does_not_chain_to_the_transport_exception_that_held_the_key(
+    kind: type[httpx.TransportError],
+) -> None:
+    """The transport exception's text and its frames' locals may hold the key (httpx built
+    the request there): viewerkit's error neither causes from nor carries it as context."""
+    error = raised_by(connection_error(kind), list_one_page)
+    assert error.__cause__ is None and error.__context__ is None
+    assert KEY not in "".join(traceback.format_exception(error))
