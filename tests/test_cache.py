@@ -707,3 +707,42 @@ def test_a_study_moving_partition_during_a_full_refresh_is_changed_not_gone(
     history = cache.history()
     last = history[history["study_id"] == oldest].iloc[-1]
     assert last["change"] == "changed" and bool(last["is_cancelled"]) is True
+
+
+def test_a_change_during_a_slow_refresh_is_never_dated_before_it_happened(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    """A study completed just after the refresh's first page is recorded with an
+    observed_at no earlier than the server's own time of the change (its updatedAt and the
+    audit), so turnaround from the history is never understated."""
+    import threading
+
+    import httpx
+
+    server: Sandbox = make_sandbox(studies=1500, seed=36, latency_ms=30)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as other:
+        cache.refresh(other, progress=False)
+        loaded = cache.load()
+        is_open = (loaded["study_viewer_status"] == "incomplete") & ~loaded["is_cancelled"]
+        study_id = loaded[is_open].sort_values("created_at")["study_id"].iloc[0]
+        done = threading.Event()
+        completed: dict[str, Any] = {}
+
+        def on_response(response: httpx.Response) -> None:
+            if not done.is_set():
+                done.set()
+                completed.update(other.update_study(study_id, study_viewer_status="complete"))
+
+        http = httpx.Client(event_hooks={"response": [on_response]})
+        with Client(api_key=server.api_key, base_url=server.base_url, http_client=http) as watched:
+            summary = cache.refresh(watched, progress=False, concurrency=2)
+        http.close()
+    assert done.is_set() and summary.changed >= 1
+    history = cache.history()
+    row = history[(history["study_id"] == study_id) & (history["change"] == "changed")]
+    assert len(row) == 1 and row["study_viewer_status"].iloc[0] == "complete"
+    changed_at = pd.Timestamp(completed["updatedAt"])
+    assert row["observed_at"].iloc[0] >= changed_at
+    audit_times = [pd.Timestamp(a["at"]) for a in server.audit(study_id) if "at" in a]
+    assert all(row["observed_at"].iloc[0] >= at for at in audit_times)

@@ -87,7 +87,8 @@ class RefreshSummary:
     unchanged: int
     #: Wall time of the refresh, seconds.
     duration_s: float
-    #: When the refresh observed the studies (ISO 8601, UTC); the history's ``observed_at``.
+    #: When the refresh had read the studies (ISO 8601, UTC): the history's ``observed_at``,
+    #: never earlier than a change it records.
     refreshed_at: str
 
     @property
@@ -501,9 +502,6 @@ class StudyCache:
         directory = self.path / namespace_of(client.base_url, client.key_fingerprint)
         directory.mkdir(parents=True, exist_ok=True)
         with files.file_lock(directory / ".lock", timeout=lock_timeout, holder="another refresh"):
-            # observed once the lock is ours: a refresh that waited for another one must not
-            # date what it sees to before the wait (turnaround would be understated)
-            observed_at = _now_ms()
             manifest = self._manifest(directory) if (directory / _MANIFEST).exists() else None
             old = self._read_table(directory, manifest["studies_file"]) if manifest else None
             if old is None or len(old) == 0:
@@ -531,6 +529,10 @@ class StudyCache:
                     frame.in_list_order(frame.concat_studies([kept, read.studies]))
                 )
                 old = old_touched
+            # observed once every read is in: a change is never dated before it happened (a
+            # study completed while the refresh ran, or while it waited for another one's
+            # lock, would understate turnaround); it may be dated up to one refresh late
+            observed_at = _now_ms()
             summary = RefreshSummary(
                 mode=mode,
                 new=len(changes.new_ids),
