@@ -177,9 +177,9 @@ def test_read_studies_names_each_cell_that_is_not_its_type(tmp_path: Path) -> No
 def test_read_studies_reads_a_spreadsheets_spellings(tmp_path: Path) -> None:
     path = tmp_path / "saved.csv"
     path.write_text(
-        "study_id,study_instance_uid,is_cancelled,created_at,study_description\n"
-        f"stu_{'a' * 32},1.2,TRUE,2026-11-27T16:30:43.1972345Z,'=1+1\n"
-        f"stu_{'b' * 32},1.3,false,2026-11-27 17:30:43.197+01:00,\n", encoding="utf-8")
+        "is_cancelled,study_id,study_instance_uid,created_at,study_description\n"
+        f"TRUE,stu_{'a' * 32},1.2,2026-11-27T16:30:43.1972345Z,'=1+1\n"
+        f"false,stu_{'b' * 32},1.3,2026-11-27 17:30:43.197+01:00,\n", encoding="utf-8-sig")  # with a BOM
     back = read_studies(path)
     assert back["is_cancelled"].tolist() == [True, False]
     assert back["created_at"].tolist() == [pd.Timestamp("2026-11-27T16:30:43.197Z")] * 2

@@ -564,7 +564,8 @@ def _read_csv_cells(path: Path, *, restore: bool) -> pa.Table:
     from viewerkit.frame import parse_times
     from viewerkit.schema import STUDY_SCHEMA
 
-    with open(path, encoding="utf-8", newline="") as handle:
+    # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte order mark (Arrow skips it)
+    with open(path, encoding="utf-8-sig", newline="") as handle:
         header = next(csv.reader(handle), [])
     table = pcsv.read_csv(
         path,
@@ -579,6 +580,9 @@ def _read_csv_cells(path: Path, *, restore: bool) -> pa.Table:
     text = set(_text_columns(table.column_names))
     for at, name in enumerate(table.column_names):
         column = table.column(name)
+        if column.type != pa.string():  # a header the csv module read otherwise than Arrow
+            column = column.cast(pa.string())
+            table = table.set_column(at, name, column)
         if name not in text:  # a blank ID, time, flag or enum (a quoted "" too) is a null
             blank = pc.equal(pc.utf8_trim_whitespace(column), "")
             table = table.set_column(at, name, pc.if_else(blank, None, column))
