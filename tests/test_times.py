@@ -123,6 +123,10 @@ def test_other_iso_8601_forms_read() -> None:
     assert ms("2300-01-01T00:00:00.1234567Z") == utc_ms(2300, 1, 1, 0, 0, 0) + 123  # past ns range
     assert ms("1600-06-01T12:00:00.5Z") == utc_ms(1600, 6, 1, 12, 0, 0) + 500
     assert ms("9999-12-31T23:59:59.9999Z") == utc_ms(9999, 12, 31, 23, 59, 59) + 999
+    # before 1970 the cut is still the floor of the instant, never toward zero
+    assert ms("1969-12-31T23:59:59.9995Z") == -1
+    assert ms("1969-12-31T23:59:59.9999999z") == -1
+    assert ms("1969-12-31 23:59:59.0005") == -1000
 
 
 def test_a_leap_second_reads_as_the_last_millisecond_of_its_day() -> None:

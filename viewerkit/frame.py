@@ -322,13 +322,18 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS: Final = timedelta(milliseconds=1)
 # a block of rows this small that fails the vectorised cast is read row by row
 _LEAF_ROWS: Final = 16
+# the forms Arrow's cast reads: up to 9 fraction digits, Z or an offset
+_REGULAR: Final = r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d{1,9})?(?:Z|[+-]\d\d(?::?\d\d)?)$"
+_REGULAR_RE: Final = re.compile(_REGULAR)
 # fraction digits past milliseconds are cut (the study table holds ms), a comma becomes a dot
 _FRACTION: Final = (r"(:\d\d)[.,](\d{1,3})\d*", r"\1.\2")
+_LONG_FRACTION: Final = r"(?:\.\d{4}|,\d)"
 # a time of day with no zone designator at the end: the contract's times are UTC
 _NO_ZONE: Final = r"[T ]\d\d(?::?\d\d(?::?\d\d(?:\.\d+)?)?)?$"
 _LEAP_SECOND: Final = re.compile(r"^(\d{4}-\d\d-\d\d[T ]\d\d:\d\d):60(?:\.\d+)?(.*)$")
 # fromisoformat reads an offset's minutes past 59 (``+05:60`` as six hours): not a time
 _BAD_OFFSET_MINUTES: Final = re.compile(r"[+-]\d\d:?[6-9]\d(?::?\d\d(?:\.\d+)?)?$")
+_NANOS: Final = pa.timestamp("ns", tz="UTC")
 
 
 def parse_times(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
@@ -344,8 +349,12 @@ def parse_times(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarra
     same day, so the order of times is kept and the day is right; a ``:60`` at any other
     minute is not a time. Surrounding whitespace is not part of a time.
 
-    The common forms take a C++ cast of the whole array (one cast, more only when it
-    fails); only the rows the vectorised path cannot read go through Python, one at a time.
+    Vectorised: the form of the first value picks the path. The contract's form
+    (``.197Z``) is one C++ cast of the whole array; up to 9 fraction digits with ``Z`` or
+    an offset (a .NET server writes 7) one cast at ns and a floor; otherwise the rows in
+    those forms take that cast and the others are rewritten by vectorised string kernels
+    (upper case, fraction cut to ms, ``Z`` added) and cast. Only the rows in a small block
+    that still fails a cast are read one at a time, in Python.
     Nulls stay null and are not reported; a value that is not a time is null in the result
     and its position (``int64``) is in the second array.
 
@@ -359,64 +368,96 @@ def parse_times(values: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarra
     if values.type != pa.string():  # large_string (pandas), dictionary, ...
         values = values.cast(pa.string())
     no_bad = np.empty(0, dtype=np.int64)
-    try:  # the contract's own form: ms or fewer digits, Z or an offset
-        return pc.cast(values, _TIMESTAMP), no_bad
-    except pa.ArrowInvalid:
-        pass
-    try:  # up to 9 fraction digits (a .NET server writes 7), years 1678-2261
-        nanos = pc.cast(values, pa.timestamp("ns", tz="UTC"))
-        return pc.floor_temporal(nanos, unit="millisecond").cast(_TIMESTAMP), no_bad
-    except pa.ArrowInvalid:
-        pass
-    normal = _normal_times(values)
+    valid = pc.drop_null(values)
+    if len(valid) == 0:
+        return pa.nulls(len(values), _TIMESTAMP), no_bad
+    # a failed cast costs about a microsecond a value: try one only where it should succeed
+    first = _REGULAR_RE.match(valid[0].as_py())
+    if first:
+        # the contract's own form (ms or fewer digits), or up to 9 digits
+        casts = [_TIMESTAMP, _NANOS] if len(first.group(1) or ".") <= 4 else [_NANOS]
+        for unit in casts:
+            try:
+                return _floor_ms(pc.cast(values, unit)), no_bad
+            except pa.ArrowInvalid:
+                pass
+    regular = pc.fill_null(pc.match_substring_regex(values, _REGULAR), False).to_numpy(zero_copy_only=False)
+    given = pc.is_valid(values).to_numpy(zero_copy_only=False)
+    millis = np.zeros(len(values), dtype=np.int64)
+    read = np.zeros(len(values), dtype=bool)
+    for rows, rewrite in ((np.flatnonzero(regular), False), (np.flatnonzero(given & ~regular), True)):
+        if len(rows):
+            part = values.take(pa.array(rows))
+            _read_blocks(_normal_times(part) if rewrite else part, values, rows, millis, read)
+    bad = np.flatnonzero(given & ~read).astype(np.int64)
+    return pa.array(millis, type=_TIMESTAMP, mask=~read), bad
+
+
+def _floor_ms(nanos: pa.Array) -> pa.Array:
+    """ns -> ms, the floor (a cast truncates toward zero, wrong before 1970)."""
+    if nanos.type == _TIMESTAMP:
+        return nanos
+    low = pc.min(nanos).as_py()
+    if low is None or low >= datetime(1970, 1, 1, tzinfo=timezone.utc):
+        return pc.cast(nanos, _TIMESTAMP, safe=False)
+    return pc.floor_temporal(nanos, unit="millisecond").cast(_TIMESTAMP)
+
+
+def _cast_ms(part: pa.Array) -> pa.Array:
+    """The vectorised cast of one block: ms, else ns then the floor."""
     try:
-        return pc.cast(normal, _TIMESTAMP), no_bad
+        return pc.cast(part, _TIMESTAMP)
     except pa.ArrowInvalid:
-        return _times_row_by_row(values, normal)
+        return _floor_ms(pc.cast(part, _NANOS))
 
 
 def _normal_times(values: pa.Array) -> pa.Array:
     """Spellings Arrow's cast does not read, rewritten vectorised into ones it reads:
     upper case (``t``, ``z``), fraction cut to ms, ``Z`` added where there is no zone."""
-    normal = pc.replace_substring_regex(pc.ascii_upper(values), _FRACTION[0], _FRACTION[1])
+    normal = pc.ascii_upper(values)
+    if pc.any(pc.match_substring_regex(normal, _LONG_FRACTION)).as_py():
+        normal = pc.replace_substring_regex(normal, _FRACTION[0], _FRACTION[1])
     zoneless = pc.fill_null(pc.match_substring_regex(normal, _NO_ZONE), False)
-    return pc.if_else(zoneless, pc.binary_join_element_wise(normal, "Z", ""), normal)
+    if pc.any(zoneless).as_py():
+        normal = pc.if_else(zoneless, pc.binary_join_element_wise(normal, "Z", ""), normal)
+    return normal
 
 
-def _times_row_by_row(values: pa.Array, normal: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """The slow path: halve the array until the blocks that fail the cast are small, then
-    read those rows one at a time (the cast, else ``_time_in_ms``)."""
-    n = len(values)
-    millis = np.zeros(n, dtype=np.int64)
-    read = np.zeros(n, dtype=bool)
-    blocks = [(0, n)]
+def _read_blocks(
+    part: pa.Array, values: pa.Array, rows: np.ndarray, millis: np.ndarray, read: np.ndarray
+) -> None:
+    """Cast ``part`` (the rows ``rows`` of ``values``) into ``millis`` / ``read``, halving
+    the blocks that fail until they are small, then reading those rows one at a time."""
+    blocks = [(0, len(part))]
     while blocks:
         start, length = blocks.pop()
-        block = normal.slice(start, length)
         try:
-            parsed = pc.cast(block, _TIMESTAMP)
+            parsed = _cast_ms(part.slice(start, length)).cast(pa.int64())
         except pa.ArrowInvalid:
             if length > _LEAF_ROWS:
                 half = length // 2
                 blocks += [(start + half, length - half), (start, half)]
                 continue
-            for at in range(start, start + length):
-                text = normal[at].as_py()
-                if text is None:
-                    continue
-                try:
-                    ms: int | None = pc.cast(normal.slice(at, 1), _TIMESTAMP).cast(pa.int64())[0].as_py()
-                except pa.ArrowInvalid:
-                    ms = _time_in_ms(text)
+            for at in rows[start : start + length].tolist():
+                ms = _one_time_in_ms(values.slice(at, 1))
                 if ms is not None:
                     millis[at], read[at] = ms, True
             continue
-        as_int = parsed.cast(pa.int64())
-        millis[start : start + length] = pc.fill_null(as_int, 0).to_numpy(zero_copy_only=False)
-        read[start : start + length] = pc.is_valid(as_int).to_numpy(zero_copy_only=False)
-    given = pc.is_valid(values).to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(given & ~read).astype(np.int64)
-    return pa.array(millis, type=_TIMESTAMP, mask=~read), bad
+        where = rows[start : start + length]
+        millis[where] = pc.fill_null(parsed, 0).to_numpy(zero_copy_only=False)
+        read[where] = pc.is_valid(parsed).to_numpy(zero_copy_only=False)
+
+
+def _one_time_in_ms(value: pa.Array) -> int | None:
+    """One value (a 1-row array) the block casts did not read: rewritten and cast alone,
+    else ``_time_in_ms``."""
+    normal = _normal_times(value)
+    try:
+        ms: int | None = _cast_ms(normal).cast(pa.int64())[0].as_py()
+        return ms
+    except pa.ArrowInvalid:
+        text = normal[0].as_py()
+        return None if text is None else _time_in_ms(text)
 
 
 def _time_in_ms(text: str) -> int | None:
