@@ -3,6 +3,7 @@ real sandbox."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -163,3 +164,39 @@ def test_a_cache_path_that_cannot_be_used_fails_with_one_line(
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and "Not a directory" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_fetch_to_csv_neutralises_formulas_unless_told_to_keep_them(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    import csv
+
+    from viewerkit import fetch_studies
+    from viewerkit.files import read_studies
+
+    sandbox = make_sandbox(studies=40, seed=3)
+    hostile = '=HYPERLINK("http://evil.example","open")'
+    with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
+        study_id = fetch_studies(client, progress=False)["study_id"].iloc[5]
+        client.update_study(study_id, study_description=hostile, metadata={"note": "@SUM(A1)"})
+        expected = fetch_studies(client, progress=False)
+    runner = CliRunner(env={"AVARA_API_KEY": sandbox.api_key, "AVARA_BASE_URL": sandbox.base_url})
+    for flags, description, note in (
+        ([], "'" + hostile, "'@SUM(A1)"),
+        (["--formulas", "neutralise"], "'" + hostile, "'@SUM(A1)"),
+        (["--formulas", "keep"], hostile, "@SUM(A1)"),
+    ):
+        out = tmp_path / "studies.csv"
+        result = runner.invoke(main, ["fetch", "--out", str(out), "--no-progress", *flags])
+        assert result.exit_code == 0, result.output
+        with out.open(encoding="utf-8", newline="") as handle:
+            row = next(r for r in csv.DictReader(handle) if r["study_id"] == study_id)
+        assert (row["study_description"], row["meta.note"]) == (description, note)
+        back = read_studies(out, formulas="keep") if "keep" in flags else read_studies(out)
+        pd.testing.assert_frame_equal(back, expected, check_exact=True)
+
+
+def test_fetch_refuses_another_formulas_word(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(main, ["fetch", "--out", str(tmp_path / "x.csv"), "--formulas", "neutralize"])
+    assert result.exit_code == 2 and "neutralise" in result.output
+    assert not (tmp_path / "x.csv").exists()

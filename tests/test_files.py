@@ -443,7 +443,7 @@ def test_write_studies_to_csv_has_the_header_and_every_row_as_users_see_them(
     written = write_studies(studies, tmp_path / "studies.CSV")
     expected = to_pandas(studies)
     with written.open(encoding="utf-8") as handle:
-        assert handle.readline().rstrip("\n").split(",") == list(expected.columns)
+        assert handle.readline().rstrip("\n").split(",") == [f'"{c}"' for c in expected.columns]
     back = pd.read_csv(written, dtype=str, keep_default_na=False)
     assert len(back) == studies.num_rows
     assert back["study_id"].tolist() == expected["study_id"].tolist()

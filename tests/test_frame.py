@@ -176,9 +176,10 @@ def test_a_value_outside_the_contract_is_an_api_error_naming_the_call_and_study(
         studies_to_arrow(studies)
 
 
-def test_a_timestamp_that_is_not_iso_8601_is_an_api_error_naming_the_call() -> None:
-    with pytest.raises(ApiError, match="^list_studies: a created_at value is not an ISO 8601 time"):
+def test_a_timestamp_that_is_not_iso_8601_is_an_api_error_naming_the_call_and_study() -> None:
+    with pytest.raises(ApiError, match=f"^list_studies stu_{2:032x}: 1 value outside the contract") as caught:
         page_to_arrow(page([study(1), study(2, createdAt="yesterday")]))
+    assert f"study stu_{2:032x}, field created_at: must be an ISO 8601" in str(caught.value)
 
 
 def test_unknown_severity_is_an_error_not_a_silent_null() -> None:

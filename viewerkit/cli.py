@@ -63,6 +63,10 @@ _cache_option = click.option(
 @click.option("--customer", "express_customer_id", metavar="CUSTOMER_ID", help="Only this express customer ID ('null': none).")
 @click.option("--description", "study_description", metavar="TEXT", help="Description contains TEXT (any case).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the table to a .parquet or .csv file.")
+@click.option("--formulas", type=click.Choice(["neutralise", "keep"]), default="neutralise",
+              show_default=True,
+              help="CSV only: text cells a spreadsheet would run as a formula (= + - @ ...) get a "
+                   "leading ' (neutralise), or are written as they are, for programs (keep).")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def fetch_command(
@@ -73,10 +77,14 @@ def fetch_command(
     express_customer_id: str | None,
     study_description: str | None,
     out: str | None,
+    formulas: str,
     concurrency: int,
     progress: bool,
 ) -> None:
     """Fetch every study matching the filters; write it to --out, else print a summary.
+
+    A .csv keeps spreadsheets from running cells as formulas (see --formulas);
+    viewerkit.files.read_studies reads it back as it was.
 
     Example:
 
@@ -102,7 +110,7 @@ def fetch_command(
     if out is None:
         click.echo(f"{table.num_rows} studies (use --out FILE.parquet to keep them)")
         return
-    write_studies(table, out)
+    write_studies(table, out, formulas="keep" if formulas == "keep" else "neutralise")
     click.echo(f"{table.num_rows} studies written to {out}")
 
 

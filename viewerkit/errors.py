@@ -9,6 +9,7 @@
     ├── LockTimeout                 another process held a lock for longer than the timeout
     └── ApiError                    the API answered with an error, or could not be reached
         ├── ApiConnectionError      no answer: refused, reset, timed out
+        ├── ResponseValidationError an answer holds values outside the contract (``.failure_cases``)
         └── ApiStatusError          an HTTP error status (``.status_code``)
             ├── BadRequest          400 invalid input (``.param`` names the field)
             ├── AuthenticationError 401 missing or wrong API key
@@ -51,6 +52,7 @@ __all__ = [
     "Conflict",
     "RateLimited",
     "ServerError",
+    "ResponseValidationError",
     "error_for_status",
 ]
 
@@ -117,6 +119,9 @@ class Reason(str, Enum):
     NOT_UNICODE = "must be valid Unicode text (no lone surrogates)"
     # appended by the reports' input checks
     NOT_A_FOLDER = "is a file, not a folder"
+    # appended by the checks of the API's answers and of the CSV export
+    NOT_ISO_TIME = "must be an ISO 8601 / RFC 3339 time"
+    STARTS_LIKE_FORMULA = "starts like a spreadsheet formula (=, +, -, @, tab or carriage return)"
 
 
 #: Fields whose values are secrets: their value never reaches ``failure_cases`` or a message.
@@ -300,6 +305,76 @@ class RateLimited(ApiStatusError):
 
 class ServerError(ApiStatusError):
     """5xx: the server failed."""
+
+
+class ResponseValidationError(ApiError):
+    """The API answered, but values in its answer are outside the contract (e.g. a
+    ``createdAt`` that is not an ISO 8601 time), gathered over a whole read and raised once.
+
+    ``failure_cases`` is a DataFrame with columns ``study_id`` (the study the value came
+    from; None if the study has no ID), ``field`` (the study table column, e.g.
+    ``created_at``), ``value`` (the text the API sent) and ``reason`` (a :class:`Reason`):
+    one row per value, in the order the studies were read. The message lists the first ten;
+    ``study`` is set when they are all of one study.
+
+    >>> error = ResponseValidationError.from_cases("list_studies", [
+    ...     {"study_id": "stu_" + "a" * 32, "field": "created_at", "value": "yesterday",
+    ...      "reason": Reason.NOT_ISO_TIME}])
+    >>> print(error)
+    list_studies stu_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa: 1 value outside the contract
+      study stu_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa, field created_at: must be an ISO 8601 / RFC 3339 time (got 'yesterday')
+    >>> error.failure_cases.columns.tolist()
+    ['study_id', 'field', 'value', 'reason']
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        call: str,
+        study: str | None = None,
+        failure_cases: pd.DataFrame | None = None,
+    ) -> None:
+        super().__init__(message, call=call, study=study)
+        if failure_cases is None:
+            import pandas as pd
+
+            failure_cases = pd.DataFrame(columns=list(_RESPONSE_CASE_COLUMNS))
+        self.failure_cases: pd.DataFrame = failure_cases
+        self._init = (message, {"call": call, "study": study, "failure_cases": failure_cases})
+
+    @classmethod
+    def from_cases(cls, call: str, cases: list[dict[str, Any]]) -> ResponseValidationError:
+        """One error from gathered cases: dicts with ``study_id``, ``field``, ``value`` and
+        ``reason`` (a :class:`Reason`); ``call`` names the API call that answered."""
+        import pandas as pd
+
+        lines = []
+        for case in cases[:10]:
+            if not isinstance(case["reason"], Reason):
+                raise TypeError(f"a failure case's reason must be a Reason, not {case['reason']!r}")
+            value = case["value"]
+            shown = repr(value if not isinstance(value, str) or len(value) <= 80 else value[:80] + "...")
+            lines.append(
+                f"  study {case['study_id']}, field {case['field']}: {case['reason'].value} (got {shown})"
+            )
+        frame = pd.DataFrame(
+            [{k: case[k] for k in _RESPONSE_CASE_COLUMNS} for case in cases],
+            columns=list(_RESPONSE_CASE_COLUMNS),
+            dtype=object,
+        )
+        studies = {case["study_id"] for case in cases}
+        more = f"\n  ... and {len(cases) - 10} more" if len(cases) > 10 else ""
+        noun = "value" if len(cases) == 1 else "values"
+        return cls(
+            f"{len(cases)} {noun} outside the contract\n" + "\n".join(lines) + more,
+            call=call,
+            study=studies.pop() if len(studies) == 1 else None,
+            failure_cases=frame,
+        )
+
+
+_RESPONSE_CASE_COLUMNS: Final = ("study_id", "field", "value", "reason")
 
 
 def _rebuild(cls: type[ApiError], message: str, kwargs: dict[str, Any]) -> ApiError:

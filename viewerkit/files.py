@@ -12,7 +12,10 @@ the study-table exports (Parquet, CSV).
 - ``file_lock(path)`` holds an exclusive inter-process lock (``fcntl.flock``), waiting for
   another holder up to a timeout (``LockTimeout`` after it); the OS drops it if the
   holder dies.
-- ``write_studies(table, path)`` exports a study table to ``.parquet`` or ``.csv``;
+- ``write_studies(table, path)`` exports a study table to ``.parquet`` or ``.csv``; in CSV,
+  text cells a spreadsheet would run as a formula are neutralised (a leading ``'``,
+  OWASP's rule for CSV injection) unless ``formulas="keep"``. ``read_studies(path)`` reads
+  either back into the study DataFrame, undoing the neutralising.
   ``check_output_path(path)`` refuses a path it could not write, before a long fetch.
 
 New files get the permissions ``open()`` would give them: ``0o666`` less the umask (a
@@ -40,7 +43,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from viewerkit.errors import LockTimeout, Reason, ValidationError
 
@@ -50,12 +53,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_LOCK_TIMEOUT_S",
+    "FORMULA_POLICIES",
+    "FormulaPolicy",
     "STUDY_FILE_SUFFIXES",
+    "STUDY_ID_COLUMNS",
     "append_bytes",
     "append_json_line",
     "atomic_write",
     "check_output_path",
     "file_lock",
+    "read_studies",
     "write_bytes",
     "write_json",
     "write_parquet",
@@ -364,34 +371,245 @@ def check_output_path(
     return target
 
 
-def write_studies(table: pa.Table | pd.DataFrame, path: StrPath) -> Path:
+#: What ``write_studies`` does with CSV text cells a spreadsheet would run as a formula:
+#: ``"neutralise"`` (the default) or ``"keep"``; ``read_studies`` takes the same word.
+FormulaPolicy = Literal["neutralise", "keep"]
+FORMULA_POLICIES: Final = ("neutralise", "keep")
+
+#: The study table's ID columns: written as they are, never altered (see ``write_studies``).
+STUDY_ID_COLUMNS: Final = (
+    "study_id",
+    "study_instance_uid",
+    "assigned_to_user_id",
+    "created_by_user_user_id",
+    "created_by_api_key_id",
+    "express_customer_id",
+)
+
+# OWASP's CSV injection rule: a cell a spreadsheet reads as a formula starts with = + - @,
+# a tab or a carriage return; spreadsheets that skip leading whitespace make " =1+1" one
+# too. Quotes first: a cell that already starts with ' and would be read back as
+# neutralised gets one more, so writing then reading gives back every value.
+_FORMULA_START: Final = r"^(?:[\t\r]|\s*[=+\-@])"
+_FORMULA: Final = r"^'*(?:[\t\r]|\s*[=+\-@])"
+_NEUTRALISED: Final = r"^'+(?:[\t\r]|\s*[=+\-@])"
+
+
+def _text_columns(names: Sequence[str]) -> list[str]:
+    """The free-text columns of a study table: string columns other than IDs, and meta.*."""
+    import pyarrow as pa
+
+    from viewerkit.schema import META_PREFIX, STUDY_SCHEMA
+
+    return [
+        name for name in names
+        if name.startswith(META_PREFIX)
+        or (STUDY_SCHEMA.get_field_index(name) >= 0
+            and STUDY_SCHEMA.field(name).type == pa.string()
+            and name not in STUDY_ID_COLUMNS)
+    ]
+
+
+def _check_formula_policy(formulas: object, what: str, allowed: Sequence[str] = FORMULA_POLICIES) -> None:
+    if not isinstance(formulas, str) or formulas not in allowed:
+        raise ValidationError.one(
+            what, "formulas", formulas, Reason.NOT_A_CHOICE, detail="allowed: " + ", ".join(allowed)
+        )
+
+
+def write_studies(
+    table: pa.Table | pd.DataFrame, path: StrPath, *, formulas: FormulaPolicy = "neutralise"
+) -> Path:
     """Write a study table (Arrow, or the DataFrame of ``fetch_studies`` / ``StudyCache.load``,
     edited or not) to ``path``, atomically: ``.parquet`` (zstd, the study table's Arrow
-    types: ``viewerkit.frame.conform``) or ``.csv`` (via ``viewerkit.frame.to_pandas``, so
-    values read as in the DataFrame users get: timestamps ``2026-11-02 08:00:00+00:00``,
-    empty cells for nulls; a header row, no index). Columns outside the study table are
-    not written. Returns the path.
+    types: ``viewerkit.frame.conform``) or ``.csv`` (UTF-8, a header row, no index; values
+    as in the DataFrame users get: timestamps ``2026-11-02 08:00:00.000+00:00``, booleans
+    ``True`` / ``False``; a null is an empty cell and every other value is quoted, so an
+    empty text ``""`` stays apart from a null). Columns outside the study table are not
+    written. Returns the path. :func:`read_studies` reads either back.
+
+    CSV and spreadsheets (CSV injection): a spreadsheet runs a cell that starts with ``=``,
+    ``+``, ``-`` or ``@`` (also after leading whitespace), a tab or a carriage return as a
+    formula, e.g. a description ``=HYPERLINK("http://evil.example","open")``. With
+    ``formulas="neutralise"`` (the default, OWASP's advice) such cells of the free-text
+    columns (description, names, emails, the API key's description, the customer's name,
+    every ``meta.*`` value) get a leading ``'``, so a spreadsheet shows them as text; a
+    text cell that starts with ``'`` and would read back as neutralised gets one more, so
+    :func:`read_studies` gives back every value exactly. IDs, enums, booleans and times are
+    never altered: an ID cell that starts like a formula (outside the contract) is refused,
+    a ``ValidationError`` naming row and field (``STARTS_LIKE_FORMULA``), before anything
+    is written. ``formulas="keep"`` writes every cell as it is, for programs that read the
+    file (not spreadsheets). Parquet is not read by spreadsheets and is written as is.
 
     Raises ``ValidationError`` (field ``path``) before writing anything if the suffix is
-    neither or the folder does not exist (``check_output_path``).
+    neither or the folder does not exist (``check_output_path``), or (field ``formulas``)
+    for another word.
 
-    >>> import tempfile, pathlib
+    >>> import tempfile, pathlib, pyarrow as pa
     >>> from viewerkit.frame import empty_studies
     >>> out = write_studies(empty_studies(), pathlib.Path(tempfile.mkdtemp()) / "studies.csv")
     >>> out.read_text().split(",")[:3]
-    ['study_id', 'study_instance_uid', 'study_description']
+    ['"study_id"', '"study_instance_uid"', '"study_description"']
+    >>> import csv
+    >>> one = pa.table({"study_id": ["stu_" + "a" * 32], "study_instance_uid": ["1.2"],
+    ...                 "study_description": ["=1+1"]})
+    >>> next(csv.DictReader(write_studies(one, out).read_text().splitlines()))["study_description"]
+    "'=1+1"
     """
     import pyarrow as pa
 
-    from viewerkit.frame import conform, to_pandas
+    from viewerkit.frame import conform
 
     target = check_output_path(path)
+    _check_formula_policy(formulas, "write_studies")
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
     table = conform(table)
     if target.suffix.lower() == ".parquet":
         return write_parquet(table, target)
-    studies = to_pandas(table)
+    cells = _csv_cells(table, neutralise=formulas == "neutralise")
+    import pyarrow.csv as pcsv
+
     with atomic_write(target) as temp:
-        studies.to_csv(temp, index=False)
+        # "needed" quotes every string, leaves nulls as empty cells
+        pcsv.write_csv(cells, temp, pcsv.WriteOptions(quoting_style="needed"))
     return target
+
+
+def _csv_cells(table: pa.Table, *, neutralise: bool) -> pa.Table:
+    """Every column of a conformed study table as the CSV's text (see ``write_studies``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = set(_text_columns(table.column_names))
+    if neutralise:
+        cases = []
+        for name in STUDY_ID_COLUMNS:
+            risky = pc.fill_null(pc.match_substring_regex(table.column(name), _FORMULA_START), False)
+            for row in pc.indices_nonzero(risky).to_pylist():
+                cases.append({"row": row, "field": name, "value": table.column(name)[row].as_py(),
+                              "reason": Reason.STARTS_LIKE_FORMULA,
+                              "detail": "IDs are never altered: write Parquet, or formulas='keep'"})
+        if cases:
+            raise ValidationError.from_cases("write_studies", cases)
+    columns = []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_timestamp(field.type):
+            # %S carries the milliseconds of a ms timestamp
+            column = pc.strftime(column, format="%Y-%m-%d %H:%M:%S+00:00")
+        elif pa.types.is_boolean(field.type):
+            column = pc.if_else(column, "True", "False")
+        elif pa.types.is_dictionary(field.type):
+            column = column.cast(pa.string())
+        elif neutralise and field.name in text:
+            risky = pc.fill_null(pc.match_substring_regex(column, _FORMULA), False)
+            column = pc.if_else(risky, pc.binary_join_element_wise("'", column, ""), column)
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
+
+
+def read_studies(path: StrPath, *, formulas: FormulaPolicy = "neutralise") -> pd.DataFrame:
+    """Read a file :func:`write_studies` wrote (``.parquet`` or ``.csv``) back into the study
+    DataFrame, with the dtypes of ``fetch_studies`` (``viewerkit.frame.to_pandas``).
+
+    From CSV, every cell is read as text first (so ``"NA"``, ``"0012"`` or ``"True"`` in a
+    description stay text); an empty cell is a null, and a quoted empty one ``""`` is the
+    empty text in a text column (a null in the others: IDs, enums, times, booleans); times
+    (any ISO 8601 spelling, see ``viewerkit.frame.parse_times``) and booleans (``True`` /
+    ``False``, any case, or ``1`` / ``0``) become their types; ``formulas`` says how the
+    file was written: ``"neutralise"`` (the default, as ``write_studies``) takes the ``'``
+    off the text cells it added it to, ``"keep"`` reads every cell as it is. So
+    ``read_studies(write_studies(df, p, formulas=f), formulas=f)`` equals ``df`` (its
+    study-table columns). A cell that is not its column's type is a ``ValidationError``
+    naming row (0 = the first row under the header) and field; a missing file is
+    ``FileNotFoundError``.
+
+    >>> import tempfile, pathlib, pyarrow as pa
+    >>> one = pa.table({"study_id": ["stu_" + "a" * 32], "study_instance_uid": ["1.2"],
+    ...                 "study_description": ["=1+1"], "meta.site": ["-North"]})
+    >>> out = write_studies(one, pathlib.Path(tempfile.mkdtemp()) / "studies.csv")
+    >>> read_studies(out)[["study_description", "meta.site"]].values.tolist()
+    [['=1+1', '-North']]
+    """
+    import pyarrow as pa
+
+    from viewerkit.frame import conform, to_pandas
+
+    target = check_output_path(path, what="read_studies")
+    _check_formula_policy(formulas, "read_studies")
+    if not target.is_file():
+        raise FileNotFoundError(f"read_studies: no file {target}")
+    if target.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(target)
+    else:
+        table = _read_csv_cells(target, restore=formulas == "neutralise")
+    try:
+        return to_pandas(conform(table))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise ValidationError.one(
+            "read_studies", "path", os.fspath(path), Reason.WRONG_TYPE, detail=str(exc)
+        ) from None
+
+
+def _read_csv_cells(path: Path, *, restore: bool) -> pa.Table:
+    """A CSV export as text columns, formulas restored, types checked cell by cell."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
+    from viewerkit.frame import parse_times
+    from viewerkit.schema import STUDY_SCHEMA
+
+    # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte order mark (Arrow skips it)
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        header = next(csv.reader(handle), [])
+    table = pcsv.read_csv(
+        path,
+        parse_options=pcsv.ParseOptions(newlines_in_values=True),
+        convert_options=pcsv.ConvertOptions(
+            column_types={name: pa.string() for name in header},
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            null_values=[""],
+        ),
+    )
+    text = set(_text_columns(table.column_names))
+    for at, name in enumerate(table.column_names):
+        column = table.column(name)
+        if column.type != pa.string():  # a header the csv module read otherwise than Arrow
+            column = column.cast(pa.string())
+            table = table.set_column(at, name, column)
+        if name not in text:  # a blank ID, time, flag or enum (a quoted "" too) is a null
+            blank = pc.equal(pc.utf8_trim_whitespace(column), "")
+            table = table.set_column(at, name, pc.if_else(blank, None, column))
+        elif restore:
+            marked = pc.fill_null(pc.match_substring_regex(column, _NEUTRALISED), False)
+            table = table.set_column(at, name, pc.if_else(marked, pc.utf8_slice_codeunits(column, 1), column))
+    cases: list[dict[str, Any]] = []
+    for name in table.column_names:
+        at = STUDY_SCHEMA.get_field_index(name)
+        kind = STUDY_SCHEMA.field(at).type if at >= 0 else None
+        column = table.column(name)
+        if kind is not None and pa.types.is_timestamp(kind):
+            times, bad = parse_times(column)
+            cases += [{"row": int(row), "field": name, "value": column[int(row)].as_py(),
+                       "reason": Reason.NOT_A_TIME} for row in bad]
+            table = table.set_column(table.column_names.index(name), name, times)
+        elif kind == pa.bool_():
+            lower = pc.utf8_lower(column)
+            truth = pc.is_in(lower, value_set=pa.array(["true", "1"]))
+            known = pc.or_(truth, pc.is_in(lower, value_set=pa.array(["false", "0"])))
+            for row in pc.indices_nonzero(pc.and_(pc.is_valid(column), pc.invert(known))).to_pylist():
+                cases.append({"row": row, "field": name, "value": column[row].as_py(),
+                              "reason": Reason.NOT_BOOLEAN})
+            table = table.set_column(
+                table.column_names.index(name), name, pc.if_else(pc.is_valid(column), truth, None)
+            )
+    if cases:
+        cases.sort(key=lambda case: case["row"])  # by row, then column order
+        raise ValidationError.from_cases("read_studies", cases)
+    return table
