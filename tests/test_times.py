@@ -376,5 +376,30 @@ def test_one_bad_time_among_thousands_names_exactly_that_study(make_sandbox: Cal
         assert caught.value.study is None
         assert sorted(caught.value.failure_cases[["study_id", "field"]].values.tolist()) == sorted(
             [[victim, "updated_at"], [other, "created_at"]])
-        with pytest.raises(ResponseValidationError, match=f"^retrieve_study {other}: "):
+        with pytest.raises(ResponseValidationError, match=f"^retrieve_studies {other}: "):
             retrieve_studies_arrow(client, [other], progress=False)
+
+
+def test_an_active_refresh_lists_every_bad_time_of_its_reads_once(make_sandbox: Any, tmp_path: Any) -> None:
+    """An open study (read by the open list) and a cached open study completed since (read
+    by retrieve or by the closed partitions) each carry a bad time: one error lists both,
+    and the cache is left as it was."""
+    from viewerkit import StudyCache
+
+    server: Sandbox = make_sandbox(studies=400, seed=37)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        cache.refresh(client, progress=False)
+        before = cache.load()
+        open_ids = before[(before["study_viewer_status"] == "incomplete") & ~before["is_cancelled"]]
+        still_open, completed = open_ids["study_id"].iloc[0], open_ids["study_id"].iloc[1]
+        client.update_study(completed, study_viewer_status="complete")
+        _rewrite(server, "UPDATE studies SET updated_at = 'soon' WHERE study_id = ?", still_open)
+        _rewrite(server, "UPDATE studies SET updated_at = 'later' WHERE study_id = ?", completed)
+        with pytest.raises(ResponseValidationError) as caught:
+            cache.refresh(client, mode="active", progress=False)
+    cases = caught.value.failure_cases
+    assert sorted(cases[["study_id", "value"]].values.tolist()) == sorted(
+        [[still_open, "soon"], [completed, "later"]])
+    assert str(caught.value).startswith("refresh: 2 values outside the contract")
+    assert cache.info()["refreshes"] == 1

@@ -24,6 +24,7 @@ _EXPORTS = {
     "retrieve_studies_arrow": "viewerkit.fetch",
     "diff_studies": "viewerkit.frame",
     "write_studies": "viewerkit.files",
+    "read_studies": "viewerkit.files",
     "StudyCache": "viewerkit.cache",
     "STUDY_SCHEMA": "viewerkit.schema",
     "SEVERITIES": "viewerkit.schema",
@@ -43,6 +44,7 @@ _EXPORTS = {
     "Conflict": "viewerkit.errors",
     "RateLimited": "viewerkit.errors",
     "ServerError": "viewerkit.errors",
+    "ResponseValidationError": "viewerkit.errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -91,6 +93,9 @@ if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
         Reason as Reason,
     )
     from viewerkit.errors import (
+        ResponseValidationError as ResponseValidationError,
+    )
+    from viewerkit.errors import (
         ServerError as ServerError,
     )
     from viewerkit.errors import (
@@ -110,6 +115,9 @@ if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     )
     from viewerkit.fetch import (
         retrieve_studies_arrow as retrieve_studies_arrow,
+    )
+    from viewerkit.files import (
+        read_studies as read_studies,
     )
     from viewerkit.files import (
         write_studies as write_studies,

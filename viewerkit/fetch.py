@@ -59,6 +59,7 @@ import pyarrow.compute as pc
 from viewerkit.client import CursorTrail
 from viewerkit.errors import NotFound, Reason, ValidationError
 from viewerkit.frame import (
+    ResponseProblems,
     concat_studies,
     empty_studies,
     flatten_studies,
@@ -215,6 +216,7 @@ def fetch_studies_arrow(
     concurrency: int = 8,
     progress: bool = True,
     partitioned: bool = True,
+    problems: ResponseProblems | None = None,
     **filter_args: Unpack[StudyFetchFilterArgs],
 ) -> pa.Table:
     """Every study matching the filters as the study table (``STUDY_SCHEMA`` + ``meta.*``).
@@ -233,6 +235,11 @@ def fetch_studies_arrow(
     missing; nothing compares the result with an earlier one. ``StudyCache.refresh``
     (full) retrieves every cached study a read missed, so it records such a move as a
     change, never as a deletion.
+
+    A value outside the contract (a time that is not a time ...) raises one
+    ``ResponseValidationError`` listing every such value of the whole fetch; with
+    ``problems`` (a ``viewerkit.frame.ResponseProblems``) they are noted there instead, for
+    a caller that reads more and raises once.
 
     Ctrl-C cancels the pages not yet sent,
     waits for those in flight (which no longer retry), and re-raises ``KeyboardInterrupt``;
@@ -254,7 +261,7 @@ def fetch_studies_arrow(
         client, partitions, workers=_workers(client, concurrency), progress=progress
     )
     # each page was only parsed to wire Study structs; flatten them all at once
-    return newest_per_study(flatten_studies(pages)).combine_chunks()
+    return newest_per_study(flatten_studies(pages, problems=problems)).combine_chunks()
 
 
 def _check_concurrency(concurrency: object) -> None:
@@ -311,6 +318,7 @@ def retrieve_studies_arrow(
     partitions: Sequence[StudyFilters] | None = None,
     concurrency: int = 8,
     progress: bool = True,
+    problems: ResponseProblems | None = None,
 ) -> pa.Table:
     """The current state of the given studies, as the study table (list order), read by the
     cheapest path. A study the API answers 404 for (unknown, or gone) is absent from the
@@ -333,6 +341,7 @@ def retrieve_studies_arrow(
     ids = pc.unique(_study_ids(study_ids, concurrency))
     if len(ids) == 0:
         return empty_studies()
+    collected = problems if problems is not None else ResponseProblems()
     workers = _workers(client, concurrency)
     tables: list[pa.Table] = []
     remaining = ids
@@ -340,16 +349,17 @@ def retrieve_studies_arrow(
         chains = list(partitions) if partitions is not None else StudyFilters().partitions()
         cutoff = _paging_cutoff(known, ids, chains, workers)
         if cutoff is not None:
-            paged = flatten_studies(
-                _page_chains(
-                    client, chains, workers=workers, progress=progress, down_to=cutoff,
-                    desc="paging recent studies",
-                )
+            pages = _page_chains(
+                client, chains, workers=workers, progress=progress, down_to=cutoff,
+                desc="paging recent studies",
             )
+            paged = flatten_studies(pages, problems=collected)
             found = newest_per_study(select_studies(paged, ids))
             tables.append(found)
             remaining = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=found.column("study_id"))))
-    tables.append(_retrieve_each(client, remaining.to_pylist(), workers, progress))
+    tables.append(_retrieve_each(client, remaining.to_pylist(), workers, progress, collected))
+    if problems is None:  # this read is the whole read: its values outside the contract, once
+        collected.raise_if_any("retrieve_studies")
     return newest_per_study(concat_studies(tables))
 
 
@@ -405,7 +415,13 @@ def _study_ids(study_ids: object, concurrency: object) -> pa.Array:
     return study_ids if isinstance(study_ids, pa.Array) else pa.array(study_ids, pa.string())
 
 
-def _retrieve_each(client: Client, study_ids: list[str], workers: int, progress: bool) -> pa.Table:
+def _retrieve_each(
+    client: Client,
+    study_ids: list[str],
+    workers: int,
+    progress: bool,
+    problems: ResponseProblems | None = None,
+) -> pa.Table:
     """Retrieve studies one by one, concurrently; those answering 404 are left out."""
     if not study_ids:
         return empty_studies()
@@ -421,7 +437,9 @@ def _retrieve_each(client: Client, study_ids: list[str], workers: int, progress:
         desc="retrieving studies", unit="study",
     )
     found = [outcome.result for outcome in outcomes if outcome.result is not None]
-    return studies_to_arrow(found, call="retrieve_study") if found else empty_studies()
+    if not found:
+        return empty_studies()
+    return studies_to_arrow(found, call="retrieve_study", problems=problems)
 
 
 def _partition_mask(known: pa.Table, filters: StudyFilters) -> pa.Array:
@@ -483,7 +501,13 @@ class ActiveRead:
     gone_ids: pa.Array
 
 
-def fetch_new_studies(client: Client, since: datetime, *, progress: bool = False) -> pa.Table:
+def fetch_new_studies(
+    client: Client,
+    since: datetime,
+    *,
+    progress: bool = False,
+    problems: ResponseProblems | None = None,
+) -> pa.Table:
     """Studies created since ``since`` (UTC): the unfiltered list, newest first, page by
     page until a page reaches back past ``since`` (so a little more than asked for).
 
@@ -498,7 +522,7 @@ def fetch_new_studies(client: Client, since: datetime, *, progress: bool = False
         client, [StudyFilters()], workers=1, progress=progress, down_to=since,
         desc="reading new studies",
     )
-    return newest_per_study(flatten_studies(pages))
+    return newest_per_study(flatten_studies(pages, problems=problems))
 
 
 def fetch_active(
@@ -509,19 +533,23 @@ def fetch_active(
     the newest cached ``created_at``), and the current state of every cached open study the
     open list no longer returns (completed or cancelled since: :func:`retrieve_studies`
     over :data:`CLOSED_PARTITIONS`, or gone: 404). See ``StudyCache.refresh`` for what this
-    cannot see.
+    cannot see. Values outside the contract in any of these reads raise one
+    ``ResponseValidationError`` at the end.
     """
+    problems = ResponseProblems()
     open_now = fetch_studies_arrow(
         client,
         is_cancelled=False,
         study_viewer_status="incomplete",
         concurrency=concurrency,
         progress=progress,
+        problems=problems,
     )
     fresh = [open_now]
     newest = pc.max(cached.column("created_at")).as_py() if len(cached) else None
     if newest is not None:
-        fresh.append(fetch_new_studies(client, newest - NEW_STUDY_MARGIN, progress=progress))
+        since = newest - NEW_STUDY_MARGIN
+        fresh.append(fetch_new_studies(client, since, progress=progress, problems=problems))
     seen = pa.concat_arrays([t.column("study_id").combine_chunks() for t in fresh])
     # cached open studies the open list no longer returns: completed or cancelled since
     was_open = pc.and_(
@@ -532,8 +560,9 @@ def fetch_active(
     closed_ids = pc.filter(was_open_ids, pc.invert(pc.is_in(was_open_ids, value_set=seen)))
     closed = retrieve_studies_arrow(
         client, closed_ids, known=cached, partitions=CLOSED_PARTITIONS,
-        concurrency=concurrency, progress=progress,
+        concurrency=concurrency, progress=progress, problems=problems,
     )
+    problems.raise_if_any("refresh")
     gone = pc.filter(closed_ids, pc.invert(pc.is_in(closed_ids, value_set=closed.column("study_id"))))
     fresh.append(closed)
     return ActiveRead(newest_per_study(concat_studies(fresh)), gone)
