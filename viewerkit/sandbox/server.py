@@ -184,7 +184,7 @@ class Sandbox:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         url = self.base_url + "/_sandbox/health"
-        with httpx.Client(timeout=2.0) as http:
+        with httpx.Client(timeout=2.0, trust_env=False) as http:  # no proxy: see _http
             while True:
                 if self._process is not None and self._process.poll() is not None:
                     raise RuntimeError(f"sandbox server exited early:\n{self._server_log()}")
@@ -254,10 +254,13 @@ class Sandbox:
     # -- controls --------------------------------------------------------------------------
 
     def _http(self) -> httpx.Client:
+        # the sandbox talks to itself on loopback: never through a proxy of the environment
+        # (HTTP_PROXY / HTTPS_PROXY / ALL_PROXY), which would not reach 127.0.0.1
         return httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {self._api_key}"},
             timeout=30.0,
+            trust_env=False,
         )
 
     def set_faults(self, **knobs: Any) -> dict[str, Any]:
