@@ -161,6 +161,46 @@ def _contains_ci(haystack: str | None, needle: str) -> bool:
     return haystack is not None and needle in haystack.lower()
 
 
+# Non-ASCII characters whose lower() holds an ASCII letter: KELVIN SIGN -> "k", LATIN CAPITAL
+# LETTER I WITH DOT ABOVE -> "i" + U+0307. LIKE never matches them to an ASCII letter.
+_FOLDS_TO_ASCII = {"k": "\u212a", "i": "\u0130"}
+
+
+def description_matches(description: str, needle: str) -> bool:
+    """The list filter ``studyDescription``: ``needle`` is a case-insensitive substring of
+    ``description``, every character taken literally (``%``, ``_``, ``\\``, NUL, emoji),
+    case folded by ``str.lower()`` on both sides. The SQL of ``Store.list_studies`` agrees
+    with this function for every input.
+
+    >>> description_matches("CT Chest 100%", "T CHEST 100%"), description_matches("CT", "C%")
+    (True, False)
+    >>> description_matches("Contrast", "ast\\x00qqq")
+    False
+    """
+    return needle.lower() in description.lower()
+
+
+def _description_contains(needle: str) -> tuple[str, list[Any]]:
+    """The SQL condition (and its arguments) of ``description_matches(s.study_description,
+    needle)``.
+
+    SQLite's LIKE folds ASCII case in C, far faster than a Python function per row, but it
+    reads both texts only up to a NUL and folds no non-ASCII letter: it decides alone only
+    for an ASCII needle without NUL, on a description without NUL and without a letter that
+    lowers to ASCII; such a description is also given to the Python check."""
+    folded = needle.lower()
+    if not needle.isascii() or "\x00" in needle:
+        return "vk_contains(s.study_description, ?)", [folded]
+    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    odd = ["\x00"] + [char for letter, char in _FOLDS_TO_ASCII.items() if letter in folded]
+    suspect = " OR ".join("instr(s.study_description, ?) > 0" for _ in odd)
+    clause = (
+        "(s.study_description LIKE ? ESCAPE '\\'"
+        f" OR (({suspect}) AND vk_contains(s.study_description, ?)))"
+    )
+    return clause, [f"%{escaped}%", *odd, folded]
+
+
 class Store:
     """The sandbox's SQLite database.
 
@@ -434,14 +474,10 @@ class Store:
             where.append("s.is_cancelled = ?")
             args.append(int(given["is_cancelled"]))
         needle = given.get("study_description")
-        if needle is not None and needle.isascii():
-            # SQLite's LIKE folds ASCII case in C, far faster than a Python function per row
-            escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where.append("s.study_description LIKE ? ESCAPE '\\'")
-            args.append(f"%{escaped}%")
-        elif needle is not None:
-            where.append("vk_contains(s.study_description, ?)")
-            args.append(needle.lower())
+        if needle is not None:
+            clause, clause_args = _description_contains(needle)
+            where.append(clause)
+            args.extend(clause_args)
         if after is not None:
             where.append("(s.created_at, s.study_id) < (?, ?)")
             args.extend((after.created_at, after.study_id))
