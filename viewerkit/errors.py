@@ -117,6 +117,8 @@ class Reason(str, Enum):
     NOT_UNICODE = "must be valid Unicode text (no lone surrogates)"
     # appended by the reports' input checks
     NOT_A_FOLDER = "is a file, not a folder"
+    # appended by the sandbox server's settings
+    NOT_BASE_URL = "must be an http:// or https:// base URL"
 
 
 #: Fields whose values are secrets: their value never reaches ``failure_cases`` or a message.
