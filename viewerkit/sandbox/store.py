@@ -161,6 +161,10 @@ def _contains_ci(haystack: str | None, needle: str) -> bool:
     return haystack is not None and needle in haystack.lower()
 
 
+# A revoked key's secret is replaced by this prefix and random hex. No bearer matches it:
+# the server strips the bearer token, so a token never starts with a space.
+_REVOKED = " revoked:"
+
 # Non-ASCII characters whose lower() holds an ASCII letter: KELVIN SIGN -> "k", LATIN CAPITAL
 # LETTER I WITH DOT ABOVE -> "i" + U+0307. LIKE never matches them to an ASCII letter.
 _FOLDS_TO_ASCII = {"k": "\u212a", "i": "\u0130"}
@@ -407,9 +411,52 @@ class Store:
         return str(row[0])
 
     def api_key_secrets(self) -> dict[str, str]:
-        """Bearer secret -> api_key_id of every key record."""
-        rows = self._conn().execute("SELECT secret, api_key_id FROM api_keys").fetchall()
+        """Bearer secret -> api_key_id of every key record that is not revoked."""
+        q = "SELECT secret, api_key_id FROM api_keys WHERE secret NOT LIKE ?"
+        rows = self._conn().execute(q, (_REVOKED + "%",)).fetchall()
         return {str(s): str(k) for s, k in rows}
+
+    def kept_api_key(self) -> str | None:
+        """The bearer secret a server on this database serves with (``keep_api_key``), or
+        None when there is none or it was revoked."""
+        q = (
+            "SELECT k.secret FROM sandbox_meta m JOIN api_keys k ON k.api_key_id = m.value"
+            " WHERE m.key = 'kept_api_key_id' AND k.secret NOT LIKE ?"
+        )
+        row = self._conn().execute(q, (_REVOKED + "%",)).fetchone()
+        return None if row is None else str(row[0])
+
+    def keep_api_key(self, secret: str) -> str:
+        """Make ``secret`` (a key record added if needed) the key this database serves with;
+        its ``api_key_id``."""
+        key_id = self.ensure_api_key(secret)
+        with self._write() as cur:
+            cur.execute(
+                "INSERT OR REPLACE INTO sandbox_meta (key, value) VALUES ('kept_api_key_id', ?)",
+                (key_id,),
+            )
+        return key_id
+
+    def revoke_api_key(self, secret: str) -> bool:
+        """Make bearer ``secret`` stop working (its key record stays: studies name it as
+        their creator). True if a key had that secret."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE api_keys SET secret = ? WHERE secret = ?",
+                (_REVOKED + secrets.token_hex(32), secret),
+            )
+            return cur.rowcount > 0
+
+    def kept_port(self) -> int | None:
+        """The port a server on this database last listened on (``keep_port``), or None."""
+        q = "SELECT value FROM sandbox_meta WHERE key = 'port'"
+        row = self._conn().execute(q).fetchone()
+        return None if row is None else int(row[0])
+
+    def keep_port(self, port: int) -> None:
+        """Remember the port a server on this database listens on."""
+        with self._write() as cur:
+            cur.execute("INSERT OR REPLACE INTO sandbox_meta (key, value) VALUES ('port', ?)", (str(port),))
 
     def user_exists(self, user_id: str) -> bool:
         q = "SELECT 1 FROM users WHERE user_id = ?"
