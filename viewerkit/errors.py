@@ -122,6 +122,8 @@ class Reason(str, Enum):
     # appended by the checks of the API's answers and of the CSV export
     NOT_ISO_TIME = "must be an ISO 8601 / RFC 3339 time"
     STARTS_LIKE_FORMULA = "starts like a spreadsheet formula (=, +, -, @, tab or carriage return)"
+    # appended by the sandbox server's settings
+    NOT_BASE_URL = "must be an http:// or https:// base URL"
 
 
 #: Fields whose values are secrets: their value never reaches ``failure_cases`` or a message.

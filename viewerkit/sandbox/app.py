@@ -60,10 +60,13 @@ from viewerkit.schema import (
     reference_failures,
 )
 
-__all__ = ["create_app", "SandboxError", "DEFAULT_PAGE_LIMIT"]
+__all__ = ["create_app", "SandboxError", "DEFAULT_PAGE_LIMIT", "MAX_BODY_BYTES"]
 
 #: Page size when the request gives no ``limit``.
 DEFAULT_PAGE_LIMIT = 25
+
+#: The largest request body the sandbox reads (1 MiB); a larger one answers 413.
+MAX_BODY_BYTES = 1024 * 1024
 
 T = TypeVar("T")
 
@@ -74,6 +77,7 @@ _ERROR_TYPES = {
     405: "invalid_request_error",
     409: "conflict_error",
     410: "invalid_request_error",
+    413: "invalid_request_error",
     429: "rate_limit_error",
 }
 
@@ -111,6 +115,54 @@ def _bad(param: str | None, message: str) -> SandboxError:
 
 
 # -- request parsing ------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """Pure ASGI middleware: a request body over ``limit`` bytes answers 413 in the error
+    format, on every route, before any handler sees it: at once when ``Content-Length``
+    says so, else (a chunked body) as soon as the bytes received pass the limit. A body
+    within the limit is read whole here and handed on unchanged. The server discards the
+    unread rest of a refused body, so the client still reads the answer."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is None and b"transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body
+            return
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        messages: list[Any] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break  # the client went away: the app sees it as it would have
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Any:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        text = f"request body is larger than {self.limit} bytes ({self.limit / 1024 / 1024:g} MiB)"
+        await _error_response(413, text)(scope, receive, send)
+
 
 
 async def _body(request: Request, allowed: Sequence[str]) -> dict[str, Any]:
@@ -305,6 +357,7 @@ def create_app(
     live: float | None = None,
     live_seed: int = 0,
     fault_seed: int = 0,
+    public_base_url: str | None = None,
 ) -> FastAPI:
     """Build a sandbox app over the SQLite database at ``db_path`` (created if new).
 
@@ -312,7 +365,15 @@ def create_app(
     database lacks); the database's own key records work too. ``latency_ms``, ``fail_rate``
     and ``rate_limit`` are the initial fault knobs (see ``viewerkit.sandbox.faults``);
     ``live`` is a rate of simulated activity per second while the server runs.
+
+    ``public_base_url`` (``http(s)://host[:port][/prefix]``) is where clients reach this
+    server: reroute URLs are built from it and from nothing in the request (a forged
+    ``Host`` or ``X-Forwarded-*`` header never names the host of a signed link). Without
+    it, they point at the address the server listens on (``http://<ip>:<port>``, as the
+    ASGI server reports its socket). ``running()`` and ``viewerkit sandbox serve`` pass the
+    URL they listen on. A bad URL is a ``ValidationError`` naming ``public_base_url``.
     """
+    public_base = None if public_base_url is None else _public_base(public_base_url)
     store = Store(db_path)
     store.add_api_keys(api_keys)
     keys: dict[str, str] = store.api_key_secrets()
@@ -344,6 +405,8 @@ def create_app(
     app.state.store = store
     app.state.faults = faults
     app.state.request_log = request_log
+    # inside the fault middleware: a refused body is in the request log, after any fault
+    app.add_middleware(BodyLimit)
     app.add_middleware(FaultMiddleware, faults=faults, log=request_log)
 
     @app.exception_handler(SandboxError)
@@ -573,7 +636,7 @@ def create_app(
         body = await _body(request, IDENTIFY_FIELDS)
         study_id = await in_thread(lambda: identify(body))
         expires = int((time.time() + reroute_ttl_s) * 1000)
-        base = str(request.base_url).rstrip("/")
+        base = public_base or _listening_base(request)
         token = reroute_token(secret, study_id, expires)
         return _json({"url": f"{base}/viewer/studies/{study_id}?token={token}"})
 
@@ -660,6 +723,43 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _public_base(url: object) -> str:
+    """``url`` without a trailing slash, when it is an absolute http(s) URL with a host and
+    nothing after its path."""
+    from urllib.parse import urlsplit
+
+    from viewerkit.errors import ValidationError
+
+    detail = "an http:// or https:// URL with a host, and no user, query or fragment"
+    parts = None
+    if isinstance(url, str) and url.isprintable() and " " not in url:
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # a port that is not a number, or out of range, raises here
+        except ValueError:
+            parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValidationError.one("create_app", "public_base_url", url, Reason.NOT_BASE_URL, detail=detail)
+    return str(url).rstrip("/")
+
+
+def _listening_base(request: Request) -> str:
+    # the socket the server accepted on (the ASGI ``server``), never a request header
+    server = request.scope.get("server")
+    if not server:
+        return "http://127.0.0.1"
+    host, port = server[0], server[1]
+    host = f"[{host}]" if ":" in str(host) else host
+    return f"http://{host}" if port is None else f"http://{host}:{port}"
 
 
 def _list_filters(params: Mapping[str, str]) -> StudyFilters:

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import httpx
 
-__all__ = ["running", "Sandbox", "seed_store", "API_KEY_ENV", "new_api_key"]
+__all__ = ["running", "Sandbox", "seed_store", "serving_key", "API_KEY_ENV", "new_api_key"]
 
 #: Environment variable through which the serve command receives its API key.
 API_KEY_ENV = "VIEWERKIT_SANDBOX_API_KEY"
@@ -57,12 +57,57 @@ def seed_store(db_path: str | os.PathLike[str], studies: int, seed: int, api_key
         store.close()
 
 
+def serving_key(db_path: str | os.PathLike[str], api_key: str | None = None, *, rotate: bool = False) -> str:
+    """The bearer key a server on the database at ``db_path`` accepts, kept in the database
+    so that a restart serves with the same key (one cache namespace across restarts).
+
+    ``api_key`` when given, else the database's kept key, else a new one; the key returned
+    becomes the kept one. ``rotate=True`` replaces the kept key with ``api_key`` or a new
+    one and revokes the old (it stops working; the studies it created still name it).
+    Other keys the database holds are left as they are.
+
+    >>> import tempfile, os
+    >>> db = os.path.join(tempfile.mkdtemp(), "kept.db")
+    >>> first = serving_key(db)
+    >>> serving_key(db) == first, serving_key(db, rotate=True) == first
+    (True, False)
+    """
+    from viewerkit.sandbox.store import Store
+
+    store = Store(db_path)
+    try:
+        kept = store.kept_api_key()
+        key = api_key or (None if rotate else kept) or new_api_key()
+        store.keep_api_key(key)
+        if rotate and kept is not None and kept != key:
+            store.revoke_api_key(kept)
+        return key
+    finally:
+        store.close()
+
+
+def _check_db_folder(what: str, db_path: str) -> None:
+    from viewerkit.errors import Reason, ValidationError
+
+    path = Path(db_path)
+    if path.is_dir():
+        raise ValidationError.one(what, "db_path", db_path, Reason.IS_A_FOLDER)
+    if not path.parent.is_dir():
+        raise ValidationError.one(
+            what, "db_path", db_path, Reason.NO_SUCH_FOLDER, detail=f"no folder {path.parent}"
+        )
+
+
 def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(512)
-    sock.set_inheritable(True)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()  # a port in use: no socket left for the garbage collector to warn about
+        raise
     return sock
 
 
@@ -141,7 +186,12 @@ class Sandbox:
         knobs = dict(self._knobs)
         seed = knobs.pop("seed", 0)
         app = create_app(
-            self.db_path, api_keys=[self._api_key], fault_seed=seed, live_seed=seed, **knobs
+            self.db_path,
+            api_keys=[self._api_key],
+            fault_seed=seed,
+            live_seed=seed,
+            public_base_url=self.base_url,
+            **knobs,
         )
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
         server = uvicorn.Server(config)
@@ -184,7 +234,7 @@ class Sandbox:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         url = self.base_url + "/_sandbox/health"
-        with httpx.Client(timeout=2.0) as http:
+        with httpx.Client(timeout=2.0, trust_env=False) as http:  # no proxy: see _http
             while True:
                 if self._process is not None and self._process.poll() is not None:
                     raise RuntimeError(f"sandbox server exited early:\n{self._server_log()}")
@@ -254,10 +304,13 @@ class Sandbox:
     # -- controls --------------------------------------------------------------------------
 
     def _http(self) -> httpx.Client:
+        # the sandbox talks to itself on loopback: never through a proxy of the environment
+        # (HTTP_PROXY / HTTPS_PROXY / ALL_PROXY), which would not reach 127.0.0.1
         return httpx.Client(
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {self._api_key}"},
             timeout=30.0,
+            trust_env=False,
         )
 
     def set_faults(self, **knobs: Any) -> dict[str, Any]:
@@ -335,6 +388,67 @@ class Sandbox:
         return rows
 
 
+class _Termination:
+    """Makes SIGTERM unwind ``running()`` as Ctrl-C does, so its server stops and its
+    temporary folder goes.
+
+    While a ``running()`` entered from the main thread is open, and SIGTERM had the default
+    handler (which would end the process without running any ``finally``), SIGTERM raises
+    ``SystemExit(143)`` in the main thread. A SIGTERM that arrives during the cleanup itself
+    is held until the cleanup is done. The default handler is restored when the
+    ``running()`` that installed it closes. A handler of the program's own (or SIG_IGN) is left alone, and
+    nothing is installed from another thread (Python only lets the main thread do so).
+    """
+
+    def __init__(self) -> None:
+        self._held = 0
+        self._pending = False
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        if self._held:
+            self._pending = True
+            return
+        raise SystemExit(128 + signum)
+
+    @contextlib.contextmanager
+    def unwinding(self) -> Iterator[None]:
+        """SIGTERM unwinds the block (see the class). An inner ``running()`` finds the
+        handler of an outer one in place and leaves it to the outer one to restore."""
+        installed = False
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        ):
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+            installed, self._pending = True, False
+        try:
+            yield
+        finally:
+            if installed and signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """A cleanup that a SIGTERM does not interrupt; one that came meanwhile is raised
+        after it, unless the program is already exiting."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        exiting = isinstance(sys.exc_info()[1], (SystemExit, KeyboardInterrupt))
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+        if self._pending and not self._held:
+            self._pending = False
+            if not exiting:
+                raise SystemExit(128 + signal.SIGTERM)
+
+
+_TERMINATION = _Termination()
+
+
 @contextlib.contextmanager
 def running(
     studies: int = 0,
@@ -353,37 +467,48 @@ def running(
 ) -> Iterator[Sandbox]:
     """Seed (when the database is new) and run a sandbox server; yield its ``Sandbox``.
 
-    The database is a temporary file, removed on exit, unless ``db_path`` is given. The key
-    is a fresh random one unless ``api_key`` is given; it reaches a subprocess through the
-    environment, never its command line.
+    SIGTERM ends it as Ctrl-C does (server stopped, temporary folder removed; see
+    ``_Termination``), when entered from the main thread.
+
+    The database is a temporary file, removed on exit, unless ``db_path`` is given (a
+    ``db_path`` in a folder that does not exist is a ``ValidationError``). The key is
+    ``api_key`` when given, else the database's kept key (see ``serving_key``), else a
+    fresh random one; it reaches a subprocess through the environment, never its command
+    line.
     """
-    workdir = tempfile.mkdtemp(prefix="viewerkit-sandbox-")
-    try:
-        path = os.fspath(db_path) if db_path is not None else os.path.join(workdir, "sandbox.db")
-        key = api_key or new_api_key()
-        if studies or not Path(path).exists():
-            seed_store(path, studies, seed, [key])
-        sandbox = Sandbox(
-            db_path=path,
-            api_key=key,
-            host=host,
-            port=port,
-            knobs={
-                "latency_ms": latency_ms,
-                "fail_rate": fail_rate,
-                "rate_limit": rate_limit,
-                "live": live,
-                "reroute_ttl_s": reroute_ttl_s,
-                "seed": seed,
-            },
-            in_thread=in_thread,
-            workdir=workdir,
-            owns_workdir=True,
-        )
-        sandbox.start()
+    if db_path is not None:
+        _check_db_folder("running", os.fspath(db_path))
+    with _TERMINATION.unwinding():
+        workdir = tempfile.mkdtemp(prefix="viewerkit-sandbox-")
+        sandbox: Sandbox | None = None
         try:
+            path = os.fspath(db_path) if db_path is not None else os.path.join(workdir, "sandbox.db")
+            if studies or not Path(path).exists():
+                seed_store(path, studies, seed, [])
+            key = serving_key(path, api_key)
+            sandbox = Sandbox(
+                db_path=path,
+                api_key=key,
+                host=host,
+                port=port,
+                knobs={
+                    "latency_ms": latency_ms,
+                    "fail_rate": fail_rate,
+                    "rate_limit": rate_limit,
+                    "live": live,
+                    "reroute_ttl_s": reroute_ttl_s,
+                    "seed": seed,
+                },
+                in_thread=in_thread,
+                workdir=workdir,
+                owns_workdir=True,
+            )
+            sandbox.start()
             yield sandbox
         finally:
-            sandbox.stop()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            with _TERMINATION.held():
+                try:
+                    if sandbox is not None:
+                        sandbox.stop()
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)

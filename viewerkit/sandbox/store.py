@@ -161,6 +161,50 @@ def _contains_ci(haystack: str | None, needle: str) -> bool:
     return haystack is not None and needle in haystack.lower()
 
 
+# A revoked key's secret is replaced by this prefix and random hex. No bearer matches it:
+# the server strips the bearer token, so a token never starts with a space.
+_REVOKED = " revoked:"
+
+# Non-ASCII characters whose lower() holds an ASCII letter: KELVIN SIGN -> "k", LATIN CAPITAL
+# LETTER I WITH DOT ABOVE -> "i" + U+0307. LIKE never matches them to an ASCII letter.
+_FOLDS_TO_ASCII = {"k": "\u212a", "i": "\u0130"}
+
+
+def description_matches(description: str, needle: str) -> bool:
+    """The list filter ``studyDescription``: ``needle`` is a case-insensitive substring of
+    ``description``, every character taken literally (``%``, ``_``, ``\\``, NUL, emoji),
+    case folded by ``str.lower()`` on both sides. The SQL of ``Store.list_studies`` agrees
+    with this function for every input.
+
+    >>> description_matches("CT Chest 100%", "T CHEST 100%"), description_matches("CT", "C%")
+    (True, False)
+    >>> description_matches("Contrast", "ast\\x00qqq")
+    False
+    """
+    return needle.lower() in description.lower()
+
+
+def _description_contains(needle: str) -> tuple[str, list[Any]]:
+    """The SQL condition (and its arguments) of ``description_matches(s.study_description,
+    needle)``.
+
+    SQLite's LIKE folds ASCII case in C, far faster than a Python function per row, but it
+    reads both texts only up to a NUL and folds no non-ASCII letter: it decides alone only
+    for an ASCII needle without NUL, on a description without NUL and without a letter that
+    lowers to ASCII; such a description is also given to the Python check."""
+    folded = needle.lower()
+    if not needle.isascii() or "\x00" in needle:
+        return "vk_contains(s.study_description, ?)", [folded]
+    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    odd = ["\x00"] + [char for letter, char in _FOLDS_TO_ASCII.items() if letter in folded]
+    suspect = " OR ".join("instr(s.study_description, ?) > 0" for _ in odd)
+    clause = (
+        "(s.study_description LIKE ? ESCAPE '\\'"
+        f" OR (({suspect}) AND vk_contains(s.study_description, ?)))"
+    )
+    return clause, [f"%{escaped}%", *odd, folded]
+
+
 class Store:
     """The sandbox's SQLite database.
 
@@ -367,9 +411,52 @@ class Store:
         return str(row[0])
 
     def api_key_secrets(self) -> dict[str, str]:
-        """Bearer secret -> api_key_id of every key record."""
-        rows = self._conn().execute("SELECT secret, api_key_id FROM api_keys").fetchall()
+        """Bearer secret -> api_key_id of every key record that is not revoked."""
+        q = "SELECT secret, api_key_id FROM api_keys WHERE secret NOT LIKE ?"
+        rows = self._conn().execute(q, (_REVOKED + "%",)).fetchall()
         return {str(s): str(k) for s, k in rows}
+
+    def kept_api_key(self) -> str | None:
+        """The bearer secret a server on this database serves with (``keep_api_key``), or
+        None when there is none or it was revoked."""
+        q = (
+            "SELECT k.secret FROM sandbox_meta m JOIN api_keys k ON k.api_key_id = m.value"
+            " WHERE m.key = 'kept_api_key_id' AND k.secret NOT LIKE ?"
+        )
+        row = self._conn().execute(q, (_REVOKED + "%",)).fetchone()
+        return None if row is None else str(row[0])
+
+    def keep_api_key(self, secret: str) -> str:
+        """Make ``secret`` (a key record added if needed) the key this database serves with;
+        its ``api_key_id``."""
+        key_id = self.ensure_api_key(secret)
+        with self._write() as cur:
+            cur.execute(
+                "INSERT OR REPLACE INTO sandbox_meta (key, value) VALUES ('kept_api_key_id', ?)",
+                (key_id,),
+            )
+        return key_id
+
+    def revoke_api_key(self, secret: str) -> bool:
+        """Make bearer ``secret`` stop working (its key record stays: studies name it as
+        their creator). True if a key had that secret."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE api_keys SET secret = ? WHERE secret = ?",
+                (_REVOKED + secrets.token_hex(32), secret),
+            )
+            return cur.rowcount > 0
+
+    def kept_port(self) -> int | None:
+        """The port a server on this database last listened on (``keep_port``), or None."""
+        q = "SELECT value FROM sandbox_meta WHERE key = 'port'"
+        row = self._conn().execute(q).fetchone()
+        return None if row is None else int(row[0])
+
+    def keep_port(self, port: int) -> None:
+        """Remember the port a server on this database listens on."""
+        with self._write() as cur:
+            cur.execute("INSERT OR REPLACE INTO sandbox_meta (key, value) VALUES ('port', ?)", (str(port),))
 
     def user_exists(self, user_id: str) -> bool:
         q = "SELECT 1 FROM users WHERE user_id = ?"
@@ -434,14 +521,10 @@ class Store:
             where.append("s.is_cancelled = ?")
             args.append(int(given["is_cancelled"]))
         needle = given.get("study_description")
-        if needle is not None and needle.isascii():
-            # SQLite's LIKE folds ASCII case in C, far faster than a Python function per row
-            escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where.append("s.study_description LIKE ? ESCAPE '\\'")
-            args.append(f"%{escaped}%")
-        elif needle is not None:
-            where.append("vk_contains(s.study_description, ?)")
-            args.append(needle.lower())
+        if needle is not None:
+            clause, clause_args = _description_contains(needle)
+            where.append(clause)
+            args.extend(clause_args)
         if after is not None:
             where.append("(s.created_at, s.study_id) < (?, ?)")
             args.extend((after.created_at, after.study_id))
