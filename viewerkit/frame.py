@@ -970,6 +970,8 @@ class StudyChanges:
     def long(self) -> pa.Table:
         """The changed cells as a long table (see :func:`diff_studies`)."""
         parts = []
+        before_at = {name: at for at, name in enumerate(self._before_rows.column_names)}
+        after_at = {name: at for at, name in enumerate(self._after_rows.column_names)}
         for name, differs in self.cells.items():
             if not pc.any(differs).as_py():
                 continue
@@ -979,8 +981,8 @@ class StudyChanges:
                     {
                         "study_id": ids,
                         "field": pa.repeat(pa.scalar(name, pa.string()), len(ids)),
-                        "before": _display_strings(self._before_rows, name, differs),
-                        "after": _display_strings(self._after_rows, name, differs),
+                        "before": _display_strings(self._before_rows, before_at.get(name), differs),
+                        "after": _display_strings(self._after_rows, after_at.get(name), differs),
                     },
                     schema=DIFF_SCHEMA,
                 )
@@ -997,12 +999,13 @@ DIFF_SCHEMA: Final = pa.schema(
 )
 
 
-def _display_strings(rows: pa.Table, name: str, mask: pa.Array) -> pa.Array:
-    """The masked cells of column ``name`` as strings: timestamps ISO 8601 UTC with ``Z``,
-    booleans ``true`` / ``false``, null as null (a column the table lacks: all null)."""
-    if name not in rows.column_names:
+def _display_strings(rows: pa.Table, at: int | None, mask: pa.Array) -> pa.Array:
+    """The masked cells of column number ``at`` as strings: timestamps ISO 8601 UTC with
+    ``Z``, booleans ``true`` / ``false``, null as null (None, a column the table lacks: all
+    null)."""
+    if at is None:
         return pa.nulls(pc.sum(mask).as_py() or 0, pa.string())
-    column = rows.column(name).filter(mask).combine_chunks()
+    column = rows.column(at).filter(mask).combine_chunks()
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     if pa.types.is_timestamp(column.type):
@@ -1048,14 +1051,21 @@ def compare_studies(before: pa.Table | pd.DataFrame | None, after: pa.Table | pd
     # study table has no column for a key no study holds
     columns = [name for name in STUDY_SCHEMA.names if name in old_given and name in new_given]
     columns += sorted(
-        {c for c in (*old.column_names, *new.column_names) if c.startswith(META_PREFIX)}
+        {c for c in (*before_rows.column_names, *after_rows.column_names) if c.startswith(META_PREFIX)}
     )
+    # columns by position: a name lookup (or column_names, a new list) per column would make
+    # many distinct metadata keys quadratic
+    before_at = {name: at for at, name in enumerate(before_rows.column_names)}
+    after_at = {name: at for at, name in enumerate(after_rows.column_names)}
     for name in columns:
-        if name in old.column_names and name in new.column_names:
-            cell = _cells_differ(before_rows.column(name), after_rows.column(name))
-        else:  # a meta column only one side has: differs where that side has a value
-            side = before_rows if name in old.column_names else after_rows
-            cell = pc.is_valid(side.column(name))
+        if name in before_at and name in after_at:
+            cell = _cells_differ(
+                before_rows.column(before_at[name]), after_rows.column(after_at[name])
+            )
+        elif name in before_at:  # a meta column only one side has: differs where it has a value
+            cell = pc.is_valid(before_rows.column(before_at[name]))
+        else:
+            cell = pc.is_valid(after_rows.column(after_at[name]))
         cell = cell.combine_chunks() if isinstance(cell, pa.ChunkedArray) else cell
         cells[name] = cell
         differs = pc.or_(differs, cell)
