@@ -271,7 +271,7 @@ def test_corrupt_studies_file_names_the_file(filled: StudyCache, tmp_path: Path)
     shutil.copytree(filled.path, copy.path)
     studies = next(copy.path.rglob("studies-*.parquet"))
     studies.write_bytes(b"PAR1 garbage")
-    with pytest.raises(CacheError, match=rf"{studies.name} is not a readable Parquet file.*delete"):
+    with pytest.raises(CacheError, match=rf"{studies.name} is damaged.*refresh --mode full.*keeps"):
         copy.load()
 
 
@@ -469,6 +469,14 @@ def test_history_file_without_the_history_columns_is_a_cache_error(
     copy, _ = _copy(filled, tmp_path)
     history = next(copy.path.rglob("history/*.parquet"))
     pq.write_table(pq.read_table(history).drop_columns(["change"]), history)
+    with pytest.raises(CacheError, match=rf"{history.name} is damaged.*delete"):
+        copy.history()
+    # a version 1 cache has no checksums: the file is read, and its columns checked
+    manifest = next(copy.path.rglob("manifest.json"))
+    data = json.loads(manifest.read_text())
+    data["version"] = 1
+    del data["checksums"]
+    manifest.write_text(json.dumps(data))
     with pytest.raises(CacheError, match=rf"{history.name} lacks the history columns change.*delete"):
         copy.history()
 
@@ -479,7 +487,7 @@ def test_info_with_a_missing_data_file_is_a_cache_error(filled: StudyCache, tmp_
     studies.unlink()
     with pytest.raises(CacheError, match=rf"{studies.name} is missing.*delete"):
         copy.info()
-    with pytest.raises(CacheError, match=rf"{studies.name} is missing.*delete"):
+    with pytest.raises(CacheError, match=rf"{studies.name} is missing.*refresh --mode full"):
         copy.load()
 
 
@@ -596,7 +604,9 @@ def test_a_load_meeting_refreshes_of_another_process_reads_a_whole_table(
         real_read = StudyCache._read_table
         interleaved: list[str] = []
 
-        def read_after_two_refreshes(self: StudyCache, directory: Path, name: str) -> pa.Table:
+        def read_after_two_refreshes(
+            self: StudyCache, directory: Path, name: str, manifest: Any = None
+        ) -> pa.Table:
             if not interleaved:
                 interleaved.append(name)
                 other = StudyCache(tmp_path)  # as another process would
@@ -604,7 +614,7 @@ def test_a_load_meeting_refreshes_of_another_process_reads_a_whole_table(
                     c.update_study(cache_ids[0], severity=severity)
                     other.refresh(c, progress=False)
                 assert not (directory / name).exists()  # swept under the reader's feet
-            return real_read(self, directory, name)
+            return real_read(self, directory, name, manifest)
 
         cache_ids = cache.load()["study_id"].tolist()
         monkeypatch.setattr(StudyCache, "_read_table", read_after_two_refreshes)
@@ -778,3 +788,70 @@ def test_ten_thousand_distinct_metadata_keys_refresh_in_bounded_time(tmp_path: P
     assert done.returncode == 0, done.stderr[-2000:]
     first_keys, changed, after_keys = map(int, done.stdout.split())
     assert (first_keys, changed, after_keys) == (10_000, 20, 10_000)  # 20 keys gone, 20 new
+
+
+@pytest.mark.parametrize("at", [0.1, 0.3, 0.9])
+def test_a_damaged_studies_file_is_refused_and_a_full_refresh_rebuilds_it_keeping_history(
+    make_sandbox: Any, tmp_path: Path, at: float
+) -> None:
+    """Eight bytes flipped anywhere in the studies file: load() refused it naming the file
+    (it loaded altered study IDs before); a full refresh rebuilds it from the API and the
+    history, and the history is whole."""
+    server: Sandbox = make_sandbox(studies=300, seed=38)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        cache.refresh(c, progress=False)
+        history = cache.history()
+        studies = next(tmp_path.rglob("studies-*.parquet"))
+        data = bytearray(studies.read_bytes())
+        start = int(len(data) * at)
+        data[start : start + 8] = bytes(b ^ 0xFF for b in data[start : start + 8])
+        studies.write_bytes(bytes(data))
+        with pytest.raises(CacheError, match=rf"{studies.name} is damaged.*refresh --mode full"):
+            cache.load()
+        with pytest.raises(CacheError, match="is damaged"):
+            cache.refresh(c, mode="active", progress=False)
+        c.update_study(history["study_id"].iloc[0], severity="stat" if history["severity"].iloc[0] != "stat" else "high")
+        summary = cache.refresh(c, mode="full", progress=False)
+        fresh = fetch_studies_arrow(c, progress=False)
+    assert (summary.new, summary.changed, summary.gone) == (0, 1, 0)
+    assert by_id(cache.load()).equals(by_id(to_pandas(fresh)))
+    assert len(cache.history()) == len(history) + 1
+
+
+def test_a_studies_file_holding_a_study_twice_is_refused(filled: StudyCache, tmp_path: Path) -> None:
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    copy, _ = _copy(filled, tmp_path)
+    studies = next(copy.path.rglob("studies-*.parquet"))
+    table = pq.read_table(studies)
+    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), studies)
+    manifest = next(copy.path.rglob("manifest.json"))
+    data = json.loads(manifest.read_text())  # as a bug that wrote it would have recorded it
+    data["checksums"][studies.name] = hashlib.sha256(studies.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(CacheError, match=rf"{studies.name} holds a study more than once"):
+        copy.load()
+
+
+def test_a_version_1_cache_is_read_and_migrated_by_its_next_refresh(
+    make_sandbox: Any, tmp_path: Path
+) -> None:
+    server: Sandbox = make_sandbox(studies=200, seed=39)
+    cache = StudyCache(tmp_path)
+    with Client(api_key=server.api_key, base_url=server.base_url) as c:
+        cache.refresh(c, progress=False)
+        manifest = next(tmp_path.rglob("manifest.json"))
+        data = json.loads(manifest.read_text())
+        data["version"] = 1
+        del data["checksums"]
+        manifest.write_text(json.dumps(data))  # as viewerkit 0.1 wrote it
+        before, history = cache.load(), cache.history()
+        cache.refresh(c, mode="active", progress=False)
+    migrated = json.loads(manifest.read_text())
+    assert migrated["version"] == 2
+    assert set(migrated["checksums"]) == {migrated["studies_file"], *migrated["history_files"]}
+    pdt.assert_frame_equal(by_id(cache.load()), by_id(before))
+    pdt.assert_frame_equal(cache.history(), history)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -37,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -50,6 +52,8 @@ if TYPE_CHECKING:
 
     from viewerkit.client import Client
 
+log = logging.getLogger(__name__)
+
 __all__ = ["StudyCache", "CacheSnapshot", "RefreshSummary", "HISTORY_COLUMNS", "DEFAULT_CACHE_PATH"]
 
 #: Where the CLI keeps the cache unless ``--cache`` or ``VIEWERKIT_CACHE`` says otherwise.
@@ -61,7 +65,9 @@ HISTORY_COLUMNS = ("observed_at", "change")
 #: How often a reader re-reads the manifest when a concurrent refresh moved the files.
 _READ_TRIES = 5
 _FORMAT = "viewerkit-study-cache"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+#: Versions this viewerkit reads: 1 (no checksums) is migrated by the next refresh.
+_READABLE_VERSIONS = (1, 2)
 _MANIFEST = "manifest.json"
 _TIMESTAMP = pa.timestamp("ms", tz="UTC")
 
@@ -109,6 +115,42 @@ class CacheSnapshot:
     info: dict[str, Any]
 
 
+_STUDIES_HINT = (
+    "run `viewerkit refresh --mode full`: it rebuilds the studies file from the API and the "
+    "history, which it keeps"
+)
+
+
+def _checksum(path: Path) -> str:
+    """The SHA-256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_verified(
+    directory: Path, name: str, manifest: dict[str, Any] | None, hint: str
+) -> pa.Table:
+    """A cache file as Arrow, after checking its bytes against the manifest's SHA-256 (a
+    version 1 manifest has none). Missing, damaged or unreadable: CacheError naming it."""
+    target = directory / name
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        raise CacheError(f"{target} is missing; {hint}") from None
+    except OSError as exc:
+        raise CacheError(f"{target} cannot be read ({type(exc).__name__}); {hint}") from None
+    expected = (manifest or {}).get("checksums", {}).get(name)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CacheError(f"{target} is damaged (its bytes do not match the manifest's checksum); {hint}")
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (OSError, pa.ArrowException) as exc:
+        raise CacheError(f"{target} is not a readable Parquet file ({type(exc).__name__}); {hint}") from None
+
+
 def _file_size(directory: Path, name: str) -> int:
     try:
         return (directory / name).stat().st_size
@@ -149,6 +191,13 @@ def _manifest_fields_ok(manifest: dict[str, Any]) -> bool:
             for name in history_files
         )
         and isinstance(manifest.get("studies"), int)
+        and (
+            manifest.get("version") == 1
+            or (
+                isinstance(manifest.get("checksums"), dict)
+                and all(isinstance(v, str) for v in manifest["checksums"].values())
+            )
+        )
         and isinstance(refreshes, list)
         and all(isinstance(r, dict) and "refreshed_at" in r and "mode" in r for r in refreshes)
     )
@@ -256,7 +305,7 @@ class StudyCache:
             ) from None
         if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
             raise CacheError(f"{target} is not a viewerkit study cache manifest; {_rebuild_hint(directory)}")
-        if manifest.get("version") != _FORMAT_VERSION:
+        if manifest.get("version") not in _READABLE_VERSIONS:
             raise CacheError(
                 f"{target} has cache format version {manifest.get('version')!r}, this viewerkit "
                 f"reads {_FORMAT_VERSION}; {_rebuild_hint(directory)}"
@@ -275,17 +324,14 @@ class StudyCache:
             )
         return manifest
 
-    def _read_table(self, directory: Path, name: str) -> pa.Table:
+    def _read_table(
+        self, directory: Path, name: str, manifest: dict[str, Any] | None = None
+    ) -> pa.Table:
         target = directory / name
-        try:
-            table = pq.read_table(target)
-        except FileNotFoundError:
-            raise CacheError(f"{target} is missing; {_rebuild_hint(directory)}") from None
-        except (OSError, pa.ArrowException) as exc:
-            raise CacheError(
-                f"{target} is not a readable Parquet file ({type(exc).__name__}); "
-                f"{_rebuild_hint(directory)}"
-            ) from None
+        table = _read_verified(directory, name, manifest, _STUDIES_HINT)
+        ids = table.column("study_id") if "study_id" in table.column_names else None
+        if ids is not None and pc.count_distinct(ids).as_py() < len(ids):
+            raise CacheError(f"{target} holds a study more than once; {_STUDIES_HINT}")
         missing = [f.name for f in STUDY_SCHEMA if f.name not in table.column_names]
         if missing:
             raise CacheError(
@@ -316,12 +362,12 @@ class StudyCache:
         for _ in range(_READ_TRIES - 1):
             manifest = self._manifest(directory)
             try:
-                return manifest, self._read_table(directory, manifest["studies_file"])
+                return manifest, self._read_table(directory, manifest["studies_file"], manifest)
             except CacheError:
                 if self._manifest(directory)["studies_file"] == manifest["studies_file"]:
                     raise
         manifest = self._manifest(directory)
-        return manifest, self._read_table(directory, manifest["studies_file"])
+        return manifest, self._read_table(directory, manifest["studies_file"], manifest)
 
     def load(self, client: Client | None = None, *, compact: bool = False) -> pd.DataFrame:
         """The cached studies as a DataFrame, dtypes identical to ``viewerkit.fetch_studies``
@@ -331,18 +377,17 @@ class StudyCache:
     def history_arrow(self, client: Client | None = None) -> pa.Table:
         """The change history as Arrow (see :meth:`history`)."""
         directory = self._directory(client)
-        parts: list[pa.Table] = []
+        manifest = None
         if directory is not None and (directory / _MANIFEST).exists():
             manifest = self._manifest(directory)
+        return self._history_table(directory, manifest)
+
+    def _history_table(self, directory: Path | None, manifest: dict[str, Any] | None) -> pa.Table:
+        parts: list[pa.Table] = []
+        if directory is not None and manifest is not None:
             for name in manifest["history_files"]:
                 target = directory / name
-                try:
-                    table = pq.read_table(target)
-                except (OSError, pa.ArrowException) as exc:
-                    raise CacheError(
-                        f"{target} is not a readable history file ({type(exc).__name__}); "
-                        f"{_rebuild_hint(directory)}"
-                    ) from None
+                table = _read_verified(directory, name, manifest, _rebuild_hint(directory))
                 missing = [
                     name
                     for name in (*HISTORY_COLUMNS, *STUDY_SCHEMA.names)
@@ -503,7 +548,7 @@ class StudyCache:
         directory.mkdir(parents=True, exist_ok=True)
         with files.file_lock(directory / ".lock", timeout=lock_timeout, holder="another refresh"):
             manifest = self._manifest(directory) if (directory / _MANIFEST).exists() else None
-            old = self._read_table(directory, manifest["studies_file"]) if manifest else None
+            old = self._cached_state(directory, manifest, mode) if manifest else None
             if old is None or len(old) == 0:
                 # nothing cached (or no study yet): active mode has no newest created_at to
                 # look for new studies from, and would miss every new closed one
@@ -546,6 +591,30 @@ class StudyCache:
         summary = RefreshSummary(**{**asdict(summary), "duration_s": time.perf_counter() - started})
         return summary
 
+    def _cached_state(self, directory: Path, manifest: dict[str, Any], mode: str) -> pa.Table:
+        """The studies as the last refresh left them. A full refresh rebuilds a damaged or
+        missing studies file from the history, which holds every state the cache saw: the
+        last observed state of each study not recorded gone."""
+        try:
+            return self._read_table(directory, manifest["studies_file"], manifest)
+        except CacheError:
+            if mode != "full":
+                raise
+        log.warning("%s is damaged or missing: rebuilt from the history", manifest["studies_file"])
+        history = self._history_table(directory, manifest)
+        order = pc.sort_indices(
+            history, sort_keys=[("study_id", "ascending"), ("observed_at", "descending")]
+        )
+        history = history.take(order)
+        ids = history.column("study_id").combine_chunks()
+        last = np.ones(len(ids), dtype=bool)
+        if len(ids) > 1:
+            last[1:] = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
+        latest = history.filter(pa.array(last))
+        latest = latest.filter(pc.not_equal(latest.column("change"), "gone"))
+        states = frame.conform(latest.drop_columns(list(HISTORY_COLUMNS)))
+        return frame.drop_empty_meta(frame.in_list_order(states))
+
     def _with_missed(
         self, client: Client, old: pa.Table, current: pa.Table, concurrency: int, progress: bool
     ) -> pa.Table:
@@ -583,13 +652,21 @@ class StudyCache:
         generation = f"{observed_at.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
         studies_file = f"studies-{generation}.parquet"
         history_files = list(manifest["history_files"]) if manifest else []
+        # every file's SHA-256 goes into the manifest and is checked on each read; files of a
+        # version 1 cache get theirs here (its migration)
+        checksums = {
+            name: (manifest or {}).get("checksums", {}).get(name) or _checksum(directory / name)
+            for name in history_files
+        }
         files.write_parquet(current, directory / studies_file)
+        checksums[studies_file] = _checksum(directory / studies_file)
         part = _history_part(observed_at, old, current, changes)
         if part is not None:
             (directory / "history").mkdir(exist_ok=True)
             name = f"history/{generation}.parquet"
             files.write_parquet(part, directory / name)
             history_files.append(name)
+            checksums[name] = _checksum(directory / name)
         created = current.column("created_at")
         newest = pc.max(created).as_py() if len(current) else None
         record = {k: v for k, v in asdict(summary).items() if k != "duration_s"}
@@ -601,6 +678,7 @@ class StudyCache:
                 "key_fingerprint": client.key_fingerprint,
                 "studies_file": studies_file,
                 "history_files": history_files,
+                "checksums": checksums,
                 "studies": len(current),
                 "newest_created_at": _iso(newest) if newest is not None else None,
                 "refreshes": [*(manifest["refreshes"] if manifest else []), record],
