@@ -20,7 +20,7 @@ from raw_api import list_all_raw
 
 import viewerkit as vk
 from viewerkit import Client
-from viewerkit.errors import ApiConnectionError, RateLimited, ValidationError
+from viewerkit.errors import ApiConnectionError, ServerError, ValidationError
 from viewerkit.fetch import fetch_studies, fetch_studies_arrow, study_partitions
 from viewerkit.frame import conform, newest_per_study, studies_to_arrow
 from viewerkit.sandbox.server import Sandbox
@@ -353,21 +353,22 @@ def test_ctrl_c_does_not_wait_out_the_in_flight_pages_retries(
 def test_a_failed_page_stops_the_fetch_and_the_other_pages_retries(
     make_sandbox: Callable[..., Sandbox],
 ) -> None:
-    # The bucket holds one request, which the armed fault fails with 503: its worker backs
-    # off ~0.5 s and retries into a 429, its last try (max_retries=1), so that page fails.
-    # The three other workers met 429 with Retry-After 20 s and are waiting to retry.
-    server = make_sandbox(studies=300, seed=5, rate_limit=0.05)
+    # The bucket holds one request, which the armed fault fails with 503 after the 300 ms of
+    # latency (max_retries=0: that page fails). The three other workers met 429 at once (a
+    # 429 skips the latency) with Retry-After 20 s and are waiting to retry (429s do not use
+    # up max_retries): the failure stops their wait, else the test would take 20 s and more.
+    server = make_sandbox(studies=300, seed=5, rate_limit=0.05, latency_ms=300)
     server.fail_next(1, method="GET", path="/v1/viewer/studies", how="503")
     before = set(threading.enumerate())
-    with Client(api_key=server.api_key, base_url=server.base_url, max_retries=1) as c:
-        with pytest.raises(RateLimited, match="^list_studies: 429 .*after 2 tries"):
+    with Client(api_key=server.api_key, base_url=server.base_url, max_retries=0) as c:
+        with pytest.raises(ServerError, match="^list_studies: 503"):
             vk.fetch_studies(c, progress=False, concurrency=4)
         assert not _new_threads(before)
     statuses = [r["status"] for r in server.requests()]
-    # the failed page's two tries and the others' first tries; no retry came after the failure
+    # the failed page's one try and the others' first tries; no retry came after the failure
     assert statuses.count(503) == 1
     assert set(statuses) == {503, 429}
-    assert len(statuses) <= 1 + 4
+    assert len(statuses) <= 1 + 3
 
 
 # -- de-duplication ---------------------------------------------------------------------
