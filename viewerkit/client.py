@@ -300,6 +300,7 @@ class _Throttle:
         self.pace: float | None = None  # requests per second, once a 429 was seen
         self.next_send = 0.0
         self.accepted: collections.deque[float] = collections.deque()  # send times answered not-429
+        self.measured_over = _RATE_SPAN_FLOOR  # the span the last decrease measured over
 
     def enter(self) -> bool:
         """Take a slot under the concurrency limit, waiting for one; False (no slot taken)
@@ -330,13 +331,17 @@ class _Throttle:
                 self.next_send = now + 1.0 / self.pace
             return 0.0, self.epoch
 
-    def accepted_answer(self, sent_at: float) -> None:
-        """The server answered (not 429) a request sent at ``sent_at``."""
+    def accepted_answer(self, sent_at: float, epoch: int) -> None:
+        """The server answered (not 429) a request sent at ``sent_at`` in ``epoch``."""
         with self.condition:
             self.accepted.append(sent_at)
             self._forget(time.monotonic())
             if self.pace is not None:
                 self.pace += _PACE_STEP
+                if epoch == self.epoch - 1:
+                    # in flight when the last 429 set the pace: it counts towards the rate
+                    # that decrease measured
+                    self.pace += _PACE_DECREASE / self.measured_over
             self.run += 1
             if self.limit < self.max_concurrency and self.run >= self.limit:
                 self.limit += 1
@@ -355,8 +360,8 @@ class _Throttle:
             self.run = 0
             self._forget(now)
             if self.accepted:
-                span = max(_RATE_SPAN_FLOOR, now - self.accepted[0])
-                measured = len(self.accepted) / span
+                self.measured_over = max(_RATE_SPAN_FLOOR, now - self.accepted[0])
+                measured = len(self.accepted) / self.measured_over
             else:
                 measured = 1.0 / max(wait, 1e-3)
             pace = _PACE_DECREASE * min(measured, self.pace if self.pace is not None else measured)
@@ -746,7 +751,7 @@ class Client:
             if response is not None:
                 log.debug("%s %s %s -> %d (try %d)", call, method, path, response.status_code, attempt + limited + 1)
                 if response.is_success:
-                    throttle.accepted_answer(sent_at)
+                    throttle.accepted_answer(sent_at, epoch)
                     return response
                 if response.status_code == 429:
                     # Rate limited: the request was not processed. Wait the server's hint
@@ -769,7 +774,7 @@ class Client:
                     if pause(wait):
                         raise ApiError("stopped while rate limited", call=call, study=study)
                     continue
-                throttle.accepted_answer(sent_at)
+                throttle.accepted_answer(sent_at, epoch)
                 if response.status_code == 409 and conflict_on_retry_ok and maybe_applied:
                     # An earlier try of this create was applied but its answer was lost.
                     raise _CreateAlreadyApplied()
