@@ -126,7 +126,7 @@ def test_a_call_rate_limited_past_its_deadline_is_rate_limited_naming_the_call(
     assert [r["status"] for r in server.requests()] == [200, 429]
 
 
-@pytest.mark.parametrize("deadline", [-1.0, float("nan"), "300"])
+@pytest.mark.parametrize("deadline", [-1.0, float("nan"), "300", True])
 def test_a_deadline_that_is_not_seconds_is_a_configuration_error(deadline: Any) -> None:
     with pytest.raises(ConfigurationError, match="rate_limit_deadline must be 0 or more seconds"):
         Client(api_key="sk-example", base_url="http://127.0.0.1:9", rate_limit_deadline=deadline)

@@ -401,12 +401,12 @@ class Client:
     ``AVARA_BASE_URL`` (else the hosted API). ``rate_limit`` caps requests per second
     client-wide; ``max_concurrency`` caps requests in flight. ``max_retries`` counts the
     retries of one call after 5xx, 408 and connection failures. A server's 429 is waited
-    out instead (the hint plus jitter, a pause every thread of the client keeps, fewer
-    requests in flight and a pace just under the server's rate, all shared by the threads
-    of this client) for at most ``rate_limit_deadline`` seconds per call (0: a 429 raises
-    at once), then ``RateLimited`` naming the call. ``http_client`` is a transport
-    seam: an ``httpx.Client`` of yours (we add the base URL and auth to each request, and do
-    not close it).
+    out instead, by all the threads of this client together (the hint plus jitter as a
+    pause none of them sends in, fewer requests in flight, then a pace just under the
+    server's rate), for at most ``rate_limit_deadline`` seconds per call (0: a 429 raises
+    at once; ``math.inf``: no limit), then ``RateLimited`` naming the call.
+    ``http_client`` is a transport seam: an ``httpx.Client`` of yours (we add the base URL
+    and auth to each request, and do not close it).
 
     >>> with Client(api_key="sk-example", base_url="http://127.0.0.1:9/") as client:
     ...     client.base_url
@@ -437,7 +437,11 @@ class Client:
             raise ConfigurationError("max_concurrency must be 1 or more")
         if rate_limit is not None and rate_limit <= 0:
             raise ConfigurationError("rate_limit must be a positive number of requests per second")
-        if not isinstance(rate_limit_deadline, (int, float)) or not rate_limit_deadline >= 0:
+        if (
+            isinstance(rate_limit_deadline, bool)
+            or not isinstance(rate_limit_deadline, (int, float))
+            or not rate_limit_deadline >= 0  # NaN too; math.inf: wait as long as it takes
+        ):
             raise ConfigurationError("rate_limit_deadline must be 0 or more seconds")
         self.__key = secret
         self.__auth = _BearerAuth(secret)
