@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from viewerkit import ApiConnectionError, ApiError, Client, Conflict, ServerError
+from viewerkit import ApiConnectionError, ApiError, Client, Conflict, RateLimited, ServerError
 from viewerkit.client import retry_delay
 from viewerkit.sandbox.server import Sandbox
 
@@ -285,3 +287,79 @@ def test_iter_studies_refuses_a_page_that_has_more_but_no_cursor() -> None:
         api_key="k", base_url="http://avara.test", http_client=http
     ) as c, pytest.raises(ApiError, match="^list_studies: a page said hasMore but gave no cursor"):
         list(c.iter_studies())
+
+
+# -- 429: waited out by the whole client, outside max_retries, bounded by the deadline -------
+
+
+class ScriptedServer:
+    """A wire-level fake answering from a script of statuses (then 200s), counting the
+    requests in flight as each arrives: for what the sandbox cannot hold still."""
+
+    def __init__(self, script: list[int], hold: float = 0.0, hint_ms: str = "20") -> None:
+        self.script = list(script)
+        self.hold = hold
+        self.hint_ms = hint_ms
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.seen: list[tuple[int, int, bool]] = []  # (status, in flight at arrival, after a 429)
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.in_flight += 1
+            after_429 = any(status == 429 for status, _, _ in self.seen)
+            status = self.script.pop(0) if self.script else 200
+            self.seen.append((status, self.in_flight, after_429))
+        try:
+            if status == 429:
+                return httpx.Response(429, headers={"retry-after-ms": self.hint_ms})
+            time.sleep(self.hold)
+            body: dict[str, Any] = {"studies": [], "cursor": None, "hasMore": False}
+            return httpx.Response(status, json=body if status == 200 else {})
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+@contextlib.contextmanager
+def scripted_client(server: ScriptedServer, **options: Any) -> Iterator[Client]:
+    with httpx.Client(transport=httpx.MockTransport(server)) as http, Client(
+        api_key="k", base_url="http://avara.test", http_client=http, **options
+    ) as c:
+        yield c
+
+
+def test_429s_do_not_count_against_max_retries_but_failures_still_do() -> None:
+    # six 429s, then two 503s: max_retries=1 allows one retry of the 503, not of the 429s
+    server = ScriptedServer([429] * 6 + [503, 503])
+    with scripted_client(server, max_retries=1) as c, pytest.raises(
+        ServerError, match=r"^list_studies: 503 .*after 8 tries$"
+    ):
+        c.list_studies()
+    server = ScriptedServer([429] * 6 + [503, 503])
+    with scripted_client(server, max_retries=2) as c:
+        assert c.list_studies()["studies"] == []
+    assert [status for status, _, _ in server.seen] == [429] * 6 + [503, 503, 200]
+
+
+def test_a_call_that_keeps_meeting_429_gives_up_at_its_deadline() -> None:
+    server = ScriptedServer([429] * 10_000, hint_ms="100")
+    with scripted_client(server, rate_limit_deadline=0.5) as c, pytest.raises(
+        RateLimited, match=r"^list_studies: 429 .*still rate limited after 0.5 s"
+    ):
+        c.list_studies()
+    assert 2 <= len(server.seen) <= 6  # waits of 100-120 ms, within half a second
+
+
+def test_a_429_halves_the_requests_in_flight_of_the_whole_client() -> None:
+    # eight threads send at once; the first 429 halves the client's limit (one halving per
+    # congestion, however many of the eight meet it) and pauses it: after that at most four
+    # are ever in flight, until a run of successes grows the limit back one by one
+    server = ScriptedServer([200] * 8 + [429] * 8, hold=0.05, hint_ms="10")
+    with scripted_client(server, max_concurrency=8) as c, ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: c.list_studies(), range(40)))
+    statuses = [status for status, _, _ in server.seen]
+    assert statuses.count(200) == 40 and statuses.count(429) == 8
+    assert max(n for _, n, _ in server.seen[:8]) >= 2  # before: several in flight
+    after = [n for status, n, after_429 in server.seen if after_429 and status == 200]
+    assert after and max(after[:4]) <= 4

@@ -107,7 +107,11 @@ def assert_key_nowhere(error: BaseException, records: list[logging.LogRecord]) -
 
 
 def client_of(http: httpx.Client) -> Client:
-    return Client(api_key=KEY, base_url="http://avara.test", http_client=http, max_retries=1)
+    # rate_limit_deadline=0: a 429 raises at once (429s are not bounded by max_retries)
+    return Client(
+        api_key=KEY, base_url="http://avara.test", http_client=http, max_retries=1,
+        rate_limit_deadline=0,
+    )
 
 
 def raised_by(server: Server, call: Callable[[Client], object]) -> ApiError:

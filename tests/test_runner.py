@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from viewerkit.runner import Outcome, Runner, pause, run_all, stop_requested
+from viewerkit.runner import Outcome, Runner, pause, report_waiting, run_all, stop_requested
 
 
 def _runner_threads() -> list[threading.Thread]:
@@ -160,3 +160,24 @@ def test_a_stop_reaches_calls_waiting_for_a_rate_limit_token(sandbox: Any) -> No
     reached = [r for r in sandbox.requests(since=since) if r["path"].endswith(study_id)]
     assert len(reached) == 1  # the one token of the bucket; the waiting calls sent nothing
     assert not _runner_threads()
+
+
+def test_a_reported_wait_shows_beside_the_bar_until_it_is_over() -> None:
+    seen: list[str | None] = []
+
+    def waiting_task(runner: Runner) -> None:
+        report_waiting(2.0, "rate limited by the server")
+        # the thread iterating draws it within a poll (0.2 s), and clears it once it is over
+        for want_shown in (True, False):
+            for _ in range(3000):
+                if (runner.waiting is not None) is want_shown:
+                    seen.append(runner.waiting)
+                    break
+                pause(0.01)
+
+    with Runner(workers=2, progress=False) as runner:
+        runner.submit("waits", waiting_task, runner)
+        list(runner.outcomes())
+    assert seen[0] in ("waiting 2 s: rate limited by the server", "waiting 1 s: rate limited by the server")
+    assert seen[1:] == [None]
+    report_waiting(5.0, "outside a run")  # nothing to show it: no error

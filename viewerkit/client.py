@@ -7,7 +7,11 @@ study, never the API key.
 
 Inside the request path, shared by every thread using the client: a concurrency cap
 (``max_concurrency``), an optional client-side rate limit (``rate_limit`` requests per
-second, a token bucket) and the retry policy (:func:`retry_delay`).
+second, a token bucket), the retry policy (:func:`retry_delay`) and the adaptation to a
+server's rate limit: after a 429 the whole client pauses for the server's hint (plus
+jitter), lowers its concurrency (AIMD) and paces its requests just under the rate the server
+accepts. 429s do not use up ``max_retries`` (meant for 5xx and connection failures); a call
+meets them for at most ``rate_limit_deadline`` seconds, then raises ``RateLimited``.
 
 >>> client = Client(api_key="sk-example", base_url="http://127.0.0.1:9")
 >>> client
@@ -22,6 +26,7 @@ viewerkit.errors.ValidationError: retrieve_study: 1 problem
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import email.utils
 import hashlib
@@ -50,7 +55,7 @@ from viewerkit.errors import (
     ValidationError,
     error_for_status,
 )
-from viewerkit.runner import pause, stop_requested
+from viewerkit.runner import pause, report_waiting, stop_requested
 from viewerkit.schema import (
     LIST_FILTERS,
     NOT_GIVEN,
@@ -77,6 +82,7 @@ __all__ = [
     "retry_delay",
     "environment_client",
     "DEFAULT_BASE_URL",
+    "DEFAULT_RATE_LIMIT_DEADLINE",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,6 +97,15 @@ _MAX_RETRY_AFTER = 60.0  # cap of a server's Retry-After hint
 #: httpx refuses a URL component longer than this (httpx._urlparse.MAX_URL_LENGTH).
 _MAX_QUERY_LENGTH = 65_536
 _SLOT_POLL_SECONDS = 0.2  # how often a call waiting for a concurrency slot checks for a stop
+#: Default of ``Client(rate_limit_deadline=)``: seconds one call may keep meeting 429.
+DEFAULT_RATE_LIMIT_DEADLINE = 300.0
+_HINT_JITTER = 0.2  # a 429's wait is the hint plus up to this fraction of it, at random
+_RATE_WINDOW = 3.0  # seconds of accepted sends the pace is measured over
+_RATE_SPAN_FLOOR = 1.0  # ... and at least this long (a server's bucket is ~1 s of requests deep)
+_PACE_DECREASE = 0.9  # a 429 sets the pace to this fraction of the measured accepted rate
+_PACE_STEP = 0.05  # requests/s added to the pace per accepted answer (~5 % of the pace per second)
+_MIN_PACE = 1.0 / _MAX_RETRY_AFTER
+_REPORT_WAIT_OVER = 0.5  # seconds: shorter rate-limit waits are not worth a note on the bar
 _REDACTED = "<redacted>"
 
 
@@ -260,6 +275,104 @@ class _TokenBucket:
                 return False
 
 
+class _Throttle:
+    """How one client adapts to a server's rate limit, shared by every thread using it.
+
+    - A 429 pauses the whole client (``paused_until``): no thread sends before the server's
+      hint (plus jitter) has passed, so the threads stop spending their tries in one burst.
+    - The number of requests in flight is capped by ``limit`` (AIMD): halved on a 429, grown
+      back by one after ``limit`` answers in a row that were not 429; within 1 ..
+      ``max_concurrency``. One halving per congestion event: a 429 to a request sent
+      before the last halving does not halve again (``epoch``).
+    - After the first 429 the client paces its sends (``pace`` requests per second): set to
+      a little under the rate the server accepted in the last few seconds, and raised by a
+      small step with every accepted answer, so that it follows the server's limit from
+      just below it instead of overshooting into 429s.
+    """
+
+    def __init__(self, max_concurrency: int) -> None:
+        self.condition = threading.Condition()
+        self.max_concurrency = max_concurrency
+        self.limit = max_concurrency
+        self.in_flight = 0
+        self.run = 0  # answers in a row that were not 429, since the limit last changed
+        self.epoch = 0  # bumped by each decrease
+        self.paused_until = 0.0
+        self.pace: float | None = None  # requests per second, once a 429 was seen
+        self.next_send = 0.0
+        self.accepted: collections.deque[float] = collections.deque()  # send times answered not-429
+        self.measured_over = _RATE_SPAN_FLOOR  # the span the last decrease measured over
+
+    def enter(self) -> bool:
+        """Take a slot under the concurrency limit, waiting for one; False (no slot taken)
+        when the run this thread works for stops meanwhile."""
+        with self.condition:
+            while self.in_flight >= self.limit:
+                if stop_requested():
+                    return False
+                self.condition.wait(_SLOT_POLL_SECONDS)
+            self.in_flight += 1
+            return True
+
+    def leave(self) -> None:
+        with self.condition:
+            self.in_flight -= 1
+            self.condition.notify_all()
+
+    def turn(self) -> tuple[float, int]:
+        """(0, epoch) when this thread may send now (its place in the pace is taken), else
+        (seconds to wait before asking again, epoch)."""
+        with self.condition:
+            now = time.monotonic()
+            if self.paused_until > now:
+                return self.paused_until - now, self.epoch
+            if self.pace is not None:
+                if self.next_send > now:
+                    return self.next_send - now, self.epoch
+                self.next_send = now + 1.0 / self.pace
+            return 0.0, self.epoch
+
+    def accepted_answer(self, sent_at: float, epoch: int) -> None:
+        """The server answered (not 429) a request sent at ``sent_at`` in ``epoch``."""
+        with self.condition:
+            self.accepted.append(sent_at)
+            self._forget(time.monotonic())
+            if self.pace is not None:
+                self.pace += _PACE_STEP
+                if epoch == self.epoch - 1:
+                    # in flight when the last 429 set the pace: it counts towards the rate
+                    # that decrease measured
+                    self.pace += _PACE_DECREASE / self.measured_over
+            self.run += 1
+            if self.limit < self.max_concurrency and self.run >= self.limit:
+                self.limit += 1
+                self.run = 0
+                self.condition.notify_all()
+
+    def limited(self, epoch: int, wait: float) -> None:
+        """A request sent in ``epoch`` met 429; the server asks for ``wait`` seconds."""
+        with self.condition:
+            now = time.monotonic()
+            self.paused_until = max(self.paused_until, now + wait)
+            if epoch != self.epoch:
+                return  # sent before the last decrease: that decrease answered it already
+            self.epoch += 1
+            self.limit = max(1, self.limit // 2)
+            self.run = 0
+            self._forget(now)
+            if self.accepted:
+                self.measured_over = max(_RATE_SPAN_FLOOR, now - self.accepted[0])
+                measured = len(self.accepted) / self.measured_over
+            else:
+                measured = 1.0 / max(wait, 1e-3)
+            pace = _PACE_DECREASE * min(measured, self.pace if self.pace is not None else measured)
+            self.pace = max(pace, _MIN_PACE)
+
+    def _forget(self, now: float) -> None:
+        while self.accepted and self.accepted[0] < now - _RATE_WINDOW:
+            self.accepted.popleft()
+
+
 # --- validation helpers --------------------------------------------------------------------
 
 
@@ -287,9 +400,14 @@ class Client:
 
     ``api_key`` and ``base_url`` default to the environment variables ``AVARA_API_KEY`` and
     ``AVARA_BASE_URL`` (else the hosted API). ``rate_limit`` caps requests per second
-    client-wide; ``max_concurrency`` caps requests in flight. ``http_client`` is a transport
-    seam: an ``httpx.Client`` of yours (we add the base URL and auth to each request, and do
-    not close it).
+    client-wide; ``max_concurrency`` caps requests in flight. ``max_retries`` counts the
+    retries of one call after 5xx, 408 and connection failures. A server's 429 is waited
+    out instead, by all the threads of this client together (the hint plus jitter as a
+    pause none of them sends in, fewer requests in flight, then a pace just under the
+    server's rate), for at most ``rate_limit_deadline`` seconds per call (0: a 429 raises
+    at once; ``math.inf``: no limit), then ``RateLimited`` naming the call.
+    ``http_client`` is a transport seam: an ``httpx.Client`` of yours (we add the base URL
+    and auth to each request, and do not close it).
 
     >>> with Client(api_key="sk-example", base_url="http://127.0.0.1:9/") as client:
     ...     client.base_url
@@ -305,6 +423,7 @@ class Client:
         max_retries: int = 4,
         rate_limit: float | None = None,
         max_concurrency: int = 8,
+        rate_limit_deadline: float = DEFAULT_RATE_LIMIT_DEADLINE,
         http_client: httpx.Client | None = None,
     ) -> None:
         # the key, and a base URL that may be a key given by position, leave this frame's
@@ -319,6 +438,12 @@ class Client:
             raise ConfigurationError("max_concurrency must be 1 or more")
         if rate_limit is not None and rate_limit <= 0:
             raise ConfigurationError("rate_limit must be a positive number of requests per second")
+        if (
+            isinstance(rate_limit_deadline, bool)
+            or not isinstance(rate_limit_deadline, (int, float))
+            or not rate_limit_deadline >= 0  # NaN too; math.inf: wait as long as it takes
+        ):
+            raise ConfigurationError("rate_limit_deadline must be 0 or more seconds")
         self.__key = secret
         self.__auth = _BearerAuth(secret)
         _LOG_SCRUBBER.watch(self, secret.value)
@@ -326,7 +451,8 @@ class Client:
         self._fingerprint = hashlib.sha256(secret.value.encode()).hexdigest()[:12]
         self.max_retries = max_retries
         self.max_concurrency = max_concurrency
-        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self.rate_limit_deadline = float(rate_limit_deadline)
+        self._throttle = _Throttle(max_concurrency)
         self._bucket = _TokenBucket(rate_limit) if rate_limit is not None else None
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(
@@ -608,20 +734,31 @@ class Client:
         headers = dict(self._headers)  # the key is added by the auth, outside this frame
         if content is not None:
             headers["Content-Type"] = "application/json"
-        attempt = 0
+        attempt = 0  # failed tries so far (5xx, 408, connection): bounded by max_retries
+        limited = 0  # 429s so far: bounded by the deadline instead
+        deadline = time.monotonic() + self.rate_limit_deadline
         maybe_applied = False  # might an earlier try have reached the server and been applied?
+        throttle = self._throttle
         while True:
             response: httpx.Response | None = None
             error: Exception | None = None
-            while not self._slots.acquire(timeout=_SLOT_POLL_SECONDS):
-                if stop_requested():
-                    raise ApiError("stopped before sending", call=call, study=study)
+            if not throttle.enter():
+                raise ApiError("stopped before sending", call=call, study=study)
             try:
                 # the token is taken once a slot is ours, right before sending: a token taken
                 # while waiting for a slot would let the waiting threads send in one burst
                 if (self._bucket is not None and not self._bucket.acquire()) or stop_requested():
                     # the run stopped while this call waited for a slot or a token: send nothing
                     raise ApiError("stopped before sending", call=call, study=study)
+                # the client-wide pause after a 429 and the pace learned from 429s
+                wait, epoch = throttle.turn()
+                while wait > 0:
+                    if wait >= _REPORT_WAIT_OVER:
+                        report_waiting(wait, "rate limited by the server")
+                    if pause(wait):
+                        raise ApiError("stopped before sending", call=call, study=study)
+                    wait, epoch = throttle.turn()
+                sent_at = time.monotonic()
                 try:
                     response = self._http.request(
                         method, url, params=params, content=content, headers=headers,
@@ -630,17 +767,40 @@ class Client:
                 except httpx.TransportError as exc:
                     error = exc
             finally:
-                self._slots.release()
+                throttle.leave()
             if response is not None:
-                log.debug("%s %s %s -> %d (try %d)", call, method, path, response.status_code, attempt + 1)
+                log.debug("%s %s %s -> %d (try %d)", call, method, path, response.status_code, attempt + limited + 1)
                 if response.is_success:
+                    throttle.accepted_answer(sent_at, epoch)
                     return response
+                if response.status_code == 429:
+                    # Rate limited: the request was not processed. Wait the server's hint
+                    # (plus jitter, so the threads do not come back in step) with the whole
+                    # client; this does not use up max_retries, the deadline bounds it.
+                    limited += 1
+                    hint = retry_delay(limited - 1, response=response)
+                    assert hint is not None
+                    wait = hint * (1.0 + _HINT_JITTER * random.random())
+                    throttle.limited(epoch, wait)
+                    if time.monotonic() + wait > deadline:
+                        raise self._error(
+                            call, study, response, None, attempt + limited,
+                            note=f"; still rate limited after {self.rate_limit_deadline:g} s "
+                            "(the client's rate_limit_deadline)",
+                        )
+                    log.debug("%s: rate limited, waiting %.2f s", call, wait)
+                    if wait >= _REPORT_WAIT_OVER:
+                        report_waiting(wait, "rate limited by the server")
+                    if pause(wait):
+                        raise ApiError("stopped while rate limited", call=call, study=study)
+                    continue
+                throttle.accepted_answer(sent_at, epoch)
                 if response.status_code == 409 and conflict_on_retry_ok and maybe_applied:
                     # An earlier try of this create was applied but its answer was lost.
                     raise _CreateAlreadyApplied()
             else:
-                log.debug("%s %s %s -> %s (try %d)", call, method, path, type(error).__name__, attempt + 1)
-            # 408 and 429 say the request was not processed, and a failed connect or pool wait
+                log.debug("%s %s %s -> %s (try %d)", call, method, path, type(error).__name__, attempt + limited + 1)
+            # 408 says the request was not processed, and a failed connect or pool wait
             # never sent it; a 5xx or a connection lost mid-request may follow a commit.
             maybe_applied = maybe_applied or (
                 response.status_code >= 500
@@ -649,7 +809,7 @@ class Client:
             )
             delay = retry_delay(attempt, response=response, error=error)
             if delay is None or attempt >= self.max_retries:
-                raise self._error(call, study, response, error, attempt + 1)
+                raise self._error(call, study, response, error, attempt + limited + 1)
             log.debug("%s: retrying in %.2f s", call, delay)
             if pause(delay):
                 # the run this call belongs to was interrupted (Ctrl-C) or failed elsewhere
@@ -663,8 +823,9 @@ class Client:
         response: httpx.Response | None,
         error: Exception | None,
         tries: int,
+        note: str = "",
     ) -> ApiError:
-        after = f" after {tries} tries" if tries > 1 else ""
+        after = (f" after {tries} tries" if tries > 1 else "") + note
         if response is None:
             reason = type(error).__name__
             detail = self._scrub(str(error)) if error is not None and str(error) else ""

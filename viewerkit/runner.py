@@ -20,6 +20,8 @@ that it works inside a running Jupyter event loop.
   the stop takes about one request's time. No thread is left running.
 - ``progress=True`` shows a ``tqdm.auto`` bar (a widget in notebooks, text in terminals);
   by default it counts finished tasks, ``advance(n)`` counts something else (studies).
+  A task that waits for a reason worth telling (the client, when the server rate-limits it)
+  calls :func:`report_waiting`; the bar shows "waiting 4 s: <reason>" until the wait ends.
 
 >>> with Runner(workers=2, progress=False) as runner:
 ...     for n in (1, 2, 3):
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
-__all__ = ["Runner", "Outcome", "run_all", "pause", "stop_requested"]
+__all__ = ["Runner", "Outcome", "run_all", "pause", "stop_requested", "report_waiting"]
 
 T = TypeVar("T")
 
@@ -78,6 +81,21 @@ def stop_requested() -> bool:
     """
     stop: threading.Event | None = getattr(_this_thread, "stop", None)
     return stop is not None and stop.is_set()
+
+
+def report_waiting(seconds: float, reason: str) -> None:
+    """Tell the :class:`Runner` running this thread's task that the task waits ``seconds``
+    because of ``reason`` (e.g. "rate limited by the server"); its progress bar shows it
+    beside the count until the wait is over. Outside a Runner task it does nothing.
+
+    Safe from any thread: the bar itself is only drawn by the thread iterating
+    ``outcomes()``.
+
+    >>> report_waiting(2.0, "rate limited by the server")  # outside a run: nothing shown
+    """
+    runner: Runner | None = getattr(_this_thread, "runner", None)
+    if runner is not None:
+        runner._tell_waiting(time.monotonic() + max(seconds, 0.0), reason)
 
 
 @dataclass(frozen=True)
@@ -143,6 +161,10 @@ class Runner:
         self._order = itertools.count()
         self._in_flight: dict[Future[Any], Any] = {}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        # the latest wait a task reported (until, reason), and what the bar shows of it
+        self._waiting_lock = threading.Lock()
+        self._waiting: tuple[float, str] | None = None
+        self._shown_waiting: str | None = None
         from tqdm.auto import tqdm
 
         self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", disable=not progress)
@@ -163,6 +185,7 @@ class Runner:
         while self._queue or self._in_flight:
             self._start_queued()
             done, _ = wait(self._in_flight, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            self._show_waiting()
             for future in done:
                 key = self._in_flight.pop(future)
                 error = future.exception()
@@ -185,6 +208,12 @@ class Runner:
         """Show ``text`` beside the bar (e.g. "waiting 2.0 s: rate limited")."""
         self._bar.set_postfix_str(text, refresh=True)
 
+    @property
+    def waiting(self) -> str | None:
+        """What the bar shows of a wait a task reported (:func:`report_waiting`), e.g.
+        ``"waiting 3 s: rate limited by the server"``; None when no reported wait is on."""
+        return self._shown_waiting
+
     def stop(self) -> None:
         """Start nothing more; tasks in flight stop waiting out retry backoffs."""
         self._stop.set()
@@ -197,6 +226,21 @@ class Runner:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _tell_waiting(self, until: float, reason: str) -> None:
+        with self._waiting_lock:
+            if self._waiting is None or until >= self._waiting[0]:
+                self._waiting = (until, reason)
+
+    def _show_waiting(self) -> None:
+        """Show (or clear) the reported wait; only the thread iterating draws the bar."""
+        with self._waiting_lock:
+            waiting = self._waiting
+        left = waiting[0] - time.monotonic() if waiting is not None else 0.0
+        text = f"waiting {math.ceil(left)} s: {waiting[1]}" if waiting is not None and left > 0 else None
+        if text != self._shown_waiting:
+            self._shown_waiting = text
+            self.note(text or "")
+
     def _start_queued(self) -> None:
         while self._queue and len(self._in_flight) < self.workers and not self._stop.is_set():
             task = heapq.heappop(self._queue)
@@ -207,12 +251,12 @@ class Runner:
     def _run(self, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._stop.is_set():
             raise _Stopped()
-        previous = getattr(_this_thread, "stop", None)
-        _this_thread.stop = self._stop
+        previous = getattr(_this_thread, "stop", None), getattr(_this_thread, "runner", None)
+        _this_thread.stop, _this_thread.runner = self._stop, self
         try:
             return call(*args, **kwargs)
         finally:
-            _this_thread.stop = previous
+            _this_thread.stop, _this_thread.runner = previous
 
     def close(self) -> None:
         """Stop, wait for the tasks in flight, close the bar (``with`` does this)."""
