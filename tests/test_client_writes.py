@@ -69,3 +69,30 @@ def test_an_update_with_nothing_to_change_is_refused_before_sending() -> None:
     ):
         client.update_study("stu_" + "a" * 32)
     assert caught.value.failure_cases["reason"].tolist() == [Reason.REQUIRED]
+
+
+@pytest.mark.parametrize("action", ["cancel", "uncancel"])
+def test_a_cancel_whose_answer_was_lost_says_it_cannot_tell_what_it_did(
+    server: Sandbox, action: str
+) -> None:
+    """The first try is applied and its answer lost; the retry hears "already in that
+    state". The result must not claim the study already was (changed=False): it says it
+    cannot tell (None), and the bulk engine decides from its before-image."""
+    path = f"{USER_PATH}/{action}"
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        study_id = client.list_studies(limit=1, is_cancelled=False)["studies"][0]["studyId"]
+        if action == "uncancel":
+            client.cancel_study(study_id)
+        call = client.cancel_study if action == "cancel" else client.uncancel_study
+        server.fail_next(1, method="POST", path=path, when="after", how="drop")
+        lost = call(study_id)
+        again = call(study_id)  # a plain repeat: nothing lost, so it knows it changed nothing
+        undone = (client.uncancel_study if action == "cancel" else client.cancel_study)(study_id)
+        server.fail_next(1, method="POST", path=path, when="before", how="503")
+        redone = call(study_id)  # the 503 applied nothing; the retry did it
+    assert (lost.success, lost.changed) == (True, None)
+    assert (again.success, again.changed) == (True, False)
+    assert undone.changed is True
+    assert (redone.success, redone.changed) == (True, True)
+    statuses = [r["status"] for r in server.requests() if r["path"] == path]
+    assert statuses[-5:] == ["dropped", 200, 200, 503, 200]  # each fault struck

@@ -97,6 +97,8 @@ _MAX_RETRY_AFTER = 60.0  # cap of a server's Retry-After hint
 #: httpx refuses a URL component longer than this (httpx._urlparse.MAX_URL_LENGTH).
 _MAX_QUERY_LENGTH = 65_536
 _SLOT_POLL_SECONDS = 0.2  # how often a call waiting for a concurrency slot checks for a stop
+#: Set on a successful response by ``_send``: might an earlier try of the call have been applied?
+_MAYBE_APPLIED = "viewerkit.maybe_applied"
 #: Default of ``Client(rate_limit_deadline=)``: seconds one call may keep meeting 429.
 DEFAULT_RATE_LIMIT_DEADLINE = 300.0
 _HINT_JITTER = 0.2  # a 429's wait is the hint plus up to this fraction of it, at random
@@ -127,8 +129,11 @@ class CancelResult:
     success: bool
     #: The API's message, if it gave one (e.g. ``"already cancelled"``).
     message: str | None = None
-    #: False when the study was already in that state (the call was a no-op).
-    changed: bool = True
+    #: What this call did: True (it changed the study), False (the study was already in that
+    #: state before the call), or None (unknown: an earlier try of this call may have been
+    #: applied, its answer lost, so "already in that state" may be this call's own doing;
+    #: the bulk engine resolves it from its before-image).
+    changed: bool | None = True
 
 
 @dataclass(frozen=True)
@@ -702,7 +707,8 @@ class Client:
         message = message if isinstance(message, str) else None
         lowered = (message or "").lower()
         if "already" in lowered or "not cancelled" in lowered or "not canceled" in lowered:
-            return CancelResult(success=True, message=message, changed=False)
+            unknown = bool(response.extensions.get(_MAYBE_APPLIED))
+            return CancelResult(success=True, message=message, changed=None if unknown else False)
         return CancelResult(success=success, message=message, changed=success)
 
     def _json(self, call: str, study: str | None, response: httpx.Response) -> dict[str, Any]:
@@ -772,6 +778,7 @@ class Client:
                 log.debug("%s %s %s -> %d (try %d)", call, method, path, response.status_code, attempt + limited + 1)
                 if response.is_success:
                     throttle.accepted_answer(sent_at, epoch)
+                    response.extensions[_MAYBE_APPLIED] = maybe_applied
                     return response
                 if response.status_code == 429:
                     # Rate limited: the request was not processed. Wait the server's hint
