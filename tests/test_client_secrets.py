@@ -285,3 +285,27 @@ def test_an_error_does_not_chain_to_the_transport_exception_that_held_the_key(
     error = raised_by(connection_error(kind), list_one_page)
     assert error.__cause__ is None and error.__context__ is None
     assert KEY not in "".join(traceback.format_exception(error))
+
+
+def test_a_connection_error_through_a_proxy_says_so_naming_no_proxy_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+
+    with socket.socket() as closed:  # a port nothing listens on: the "proxy"
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://user:proxy-secret@127.0.0.1:{port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with Client(api_key=KEY, base_url="http://avara.invalid", max_retries=0) as client, pytest.raises(
+        ApiConnectionError, match="through the proxy of HTTP_PROXY"
+    ) as caught:
+        client.list_studies(limit=1)
+    assert "proxy-secret" not in str(caught.value)
+    monkeypatch.setenv("NO_PROXY", "avara.invalid")
+    with Client(api_key=KEY, base_url="http://avara.invalid", max_retries=0) as client, pytest.raises(
+        ApiConnectionError
+    ) as direct:
+        client.list_studies(limit=1)
+    assert "proxy" not in str(direct.value)

@@ -837,6 +837,9 @@ class Client:
             reason = type(error).__name__
             detail = self._scrub(str(error)) if error is not None and str(error) else ""
             message = f"no answer from {self._base_url} ({reason}{': ' + detail if detail else ''}){after}"
+            via = _proxy_of(self._base_url) if self._owns_http else None
+            if via is not None:
+                message += f"; the request went through the proxy of {via}: check it, or NO_PROXY"
             return ApiConnectionError(message, call=call, study=study)
         error_type = param = None
         message = response.reason_phrase or "error"
@@ -928,6 +931,23 @@ class CursorTrail:
                 call=self.call,
             )
         return cursor
+
+
+def _proxy_of(base_url: str) -> str | None:
+    """The environment variable whose proxy httpx uses for ``base_url`` (as httpx reads the
+    environment: ``<SCHEME>_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), or None. Only the
+    variable's name is told: a proxy URL may hold a password."""
+    import urllib.parse
+    import urllib.request
+
+    url = urllib.parse.urlsplit(base_url)
+    if url.hostname is None or urllib.request.proxy_bypass(url.hostname):
+        return None
+    for name in (f"{url.scheme}_proxy", "all_proxy"):
+        for spelled in (name.upper(), name):
+            if os.environ.get(spelled):
+                return spelled
+    return None
 
 
 def _differences(sent: Mapping[str, Any], study: Mapping[str, Any]) -> list[str]:
