@@ -38,7 +38,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -602,18 +601,9 @@ class StudyCache:
                 raise
         log.warning("%s is damaged or missing: rebuilt from the history", manifest["studies_file"])
         history = self._history_table(directory, manifest)
-        order = pc.sort_indices(
-            history, sort_keys=[("study_id", "ascending"), ("observed_at", "descending")]
-        )
-        history = history.take(order)
-        ids = history.column("study_id").combine_chunks()
-        last = np.ones(len(ids), dtype=bool)
-        if len(ids) > 1:
-            last[1:] = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
-        latest = history.filter(pa.array(last))
+        latest = frame.newest_per_study(history, by="observed_at")  # in list order
         latest = latest.filter(pc.not_equal(latest.column("change"), "gone"))
-        states = frame.conform(latest.drop_columns(list(HISTORY_COLUMNS)))
-        return frame.drop_empty_meta(frame.in_list_order(states))
+        return frame.drop_empty_meta(frame.conform(latest.drop_columns(list(HISTORY_COLUMNS))))
 
     def _with_missed(
         self, client: Client, old: pa.Table, current: pa.Table, concurrency: int, progress: bool

@@ -264,12 +264,17 @@ def fetch_studies_arrow(
     return newest_per_study(flatten_studies(pages, problems=problems)).combine_chunks()
 
 
-def _check_concurrency(concurrency: object) -> None:
+def _concurrency_cases(concurrency: object) -> list[dict[str, Any]]:
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise ValidationError.one(
-            "bad fetch options", "concurrency", concurrency, Reason.OUT_OF_RANGE,
-            detail="a whole number, 1 or more",
-        )
+        return [{"field": "concurrency", "value": concurrency, "reason": Reason.OUT_OF_RANGE,
+                 "detail": "a whole number, 1 or more"}]
+    return []
+
+
+def _check_concurrency(concurrency: object) -> None:
+    cases = _concurrency_cases(concurrency)
+    if cases:
+        raise ValidationError.from_cases("bad fetch options", cases)
 
 
 def fetch_studies(
@@ -407,9 +412,7 @@ def _study_ids(study_ids: object, concurrency: object) -> pa.Array:
         study_ids = list(study_ids) if isinstance(study_ids, Iterable) else [study_ids]
     rule = RULES["study_id"]
     failures = [f.case() for f in rule.check_column(study_ids, "study_ids", nullable=False)]
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        failures.append({"field": "concurrency", "value": concurrency,
-                         "reason": Reason.OUT_OF_RANGE, "detail": "a whole number, 1 or more"})
+    failures += _concurrency_cases(concurrency)
     if failures:
         raise ValidationError.from_cases("retrieve_studies", failures)
     return study_ids if isinstance(study_ids, pa.Array) else pa.array(study_ids, pa.string())

@@ -25,9 +25,11 @@ whatever rows it holds, has identical types.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final, Literal
 
@@ -836,10 +838,11 @@ def in_list_order(table: pa.Table) -> pa.Table:
     return table.take(order)
 
 
-def newest_per_study(table: pa.Table) -> pa.Table:
-    """One row per study ID (the newest ``updated_at``), in list order (see
-    :func:`in_list_order`). Vectorised: two sorts and a run-start mask; a study read twice
-    (e.g. seen in two partitions while it changed) keeps its newest state.
+def newest_per_study(table: pa.Table, *, by: str = "updated_at") -> pa.Table:
+    """One row per study ID (the newest ``by``: ``updated_at``, or e.g. a history's
+    ``observed_at``), in list order (see :func:`in_list_order`). Vectorised: two sorts and a
+    run-start mask; a study read twice (e.g. seen in two partitions while it changed) keeps
+    its newest state.
 
     >>> t = studies_to_arrow([
     ...     {"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "updatedAt": "2026-01-01T00:00:00Z"},
@@ -854,8 +857,8 @@ def newest_per_study(table: pa.Table) -> pa.Table:
     ids = table.column("study_id")
     if pc.count_distinct(ids).as_py() < table.num_rows:
         by_id = pc.sort_indices(
-            table.select(["study_id", "updated_at"]),
-            sort_keys=[("study_id", "ascending"), ("updated_at", "descending")],
+            table.select(["study_id", by]),
+            sort_keys=[("study_id", "ascending"), (by, "descending")],
         )
         sorted_ids = ids.take(by_id).combine_chunks()
         first = np.ones(len(sorted_ids), dtype=bool)
@@ -932,6 +935,7 @@ def _cells_differ(before: pa.ChunkedArray, after: pa.ChunkedArray) -> pa.Chunked
     return pc.or_(one_null, pc.fill_null(pc.not_equal(before, after), False))
 
 
+@dataclass
 class StudyChanges:
     """How two study tables differ, by study (from :func:`compare_studies`).
 
@@ -941,25 +945,14 @@ class StudyChanges:
     array over the matched studies (``matched_ids``): does that cell differ.
     """
 
-    def __init__(
-        self,
-        new_ids: pa.Array,
-        gone_ids: pa.Array,
-        changed_ids: pa.Array,
-        unchanged: int,
-        matched_ids: pa.Array,
-        cells: dict[str, pa.Array],
-        before_rows: pa.Table,
-        after_rows: pa.Table,
-    ) -> None:
-        self.new_ids = new_ids
-        self.gone_ids = gone_ids
-        self.changed_ids = changed_ids
-        self.unchanged = unchanged
-        self.matched_ids = matched_ids
-        self.cells = cells
-        self._before_rows = before_rows
-        self._after_rows = after_rows
+    new_ids: pa.Array
+    gone_ids: pa.Array
+    changed_ids: pa.Array
+    unchanged: int
+    matched_ids: pa.Array
+    cells: dict[str, pa.Array]
+    before_rows: pa.Table = dataclasses.field(repr=False)
+    after_rows: pa.Table = dataclasses.field(repr=False)
 
     def __repr__(self) -> str:
         return (
@@ -970,8 +963,8 @@ class StudyChanges:
     def long(self) -> pa.Table:
         """The changed cells as a long table (see :func:`diff_studies`)."""
         parts = []
-        before_at = {name: at for at, name in enumerate(self._before_rows.column_names)}
-        after_at = {name: at for at, name in enumerate(self._after_rows.column_names)}
+        before_at = {name: at for at, name in enumerate(self.before_rows.column_names)}
+        after_at = {name: at for at, name in enumerate(self.after_rows.column_names)}
         for name, differs in self.cells.items():
             if not pc.any(differs).as_py():
                 continue
@@ -981,8 +974,8 @@ class StudyChanges:
                     {
                         "study_id": ids,
                         "field": pa.repeat(pa.scalar(name, pa.string()), len(ids)),
-                        "before": _display_strings(self._before_rows, before_at.get(name), differs),
-                        "after": _display_strings(self._after_rows, after_at.get(name), differs),
+                        "before": _display_strings(self.before_rows, before_at.get(name), differs),
+                        "after": _display_strings(self.after_rows, after_at.get(name), differs),
                     },
                     schema=DIFF_SCHEMA,
                 )
