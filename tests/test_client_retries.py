@@ -223,6 +223,41 @@ def test_cancel_answered_409_is_a_no_op_not_a_failure() -> None:
             c.create_study(severity="stat", study_description="CT", study_instance_uid="1.2.3")
 
 
+@pytest.mark.parametrize("action", ["cancel", "uncancel"])
+@pytest.mark.parametrize(
+    ("first", "changed"),
+    [
+        (httpx.ReadError("connection lost after sending"), None),  # may have been applied
+        (httpx.Response(502), None),  # a 5xx may follow a commit
+        (httpx.Response(408, headers={"retry-after-ms": "1"}), False),  # not processed
+        (httpx.ConnectError("refused"), False),  # never sent
+    ],
+    ids=["lost-answer", "502", "408", "connect-refused"],
+)
+def test_a_cancel_answered_409_after_a_try_that_may_have_applied_it_is_unknown(
+    action: str, first: httpx.Response | Exception, changed: bool | None
+) -> None:
+    # The sandbox answers "already in that state" with 200 (tests/test_client_writes.py);
+    # a server that answers it with 409 needs a wire-level fake.
+    seen: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if len(seen) == 1:
+            if isinstance(first, Exception):
+                raise first
+            return first
+        return httpx.Response(409, json={"error": {"type": "conflict", "message": "already"}})
+
+    with httpx.Client(transport=httpx.MockTransport(server)) as http, Client(
+        api_key="k", base_url="http://avara.test", http_client=http, max_retries=2
+    ) as c:
+        call = c.cancel_study if action == "cancel" else c.uncancel_study
+        result = call("stu_" + "d" * 32)
+    assert (result.success, result.changed) == (True, changed)
+    assert seen == [f"/v1/viewer/studies/{action}"] * 2
+
+
 @pytest.mark.parametrize(
     "first",
     [

@@ -536,7 +536,7 @@ class Client:
                 "create_study", "POST", _STUDIES, study=study_instance_uid, json=body,
                 conflict_on_retry_ok=True,
             )
-        except _CreateAlreadyApplied:
+        except _ConflictAfterRetry:
             existing = self.retrieve_study_by_uid(study_instance_uid)
             differing = _differences(body, existing)
             if differing:
@@ -666,14 +666,17 @@ class Client:
         self, study_id: str | None = None, *, study_instance_uid: str | None = None
     ) -> CancelResult:
         """Cancel a study (by ID or UID). Cancelling a cancelled study is a no-op
-        (``changed=False``), not an error."""
+        (``changed=False``), not an error, whether the server says so with 200 or 409; when an
+        earlier try of this call may have been applied (its answer was lost), "already
+        cancelled" cannot tell who did it and ``changed`` is None."""
         return self._cancel("cancel_study", "cancel", study_id, study_instance_uid)
 
     def uncancel_study(
         self, study_id: str | None = None, *, study_instance_uid: str | None = None
     ) -> CancelResult:
         """Uncancel a study (by ID or UID). Uncancelling a study that is not cancelled is a
-        no-op (``changed=False``), not an error."""
+        no-op (``changed=False``), not an error; ``changed`` is None when an earlier try of
+        this call may have been applied, as for :meth:`cancel_study`."""
         return self._cancel("uncancel_study", "uncancel", study_id, study_instance_uid)
 
     def reroute_url(
@@ -697,7 +700,16 @@ class Client:
     ) -> CancelResult:
         body, label = _target(call, study_id, study_instance_uid)
         try:
-            response = self._send(call, "POST", f"{_STUDIES}/{action}", study=label, json=body)
+            response = self._send(
+                call, "POST", f"{_STUDIES}/{action}", study=label, json=body,
+                conflict_on_retry_ok=True,
+            )
+        except _ConflictAfterRetry:
+            # "already in that state" after a try that may have been applied: this call may
+            # have done it, or someone else may have; unknown (the bulk engine resolves it
+            # from its before-image).
+            message = "already cancelled" if action == "cancel" else "not cancelled"
+            return CancelResult(success=True, message=message, changed=None)
         except Conflict as exc:
             # Some servers answer "already in that state" with 409: a no-op, not a failure.
             return CancelResult(success=True, message=str(exc), changed=False)
@@ -733,7 +745,8 @@ class Client:
         Every method we send is safe to repeat: GET, PATCH (same body, same state), cancel
         and uncancel (no-op answers), reroute URL (a new link), and create, whose repeat is
         recognised by its 409 after a try that may have been applied (``conflict_on_retry_ok``)
-        and resolved by the caller.
+        and resolved by the caller; so is a cancel or uncancel that a server answers with
+        409 "already in that state".
         """
         url = self._base_url + path
         content = orjson.dumps(json) if json is not None else None
@@ -804,7 +817,7 @@ class Client:
                 throttle.accepted_answer(sent_at, epoch)
                 if response.status_code == 409 and conflict_on_retry_ok and maybe_applied:
                     # An earlier try of this create was applied but its answer was lost.
-                    raise _CreateAlreadyApplied()
+                    raise _ConflictAfterRetry()
             else:
                 log.debug("%s %s %s -> %s (try %d)", call, method, path, type(error).__name__, attempt + limited + 1)
             # 408 says the request was not processed, and a failed connect or pool wait
@@ -1069,8 +1082,9 @@ class _Secret:
     __str__ = __repr__
 
 
-class _CreateAlreadyApplied(Exception):
-    """Internal: a retried create met 409, so an earlier try created the study."""
+class _ConflictAfterRetry(Exception):
+    """Internal: a retry met 409 after a try that may have been applied, so the conflict may
+    be of this call's own making (a create that was made, a cancel that was done)."""
 
 
 def _loads(call: str, study: str | None, raw: bytes) -> Any:
