@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 
 from viewerkit import fetch, files, frame
 from viewerkit.errors import CacheError, Reason, ValidationError, ViewerkitError
-from viewerkit.schema import STUDY_SCHEMA
+from viewerkit.schema import METADATA_SHAPES, STUDY_SCHEMA, MetadataShape
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -199,7 +199,13 @@ def _manifest_fields_ok(manifest: dict[str, Any]) -> bool:
         )
         and isinstance(refreshes, list)
         and all(isinstance(r, dict) and "refreshed_at" in r and "mode" in r for r in refreshes)
+        and manifest.get("metadata", "columns") in METADATA_SHAPES
     )
+
+
+def _shape(manifest: dict[str, Any] | None) -> MetadataShape:
+    """The metadata shape a namespace's tables have (absent in older manifests: columns)."""
+    return "map" if (manifest or {}).get("metadata") == "map" else "columns"
 
 
 def _now_ms() -> datetime:
@@ -402,7 +408,7 @@ class StudyCache:
             [pa.field("observed_at", _TIMESTAMP), pa.field("change", pa.string())]
         )
         if not parts:
-            table = frame.empty_studies()
+            table = frame.empty_studies(_shape(manifest))
             for index, head in enumerate(heads):
                 table = table.add_column(index, head, pa.array([], head.type))
             return table
@@ -457,7 +463,8 @@ class StudyCache:
 
     def info(self, client: Client | None = None) -> dict[str, Any]:
         """Base URL, key fingerprint, study count, last refresh (time, mode, counts), file
-        sizes in bytes and path of the cache (of ``client``'s namespace, or the only one)."""
+        sizes in bytes, metadata shape (``"columns"`` or ``"map"``; None before the first
+        refresh) and path of the cache (of ``client``'s namespace, or the only one)."""
         directory = self._directory(client)
         info: dict[str, Any] = {
             "path": str(directory if directory is not None else self.path),
@@ -469,6 +476,7 @@ class StudyCache:
             "last_refresh": None,
             "refreshes": 0,
             "file_bytes": {},
+            "metadata": None,
         }
         if directory is None or not (directory / _MANIFEST).exists():
             return info
@@ -492,6 +500,7 @@ class StudyCache:
             last_refresh=last,
             refreshes=len(manifest["refreshes"]),
             file_bytes=sizes,
+            metadata=_shape(manifest),
         )
         return info
 
@@ -505,6 +514,7 @@ class StudyCache:
         concurrency: int = 8,
         progress: bool = True,
         lock_timeout: float | None = files.DEFAULT_LOCK_TIMEOUT_S,
+        metadata: MetadataShape | None = None,
     ) -> RefreshSummary:
         """Bring the cache up to date with the API and record what changed in the history.
 
@@ -534,6 +544,12 @@ class StudyCache:
         raises ``viewerkit.errors.LockTimeout``. Each refresh reads the cache as the one
         before it left it, so both are recorded in the history.
 
+        ``metadata``: how the cached tables hold metadata, ``"columns"`` (one ``meta.<key>``
+        column per key) or ``"map"`` (one map column, for free-form keys; see
+        ``viewerkit.frame``). It is chosen by a namespace's first refresh (default
+        ``"columns"``) and kept: None means the namespace's shape, and another shape than
+        the namespace's is a ``ValidationError`` (a new cache path takes the other one).
+
         Killed or interrupted (Ctrl-C) at any point, the previous cache stays intact.
         """
         if mode not in ("full", "active"):
@@ -542,18 +558,29 @@ class StudyCache:
                 [{"row": None, "field": "mode", "value": mode, "reason": Reason.NOT_A_CHOICE,
                   "detail": "allowed: full, active"}],
             )
+        if metadata is not None:
+            frame.check_metadata_shape(metadata)
         started = time.perf_counter()
         directory = self.path / namespace_of(client.base_url, client.key_fingerprint)
         directory.mkdir(parents=True, exist_ok=True)
         with files.file_lock(directory / ".lock", timeout=lock_timeout, holder="another refresh"):
             manifest = self._manifest(directory) if (directory / _MANIFEST).exists() else None
+            shape = metadata or _shape(manifest)
+            if manifest is not None and shape != _shape(manifest):
+                raise ValidationError.one(
+                    "refresh", "metadata", shape, Reason.CONFLICT,
+                    detail=f"{directory} holds metadata as {_shape(manifest)}; refresh into "
+                    f"another cache path for {shape!r}",
+                )
             old = self._cached_state(directory, manifest, mode) if manifest else None
             if old is None or len(old) == 0:
                 # nothing cached (or no study yet): active mode has no newest created_at to
                 # look for new studies from, and would miss every new closed one
                 mode = "full"
             if mode == "full":
-                current = fetch.fetch_studies_arrow(client, concurrency=concurrency, progress=progress)
+                current = fetch.fetch_studies_arrow(
+                    client, concurrency=concurrency, progress=progress, metadata=shape
+                )
                 if old is not None:
                     current = self._with_missed(client, old, current, concurrency, progress)
                 changes = frame.compare_studies(old, current)
@@ -586,7 +613,9 @@ class StudyCache:
                 duration_s=0.0,
                 refreshed_at=_iso(observed_at),
             )
-            self._commit(directory, client, manifest, old, current, changes, observed_at, summary)
+            self._commit(
+                directory, client, manifest, old, current, changes, observed_at, summary, shape
+            )
         summary = RefreshSummary(**{**asdict(summary), "duration_s": time.perf_counter() - started})
         return summary
 
@@ -619,7 +648,8 @@ class StudyCache:
         if len(missed) == 0:
             return current
         found = fetch.retrieve_studies_arrow(
-            client, missed, concurrency=concurrency, progress=progress
+            client, missed, concurrency=concurrency, progress=progress,
+            metadata=frame.metadata_shape(old),
         )
         if found.num_rows == 0:
             return current
@@ -637,6 +667,7 @@ class StudyCache:
         changes: frame.StudyChanges,
         observed_at: datetime,
         summary: RefreshSummary,
+        shape: MetadataShape,
     ) -> None:
         """Write the new files aside, then replace the manifest: the one commit point."""
         generation = f"{observed_at.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
@@ -672,6 +703,7 @@ class StudyCache:
                 "studies": len(current),
                 "newest_created_at": _iso(newest) if newest is not None else None,
                 "refreshes": [*(manifest["refreshes"] if manifest else []), record],
+                "metadata": shape,
             },
             directory / _MANIFEST,
         )

@@ -708,8 +708,8 @@ class Client:
             # "already in that state" after a try that may have been applied: this call may
             # have done it, or someone else may have; unknown (the bulk engine resolves it
             # from its before-image).
-            message = "already cancelled" if action == "cancel" else "not cancelled"
-            return CancelResult(success=True, message=message, changed=None)
+            said = "already cancelled" if action == "cancel" else "not cancelled"
+            return CancelResult(success=True, message=said, changed=None)
         except Conflict as exc:
             # Some servers answer "already in that state" with 409: a no-op, not a failure.
             return CancelResult(success=True, message=str(exc), changed=False)

@@ -60,10 +60,12 @@ from viewerkit.client import CursorTrail
 from viewerkit.errors import NotFound, Reason, ValidationError
 from viewerkit.frame import (
     ResponseProblems,
+    check_metadata_shape,
     concat_studies,
     empty_studies,
     flatten_studies,
     from_pandas,
+    metadata_shape,
     newest_per_study,
     oldest_created_at,
     read_page,
@@ -77,6 +79,7 @@ from viewerkit.schema import (
     NOT_GIVEN,
     RULES,
     SEVERITIES,
+    MetadataShape,
     NotGiven,
     StudyFetchFilterArgs,
     StudyFilters,
@@ -217,6 +220,7 @@ def fetch_studies_arrow(
     progress: bool = True,
     partitioned: bool = True,
     problems: ResponseProblems | None = None,
+    metadata: MetadataShape = "columns",
     **filter_args: Unpack[StudyFetchFilterArgs],
 ) -> pa.Table:
     """Every study matching the filters as the study table (``STUDY_SCHEMA`` + ``meta.*``).
@@ -226,7 +230,10 @@ def fetch_studies_arrow(
     viewer status and cancelled may take several values (``severity=["stat", "high"]``);
     bad values raise ``ValidationError`` before any request. ``concurrency`` caps pages in flight (and never exceeds the client's
     ``max_concurrency``); ``partitioned=False`` pages the filter as one sequential chain.
-    ``progress`` shows a tqdm bar of studies fetched.
+    ``progress`` shows a tqdm bar of studies fetched. ``metadata``: ``"columns"`` (default,
+    one ``meta.<key>`` string column per key; warns ``ManyMetadataKeysWarning`` past
+    ``schema.MANY_METADATA_KEYS`` keys) or ``"map"`` (one ``metadata`` map column: a stable
+    schema for free-form keys, null and ``{}`` apart; see ``viewerkit.frame``).
 
     What is guaranteed: every study that matches the filters and does not change while the
     fetch runs is in the table once, in its state as read. A study changed while the fetch
@@ -255,13 +262,15 @@ def fetch_studies_arrow(
     """
     chosen = StudyFilters.of(filters, filter_args)
     _check_concurrency(concurrency)
+    check_metadata_shape(metadata)
     # one chain per partition; unpartitioned, still one per value of a filter given several
     partitions = chosen.partitions() if partitioned else chosen.partitions(split=())
     pages = _page_chains(
         client, partitions, workers=_workers(client, concurrency), progress=progress
     )
     # each page was only parsed to wire Study structs; flatten them all at once
-    return newest_per_study(flatten_studies(pages, problems=problems)).combine_chunks()
+    table = flatten_studies(pages, problems=problems, metadata=metadata)
+    return newest_per_study(table).combine_chunks()
 
 
 def _concurrency_cases(concurrency: object) -> list[dict[str, Any]]:
@@ -286,6 +295,7 @@ def fetch_studies(
     progress: bool = True,
     partitioned: bool = True,
     compact: bool = False,
+    metadata: MetadataShape = "columns",
     **filter_args: Unpack[StudyFetchFilterArgs],
 ) -> pd.DataFrame:
     """Every study matching the filters as a DataFrame (``to_pandas`` of
@@ -307,6 +317,7 @@ def fetch_studies(
             concurrency=concurrency,
             progress=progress,
             partitioned=partitioned,
+            metadata=metadata,
         ),
         compact=compact,
     )
@@ -324,10 +335,12 @@ def retrieve_studies_arrow(
     concurrency: int = 8,
     progress: bool = True,
     problems: ResponseProblems | None = None,
+    metadata: MetadataShape = "columns",
 ) -> pa.Table:
     """The current state of the given studies, as the study table (list order), read by the
     cheapest path. A study the API answers 404 for (unknown, or gone) is absent from the
-    result; every other failure raises (``viewerkit.errors.ApiError``).
+    result; every other failure raises (``viewerkit.errors.ApiError``). ``metadata``: the
+    table's metadata shape, as in :func:`fetch_studies_arrow`.
 
     Without ``known`` each study is retrieved singly, ``concurrency`` at a time. With
     ``known``, a study table holding the last known state of these studies and of the
@@ -344,8 +357,9 @@ def retrieve_studies_arrow(
     0
     """
     ids = pc.unique(_study_ids(study_ids, concurrency))
+    check_metadata_shape(metadata)
     if len(ids) == 0:
-        return empty_studies()
+        return empty_studies(metadata)
     collected = problems if problems is not None else ResponseProblems()
     workers = _workers(client, concurrency)
     tables: list[pa.Table] = []
@@ -358,11 +372,13 @@ def retrieve_studies_arrow(
                 client, chains, workers=workers, progress=progress, down_to=cutoff,
                 desc="paging recent studies",
             )
-            paged = flatten_studies(pages, problems=collected)
+            paged = flatten_studies(pages, problems=collected, metadata=metadata)
             found = newest_per_study(select_studies(paged, ids))
             tables.append(found)
             remaining = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=found.column("study_id"))))
-    tables.append(_retrieve_each(client, remaining.to_pylist(), workers, progress, collected))
+    tables.append(
+        _retrieve_each(client, remaining.to_pylist(), workers, progress, collected, metadata)
+    )
     if problems is None:  # this read is the whole read: its values outside the contract, once
         collected.raise_if_any("retrieve_studies")
     return newest_per_study(concat_studies(tables))
@@ -377,6 +393,7 @@ def retrieve_studies(
     concurrency: int = 8,
     progress: bool = True,
     compact: bool = False,
+    metadata: MetadataShape = "columns",
 ) -> pd.DataFrame:
     """The current state of the given studies as a DataFrame (``to_pandas`` of
     :func:`retrieve_studies_arrow`, see there; dtypes as ``fetch_studies``). A study the API
@@ -392,7 +409,7 @@ def retrieve_studies(
     return to_pandas(
         retrieve_studies_arrow(
             client, study_ids, known=known, partitions=partitions, concurrency=concurrency,
-            progress=progress,
+            progress=progress, metadata=metadata,
         ),
         compact=compact,
     )
@@ -424,10 +441,11 @@ def _retrieve_each(
     workers: int,
     progress: bool,
     problems: ResponseProblems | None = None,
+    metadata: MetadataShape = "columns",
 ) -> pa.Table:
     """Retrieve studies one by one, concurrently; those answering 404 are left out."""
     if not study_ids:
-        return empty_studies()
+        return empty_studies(metadata)
 
     def retrieve(study_id: str) -> dict[str, Any] | None:
         try:
@@ -441,8 +459,8 @@ def _retrieve_each(
     )
     found = [outcome.result for outcome in outcomes if outcome.result is not None]
     if not found:
-        return empty_studies()
-    return studies_to_arrow(found, call="retrieve_study", problems=problems)
+        return empty_studies(metadata)
+    return studies_to_arrow(found, call="retrieve_study", problems=problems, metadata=metadata)
 
 
 def _partition_mask(known: pa.Table, filters: StudyFilters) -> pa.Array:
@@ -510,9 +528,11 @@ def fetch_new_studies(
     *,
     progress: bool = False,
     problems: ResponseProblems | None = None,
+    metadata: MetadataShape = "columns",
 ) -> pa.Table:
     """Studies created since ``since`` (UTC): the unfiltered list, newest first, page by
-    page until a page reaches back past ``since`` (so a little more than asked for).
+    page until a page reaches back past ``since`` (so a little more than asked for), as a
+    study table of the given metadata shape.
 
     >>> from viewerkit import Client
     >>> with Client(api_key="sk-x", base_url="http://127.0.0.1:9", max_retries=0) as client:
@@ -525,7 +545,7 @@ def fetch_new_studies(
         client, [StudyFilters()], workers=1, progress=progress, down_to=since,
         desc="reading new studies",
     )
-    return newest_per_study(flatten_studies(pages, problems=problems))
+    return newest_per_study(flatten_studies(pages, problems=problems, metadata=metadata))
 
 
 def fetch_active(
@@ -537,9 +557,10 @@ def fetch_active(
     open list no longer returns (completed or cancelled since: :func:`retrieve_studies`
     over :data:`CLOSED_PARTITIONS`, or gone: 404). See ``StudyCache.refresh`` for what this
     cannot see. Values outside the contract in any of these reads raise one
-    ``ResponseValidationError`` at the end.
+    ``ResponseValidationError`` at the end. The read has ``cached``'s metadata shape.
     """
     problems = ResponseProblems()
+    metadata = metadata_shape(cached)
     open_now = fetch_studies_arrow(
         client,
         is_cancelled=False,
@@ -547,12 +568,15 @@ def fetch_active(
         concurrency=concurrency,
         progress=progress,
         problems=problems,
+        metadata=metadata,
     )
     fresh = [open_now]
     newest = pc.max(cached.column("created_at")).as_py() if len(cached) else None
     if newest is not None:
         since = newest - NEW_STUDY_MARGIN
-        fresh.append(fetch_new_studies(client, since, progress=progress, problems=problems))
+        fresh.append(
+            fetch_new_studies(client, since, progress=progress, problems=problems, metadata=metadata)
+        )
     seen = pa.concat_arrays([t.column("study_id").combine_chunks() for t in fresh])
     # cached open studies the open list no longer returns: completed or cancelled since
     was_open = pc.and_(
@@ -563,7 +587,7 @@ def fetch_active(
     closed_ids = pc.filter(was_open_ids, pc.invert(pc.is_in(was_open_ids, value_set=seen)))
     closed = retrieve_studies_arrow(
         client, closed_ids, known=cached, partitions=CLOSED_PARTITIONS,
-        concurrency=concurrency, progress=progress, problems=problems,
+        concurrency=concurrency, progress=progress, problems=problems, metadata=metadata,
     )
     problems.raise_if_any("refresh")
     gone = pc.filter(closed_ids, pc.invert(pc.is_in(closed_ids, value_set=closed.column("study_id"))))

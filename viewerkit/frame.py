@@ -9,7 +9,13 @@ Column rules (see ``viewerkit.schema.STUDY_SCHEMA``): the four references (``ass
 ``createdByUser``, ``createdByApiKey``, ``expressCustomer``) become prefixed columns, and an
 absent or null reference gives nulls in all its columns; ``metadata`` becomes one string column
 ``meta.<key>`` per key seen (exact spelling, sorted after the fixed columns), null where a
-study lacks the key; timestamps are ``timestamp[ms, UTC]``; ``severity`` and
+study lacks the key (a null map and ``{}`` both give nulls). For servers whose metadata keys
+are free-form, the ``metadata="map"`` shape keeps all of it in one ``metadata`` column of
+type ``map<string, string>`` instead: a stable schema whatever the keys, null and ``{}``
+kept apart, and every operation here (conform, concat, compare, to/from pandas, the API
+body) takes either shape; in pandas it is a column of dicts (``None`` for null). The
+``columns`` shape warns (``ManyMetadataKeysWarning``) past ``schema.MANY_METADATA_KEYS``
+distinct keys. Timestamps are ``timestamp[ms, UTC]``; ``severity`` and
 ``study_viewer_status`` are dictionary columns over their FIXED dictionaries, so every table,
 whatever rows it holds, has identical types.
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -42,7 +49,11 @@ import pyarrow.compute as pc
 from viewerkit.errors import ApiError, Reason, ResponseValidationError, ValidationError
 from viewerkit.schema import (
     CREATE_FIELDS,
+    MANY_METADATA_KEYS,
     META_PREFIX,
+    METADATA_COLUMN,
+    METADATA_MAP_TYPE,
+    METADATA_SHAPES,
     REFERENCE_USER_FIELDS,
     RULES,
     SEVERITIES,
@@ -51,6 +62,7 @@ from viewerkit.schema import (
     UPDATE_FIELDS,
     VIEWER_STATUS_TYPE,
     VIEWER_STATUSES,
+    MetadataShape,
     study_table_failures,
 )
 
@@ -67,6 +79,9 @@ __all__ = [
     "study_to_api_body",
     "parse_times",
     "ResponseProblems",
+    "ManyMetadataKeysWarning",
+    "metadata_shape",
+    "check_metadata_shape",
 ]
 
 _TIMESTAMP: Final = pa.timestamp("ms", tz="UTC")
@@ -77,7 +92,7 @@ _API_KEY_TYPE: Final = pa.struct(
 _CUSTOMER_TYPE: Final = pa.struct(
     [("expressCustomerId", pa.string()), ("expressCustomerName", pa.string())]
 )
-_METADATA_TYPE: Final = pa.map_(pa.string(), pa.string())
+_METADATA_TYPE: Final = METADATA_MAP_TYPE
 
 #: The wire ``Study`` as an Arrow struct; keys a study lacks become nulls, unknown keys are ignored.
 _WIRE_STUDY_TYPE: Final = pa.struct(
@@ -189,16 +204,17 @@ def studies_to_arrow(
     *,
     call: str = "retrieve_study",
     problems: ResponseProblems | None = None,
+    metadata: MetadataShape = "columns",
 ) -> pa.Table:
     """Already-parsed wire ``Study`` dicts (e.g. single retrieves) -> a conformed study table.
     ``call`` names the API call they came from in errors about their values; ``problems``
-    as in :func:`flatten_studies`.
+    and ``metadata`` (the table's metadata shape) as in :func:`flatten_studies`.
 
     >>> studies_to_arrow([{"studyId": "stu_" + "0" * 32, "studyInstanceUid": "1.2",
     ...                    "assignedTo": None}]).column("assigned_to_email").to_pylist()
     [None]
     """
-    return flatten_studies(_wire_array(studies, call), call=call, problems=problems)
+    return flatten_studies(_wire_array(studies, call), call=call, problems=problems, metadata=metadata)
 
 
 class ResponseProblems:
@@ -252,6 +268,7 @@ def flatten_studies(
     *,
     call: str = "list_studies",
     problems: ResponseProblems | None = None,
+    metadata: MetadataShape = "columns",
 ) -> pa.Table:
     """Wire ``Study`` struct arrays (from ``read_page``; one, chunked, or a list of them)
     -> one conformed study table, in their order.
@@ -262,7 +279,8 @@ def flatten_studies(
     field and value; with ``problems`` (a :class:`ResponseProblems` shared by a read that
     flattens several times) they are noted there and left null instead, for the read to
     raise once at its end. An unknown severity or viewer status is an ``ApiError`` naming
-    ``call`` and the study.
+    ``call`` and the study. ``metadata``: the table's metadata shape (module docstring);
+    ``"columns"`` warns ``ManyMetadataKeysWarning`` past ``MANY_METADATA_KEYS`` keys.
 
     >>> a, _, _ = read_page(b'{"studies": [{"studyId": "a", "metadata": {"k": "1"}}]}')
     >>> b, _, _ = read_page(b'{"studies": [{"studyId": "b"}]}')
@@ -314,8 +332,54 @@ def flatten_studies(
                 call=call,
                 study=columns["study_id"][row].as_py(),
             )
-    columns.update(_metadata_columns(fields["metadata"]))
+    check_metadata_shape(metadata)
+    if metadata == "map":
+        columns[METADATA_COLUMN] = fields["metadata"]
+    else:
+        columns.update(_metadata_columns(fields["metadata"]))
+        warn_many_metadata_keys(len(columns) - len(STUDY_SCHEMA))
     return conform(pa.table(columns))
+
+
+class ManyMetadataKeysWarning(UserWarning):
+    """The study table grew more ``meta.*`` columns than ``schema.MANY_METADATA_KEYS``:
+    memory and time grow with rows x keys; ``metadata="map"`` keeps them in one column."""
+
+
+def warn_many_metadata_keys(keys: int) -> None:
+    """Warn (``ManyMetadataKeysWarning``) when a ``columns``-shaped table holds more than
+    ``MANY_METADATA_KEYS`` metadata keys."""
+    if keys > MANY_METADATA_KEYS:
+        warnings.warn(
+            f"the studies hold {keys:,} distinct metadata keys, one column each; for free-form "
+            'keys pass metadata="map" (one map column, a stable schema)',
+            ManyMetadataKeysWarning,
+            stacklevel=3,
+        )
+
+
+def check_metadata_shape(metadata: object) -> None:
+    """Refuse a metadata shape other than ``"columns"`` or ``"map"`` (``ValidationError``,
+    field ``metadata``).
+
+    >>> check_metadata_shape("map")
+    """
+    if metadata not in METADATA_SHAPES:
+        raise ValidationError.one(
+            "metadata", "metadata", metadata, Reason.NOT_A_CHOICE,
+            detail='"columns" (one meta.<key> column per key) or "map" (one map column)',
+        )
+
+
+def metadata_shape(table: pa.Table | pd.DataFrame) -> MetadataShape:
+    """The metadata shape of a study table: ``"map"`` when it has the ``metadata`` column,
+    else ``"columns"`` (a table with no metadata at all is ``columns``-shaped).
+
+    >>> metadata_shape(empty_studies())
+    'columns'
+    """
+    names = table.column_names if isinstance(table, pa.Table) else list(table.columns)
+    return "map" if METADATA_COLUMN in names else "columns"
 
 
 # --- times: ISO 8601 / RFC 3339 text -> timestamp[ms, UTC] -------------------------------------
@@ -523,12 +587,18 @@ def _metadata_columns(metadata: pa.MapArray) -> dict[str, pa.Array]:
     return columns
 
 
-def empty_studies() -> pa.Table:
-    """A study table with no rows and no ``meta.*`` columns.
+def empty_studies(metadata: MetadataShape = "columns") -> pa.Table:
+    """A study table with no rows and no ``meta.*`` columns (``metadata="map"``: with the
+    ``metadata`` map column).
 
     >>> empty_studies().schema.equals(STUDY_SCHEMA)
     True
+    >>> empty_studies("map").column_names[-1]
+    'metadata'
     """
+    check_metadata_shape(metadata)
+    if metadata == "map":
+        return STUDY_SCHEMA.append(pa.field(METADATA_COLUMN, METADATA_MAP_TYPE)).empty_table()
     return STUDY_SCHEMA.empty_table()
 
 
@@ -536,7 +606,8 @@ def conform(table: pa.Table) -> pa.Table:
     """Give a study table its canonical shape and types.
 
     The ``STUDY_SCHEMA`` columns in order (a missing one becomes all-null), then the
-    ``meta.*`` columns sorted by name, as strings; other columns are dropped. ``severity``
+    ``meta.*`` columns sorted by name, as strings, or the ``metadata`` map column (both is a
+    ``ValidationError``); other columns are dropped. ``severity``
     and ``study_viewer_status`` get their fixed dictionaries; timestamps become ms, UTC.
 
     >>> t = conform(pa.table({"study_id": ["stu_" + "1" * 32], "study_instance_uid": ["1"],
@@ -560,7 +631,20 @@ def conform(table: pa.Table) -> pa.Table:
         else:
             arrays.append(pa.nulls(n, field.type))
         fields.append(field)
-    for name in sorted(c for c in table.column_names if c.startswith(META_PREFIX)):
+    meta = sorted(c for c in table.column_names if c.startswith(META_PREFIX))
+    if METADATA_COLUMN in table.column_names:
+        if meta:
+            raise ValidationError.one(
+                "study table", METADATA_COLUMN, f"{len(meta)} meta.* columns", Reason.CONFLICT,
+                detail="a study table holds metadata as meta.* columns or as one map column, "
+                "not both",
+            )
+        column = table.column(METADATA_COLUMN)
+        if column.type != METADATA_MAP_TYPE:
+            column = column.cast(METADATA_MAP_TYPE)
+        arrays.append(column)
+        fields.append(pa.field(METADATA_COLUMN, METADATA_MAP_TYPE))
+    for name in meta:
         column = table.column(name)
         if column.type != pa.string():
             column = column.cast(pa.string())
@@ -606,7 +690,8 @@ def _fixed_dictionary(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
 
 
 def concat_studies(tables: Iterable[pa.Table]) -> pa.Table:
-    """Stack study tables; the ``meta.*`` columns are the union, null where a table lacks one.
+    """Stack study tables; the ``meta.*`` columns are the union, null where a table lacks one
+    (a ``metadata`` map column likewise; tables of the two shapes are a ``ValidationError``).
 
     One concatenation for all tables (no repeated pairwise concat).
 
@@ -619,14 +704,24 @@ def concat_studies(tables: Iterable[pa.Table]) -> pa.Table:
     if not conformed:
         return empty_studies()
     meta = sorted({c for t in conformed for c in t.column_names if c.startswith(META_PREFIX)})
-    schema = pa.schema([*STUDY_SCHEMA, *(pa.field(m, pa.string()) for m in meta)])
+    extra = [pa.field(m, pa.string()) for m in meta]
+    if any(METADATA_COLUMN in t.column_names for t in conformed):
+        if meta:
+            raise ValidationError.one(
+                "concat_studies", METADATA_COLUMN, f"{len(meta)} meta.* columns", Reason.CONFLICT,
+                detail="the tables hold metadata in different shapes (meta.* columns and a map)",
+            )
+        extra = [pa.field(METADATA_COLUMN, METADATA_MAP_TYPE)]
+    schema = pa.schema([*STUDY_SCHEMA, *extra])
     filled = []
     for t in conformed:
         # the missing meta columns added at once, not one append (a new table) at a time:
         # linear in the columns, whatever the number of distinct keys
         index = {name: at for at, name in enumerate(t.column_names)}
-        nulls = pa.nulls(t.num_rows, pa.string())
-        columns = [t.column(index[name]) if name in index else nulls for name in schema.names]
+        columns = [
+            t.column(index[field.name]) if field.name in index else pa.nulls(t.num_rows, field.type)
+            for field in schema
+        ]
         filled.append(pa.Table.from_arrays(columns, schema=schema))
     return pa.concat_tables(filled)
 
@@ -662,7 +757,8 @@ def to_pandas(table: pa.Table, *, compact: bool = False) -> pd.DataFrame:
     ``study_viewer_status``: categorical ``incomplete``, ``complete``; timestamps
     ``datetime64[ms, UTC]``; strings the installed pandas' default string dtype (pandas 3:
     ``str``); ``is_cancelled`` ``bool`` (``boolean`` only if a value is missing);
-    ``created_by_api_key_is_viewer_enabled`` ``boolean`` (nullable: the reference is optional).
+    ``created_by_api_key_is_viewer_enabled`` ``boolean`` (nullable: the reference is optional);
+    ``metadata`` (the map shape) ``object``: a dict per study, ``None`` where it is null.
 
     >>> df = to_pandas(empty_studies())
     >>> str(df["created_at"].dtype), df["severity"].cat.ordered
@@ -673,7 +769,8 @@ def to_pandas(table: pa.Table, *, compact: bool = False) -> pd.DataFrame:
         table = _compact_columns(table)
     boolean = pd.BooleanDtype()
     frame: pd.DataFrame = table.to_pandas(
-        types_mapper={pa.bool_(): boolean}.get, coerce_temporal_nanoseconds=False
+        types_mapper={pa.bool_(): boolean}.get, coerce_temporal_nanoseconds=False,
+        maps_as_pydicts="strict",  # the metadata map shape: a dict per row, None for null
     )
     if not frame["is_cancelled"].isna().any():
         frame["is_cancelled"] = frame["is_cancelled"].astype(bool)
@@ -698,7 +795,8 @@ def from_pandas(df: pd.DataFrame) -> pa.Table:
     (``schema.STUDY_COLUMNS``): ``study_id`` and ``study_instance_uid`` (present, never null),
     the writable fields (``study_description`` not empty or blank, ``severity`` and
     ``study_viewer_status`` in their enums, ``assigned_to_user_id`` and
-    ``express_customer_id`` IDs; null allowed) and the ``meta.*`` metadata limits. Every
+    ``express_customer_id`` IDs; null allowed) and the metadata limits (``meta.*`` columns,
+    or the ``metadata`` column of dicts of the map shape, ``None`` for null). Every
     failure is reported at once: a ``ValidationError`` whose ``failure_cases`` name the
     DataFrame's row label (``row``) and the column (``field``). A column that cannot take
     its study-table type (e.g. ``created_at`` text that is not a time) is a ``WRONG_TYPE``
@@ -721,7 +819,7 @@ def from_pandas(df: pd.DataFrame) -> pa.Table:
     kept = [c for c in df.columns if isinstance(c, str) and (
         STUDY_SCHEMA.get_field_index(c) >= 0 or c.startswith(META_PREFIX))]
     try:
-        table: pa.Table | None = pa.Table.from_pandas(df[kept], preserve_index=False)
+        table: pa.Table | None = _arrow_columns(df, kept)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         table = None  # a column of mixed objects: the checks read the DataFrame itself
     # rows of the converted table are the DataFrame's rows, in order
@@ -733,7 +831,7 @@ def from_pandas(df: pd.DataFrame) -> pa.Table:
         raise ValidationError.from_cases("from_pandas", cases)
     try:
         if table is None:
-            table = pa.Table.from_pandas(df[kept], preserve_index=False)
+            table = _arrow_columns(df, kept)
         return conform(table)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         cases = [
@@ -744,6 +842,18 @@ def from_pandas(df: pd.DataFrame) -> pa.Table:
         if not cases:
             raise
         raise ValidationError.from_cases("from_pandas", cases) from None
+
+
+def _arrow_columns(df: pd.DataFrame, kept: list[str]) -> pa.Table:
+    """The ``kept`` columns of ``df`` (and a ``metadata`` column of the map shape) as Arrow."""
+    table = pa.Table.from_pandas(df[kept], preserve_index=False)
+    if METADATA_COLUMN in df.columns:
+        # pyarrow would read dicts as a struct of their keys: the map shape is built as a map
+        table = table.append_column(
+            pa.field(METADATA_COLUMN, METADATA_MAP_TYPE),
+            pa.array(df[METADATA_COLUMN].tolist(), METADATA_MAP_TYPE, from_pandas=True),
+        )
+    return table
 
 
 def _unconvertible_columns(df: pd.DataFrame) -> list[str]:
@@ -777,8 +887,10 @@ def study_to_api_body(
     """A study row (DataFrame row or dict) -> the API's create/update body, camelCase.
 
     ``assignedTo`` comes from ``assigned_to_user_id`` (``None`` unassigns); ``metadata`` is
-    rebuilt from the non-null ``meta.*`` cells. Only fields whose column is in ``row`` are
-    given; ``call`` keeps just the fields that call accepts.
+    rebuilt from the non-null ``meta.*`` cells, or in the map shape is the row's ``metadata``
+    as it is (``None`` stays null, which clears the map in an update; ``{}`` stays ``{}``).
+    Only fields whose column is in ``row`` are given; ``call`` keeps just the fields that
+    call accepts.
 
     >>> row = {"study_id": "stu_" + "d" * 32, "severity": "stat", "assigned_to_user_id": None,
     ...        "meta.site": "North", "meta.bed": float("nan")}
@@ -791,6 +903,9 @@ def study_to_api_body(
     for name, value in row.items():
         if name in _BODY_FIELDS:
             body[_BODY_FIELDS[name]] = _plain(value)
+        elif name == METADATA_COLUMN:  # the map shape: the map as it is, null kept null
+            pairs = _plain(value)
+            body["metadata"] = None if pairs is None else {str(k): str(v) for k, v in dict(pairs).items()}
         elif isinstance(name, str) and name.startswith(META_PREFIX):
             has_meta = True
             plain = _plain(value)
@@ -953,6 +1068,8 @@ class StudyChanges:
     cells: dict[str, pa.Array]
     before_rows: pa.Table = dataclasses.field(repr=False)
     after_rows: pa.Table = dataclasses.field(repr=False)
+    #: the map shape's changed metadata as long rows (``DIFF_SCHEMA``), or None
+    metadata_rows: pa.Table | None = dataclasses.field(default=None, repr=False)
 
     def __repr__(self) -> str:
         return (
@@ -966,7 +1083,7 @@ class StudyChanges:
         before_at = {name: at for at, name in enumerate(self.before_rows.column_names)}
         after_at = {name: at for at, name in enumerate(self.after_rows.column_names)}
         for name, differs in self.cells.items():
-            if not pc.any(differs).as_py():
+            if name == METADATA_COLUMN or not pc.any(differs).as_py():
                 continue
             ids = self.matched_ids.filter(differs)
             parts.append(
@@ -980,6 +1097,8 @@ class StudyChanges:
                     schema=DIFF_SCHEMA,
                 )
             )
+        if self.metadata_rows is not None and self.metadata_rows.num_rows:
+            parts.append(self.metadata_rows)
         if not parts:
             return DIFF_SCHEMA.empty_table()
         table = pa.concat_tables(parts)
@@ -1046,6 +1165,20 @@ def compare_studies(before: pa.Table | pd.DataFrame | None, after: pa.Table | pd
     columns += sorted(
         {c for c in (*before_rows.column_names, *after_rows.column_names) if c.startswith(META_PREFIX)}
     )
+    metadata_rows = None
+    if METADATA_COLUMN in before_rows.column_names or METADATA_COLUMN in after_rows.column_names:
+        if any(c.startswith(META_PREFIX) for c in columns):
+            raise ValidationError.one(
+                "compare_studies", METADATA_COLUMN, "meta.* columns", Reason.CONFLICT,
+                detail="the tables hold metadata in different shapes (meta.* columns and a map)",
+            )
+        # a side given without the map (e.g. a cut-down table) is not compared, as a fixed column
+        if METADATA_COLUMN in old_given and METADATA_COLUMN in new_given:
+            cells[METADATA_COLUMN], metadata_rows = _map_changes(
+                matched.column("study_id").combine_chunks(),
+                before_rows.column(METADATA_COLUMN), after_rows.column(METADATA_COLUMN),
+            )
+            differs = pc.or_(differs, cells[METADATA_COLUMN])
     # columns by position: a name lookup (or column_names, a new list) per column would make
     # many distinct metadata keys quadratic
     before_at = {name: at for at, name in enumerate(before_rows.column_names)}
@@ -1073,7 +1206,61 @@ def compare_studies(before: pa.Table | pd.DataFrame | None, after: pa.Table | pd
         cells=cells,
         before_rows=before_rows,
         after_rows=after_rows,
+        metadata_rows=metadata_rows,
     )
+
+
+def _map_pairs(maps: pa.Array, side: str) -> pa.Table:
+    """The pairs of a map column as a table ``row`` (position), ``key``, ``<side>`` (value)."""
+    lists = maps.cast(pa.list_(pa.struct([maps.type.key_field, maps.type.item_field])))
+    keys, items = pc.list_flatten(lists).flatten()
+    return pa.table({"row": pc.list_parent_indices(lists).cast(pa.int64()), "key": keys, side: items})
+
+
+def _map_texts(maps: pa.Array) -> pa.Array:
+    """A map column as short display text: null, ``{}``, or ``{3 pairs}``."""
+    counts = pc.list_value_length(maps.cast(pa.list_(pa.struct([maps.type.key_field, maps.type.item_field]))))
+    text = pc.binary_join_element_wise("{", counts.cast(pa.string()), " pairs}", "")
+    return pc.if_else(pc.equal(counts, 0), "{}", text)
+
+
+def _map_changes(
+    ids: pa.Array, before: pa.ChunkedArray, after: pa.ChunkedArray
+) -> tuple[pa.Array, pa.Table]:
+    """Compare two aligned map columns (the map shape's ``metadata``) without one column per
+    key: one join of their pairs on (row, key), linear in the pairs. Returns the per-row
+    "differs" mask, and the changes as long rows: ``meta.<key>`` for each key added, removed
+    or changed, and ``metadata`` (``{}``, ``{n pairs}`` or null) where null and a map (even
+    ``{}``) meet."""
+    old, new = before.combine_chunks(), after.combine_chunks()
+    joined = _map_pairs(old, "before").join(
+        _map_pairs(new, "after"), ["row", "key"], join_type="full outer"
+    )
+    changed = joined.filter(_cells_differ(joined.column("before"), joined.column("after")))
+    changed = changed.take(pc.sort_indices(changed, sort_keys=[("row", "ascending"), ("key", "ascending")]))
+    null_differs = pc.xor(pc.is_null(old), pc.is_null(new))
+    mask = np.asarray(null_differs.to_numpy(zero_copy_only=False), dtype=bool).copy()
+    mask[changed.column("row").to_numpy()] = True
+    nullness = pc.indices_nonzero(null_differs)
+    rows = pa.table(
+        {
+            "study_id": ids.take(nullness),
+            "field": pa.repeat(pa.scalar(METADATA_COLUMN, pa.string()), len(nullness)),
+            "before": _map_texts(old.take(nullness)),
+            "after": _map_texts(new.take(nullness)),
+        },
+        schema=DIFF_SCHEMA,
+    )
+    pairs = pa.table(
+        {
+            "study_id": ids.take(changed.column("row")),
+            "field": pc.binary_join_element_wise(META_PREFIX, changed.column("key"), ""),
+            "before": changed.column("before"),
+            "after": changed.column("after"),
+        },
+        schema=DIFF_SCHEMA,
+    )
+    return pa.array(mask), pa.concat_tables([rows, pairs])
 
 
 def diff_studies(before: pa.Table | pd.DataFrame, after: pa.Table | pd.DataFrame) -> pd.DataFrame:

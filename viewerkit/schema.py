@@ -60,6 +60,11 @@ __all__ = [
     "Severity",
     "ViewerStatus",
     "META_PREFIX",
+    "METADATA_COLUMN",
+    "METADATA_MAP_TYPE",
+    "METADATA_SHAPES",
+    "MetadataShape",
+    "MANY_METADATA_KEYS",
     "REFERENCE_USER_FIELDS",
     "STUDY_SCHEMA",
     "SEVERITY_TYPE",
@@ -99,6 +104,8 @@ __all__ = [
 
 Severity = Literal["normal", "high", "stat"]
 ViewerStatus = Literal["incomplete", "complete"]
+#: How the study table holds metadata: one ``meta.<key>`` column per key, or one map column.
+MetadataShape = Literal["columns", "map"]
 
 #: Severities in their order of urgency (the ordered categorical ``normal < high < stat``).
 SEVERITIES: Final = ("normal", "high", "stat")
@@ -360,10 +367,12 @@ def study_table_failures(table: pa.Table | pd.DataFrame) -> list[Failure]:
             failures.append(Failure(field.name, None, Reason.MISSING_COLUMN))
     meta = {name: column(name) for name in names
             if isinstance(name, str) and name.startswith(META_PREFIX)}
+    rule = RULES["metadata"]
+    assert isinstance(rule, Metadata)
     if meta:
-        rule = RULES["metadata"]
-        assert isinstance(rule, Metadata)
         failures += rule.check_meta_columns(meta)
+    if METADATA_COLUMN in names:  # the map shape: one map (or dict) per row, null allowed
+        failures += rule.check_column(column(METADATA_COLUMN), METADATA_COLUMN)
     failures.sort(
         key=lambda f: (-1 if f.row is None else f.row, order.get(f.field, len(order)))
     )
@@ -436,6 +445,18 @@ STUDY_SCHEMA: Final = pa.schema(
         pa.field("express_customer_name", pa.string()),
     ]
 )
+
+
+#: The column that holds all metadata in the study table's ``metadata="map"`` shape (instead
+#: of the ``meta.*`` columns), and its Arrow type: null where the study's metadata is null,
+#: an empty map for ``{}``.
+METADATA_COLUMN: Final = "metadata"
+METADATA_MAP_TYPE: Final = pa.map_(pa.string(), pa.string())
+#: The two shapes of metadata in the study table (see ``viewerkit.frame``).
+METADATA_SHAPES: Final = ("columns", "map")
+#: Past this many distinct metadata keys, the ``columns`` shape warns and suggests ``map``:
+#: each key is a column of every row, so memory and time grow with rows x keys.
+MANY_METADATA_KEYS: Final = 500
 
 
 class NotGiven:
