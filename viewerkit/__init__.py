@@ -23,6 +23,7 @@ _EXPORTS = {
     "retrieve_studies": "viewerkit.fetch",
     "retrieve_studies_arrow": "viewerkit.fetch",
     "diff_studies": "viewerkit.frame",
+    "ManyMetadataKeysWarning": "viewerkit.frame",
     "write_studies": "viewerkit.files",
     "read_studies": "viewerkit.files",
     "StudyCache": "viewerkit.cache",
@@ -121,6 +122,9 @@ if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     )
     from viewerkit.files import (
         write_studies as write_studies,
+    )
+    from viewerkit.frame import (
+        ManyMetadataKeysWarning as ManyMetadataKeysWarning,
     )
     from viewerkit.frame import (
         diff_studies as diff_studies,
