@@ -170,3 +170,33 @@ def test_a_stop_during_the_shared_pause_ends_the_wait_at_once(
     answered = statuses(server, seen)
     assert answered[200] == 1 and 1 <= answered[429] <= 3 and set(answered) == {200, 429}
     assert not [t for t in set(threading.enumerate()) - before if t.is_alive()]
+
+
+def test_a_retry_backoff_is_shown_on_the_bar_as_a_wait(make_sandbox: Callable[..., Sandbox]) -> None:
+    """Four 503s in a row: the client backs off longer each time, and while it waits the
+    runner's bar says so and why, instead of sitting silent."""
+    server = make_sandbox(studies=2, seed=5)
+    client = Client(api_key=server.api_key, base_url=server.base_url, max_retries=5)
+    study_id = next(iter(client.iter_studies()))["studyId"]
+    server.fail_next(4, method="GET", path=f"/v1/viewer/studies/{study_id}", how="503")
+    shown: list[str] = []
+
+    def watch(runner: Runner) -> None:
+        for _ in range(400):  # at most 20 s: the four backoffs take a few seconds
+            if runner.waiting is not None and runner.waiting not in shown:
+                shown.append(runner.waiting)
+            if "get" in done:
+                return
+            time.sleep(0.05)
+
+    done: set[str] = set()
+    with client, Runner(workers=2, progress=False) as runner:
+        runner.submit("get", client.retrieve_study, study_id)
+        runner.submit("watch", watch, runner)
+        outcomes = {}
+        for outcome in runner.outcomes():
+            outcomes[outcome.key] = outcome
+            done.add(outcome.key)
+    assert outcomes["get"].ok and outcomes["watch"].ok
+    assert shown and all(text.endswith(" s: retrying after HTTP 503") for text in shown), shown
+    assert statuses(server, 0)[503] == 4

@@ -14,9 +14,13 @@ point leaves the previous manifest, and so the previous cache, readable and unch
 of an unfinished refresh are swept by the next one.
 
 Each client's namespace is separate: refreshing with another server or another API key
-writes to another directory of the same cache. The reading methods take the namespace from
-``client=`` when given; without it the cache must hold exactly one namespace (else a
-``CacheError`` lists them).
+writes to another directory of the same cache, so two organisations behind one URL never
+mix. The reading methods take the namespace from ``client=`` when given, else from the
+cache's ``namespace`` (``StudyCache(path, namespace=...)``, or ``$VIEWERKIT_NAMESPACE`` for
+:meth:`StudyCache.at` and the CLI's ``--namespace``: a namespace ID or a unique prefix of
+it, or a base URL only one namespace has); without either the cache must hold exactly one
+namespace (else a ``CacheError`` lists them and says how to choose). When the hosted API's
+key is rotated, :meth:`StudyCache.adopt` moves a namespace, history and all, to the new key.
 
 >>> import tempfile
 >>> cache = StudyCache(tempfile.mkdtemp())
@@ -53,10 +57,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StudyCache", "CacheSnapshot", "RefreshSummary", "HISTORY_COLUMNS", "DEFAULT_CACHE_PATH"]
+__all__ = [
+    "StudyCache",
+    "CacheSnapshot",
+    "RefreshSummary",
+    "HISTORY_COLUMNS",
+    "DEFAULT_CACHE_PATH",
+    "NAMESPACE_VARIABLE",
+]
 
 #: Where the CLI keeps the cache unless ``--cache`` or ``VIEWERKIT_CACHE`` says otherwise.
 DEFAULT_CACHE_PATH = "data/cache"
+#: The environment variable that chooses a namespace (as the CLI's ``--namespace``).
+NAMESPACE_VARIABLE = "VIEWERKIT_NAMESPACE"
 
 #: The columns history rows carry before the STUDY_SCHEMA columns of the observed state.
 HISTORY_COLUMNS = ("observed_at", "change")
@@ -248,53 +261,121 @@ class StudyCache:
     0
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, namespace: str | None = None) -> None:
         self.path = Path(path)
+        #: The namespace the reading methods use when no client is given (see the module doc).
+        self.namespace = namespace or None
 
     @classmethod
-    def at(cls, path: str | os.PathLike[str] | None = None) -> StudyCache:
+    def at(
+        cls, path: str | os.PathLike[str] | None = None, *, namespace: str | None = None
+    ) -> StudyCache:
         """The cache at ``path``, else at ``$VIEWERKIT_CACHE``, else at
-        :data:`DEFAULT_CACHE_PATH` (the CLI's ``--cache`` rule).
+        :data:`DEFAULT_CACHE_PATH` (the CLI's ``--cache`` rule); reading ``namespace``, else
+        ``$VIEWERKIT_NAMESPACE`` (the CLI's ``--namespace`` rule), else its only one.
 
         >>> StudyCache.at("reports/cache")
         StudyCache('reports/cache')
         """
-        return cls(path or os.environ.get("VIEWERKIT_CACHE") or DEFAULT_CACHE_PATH)
+        return cls(
+            path or os.environ.get("VIEWERKIT_CACHE") or DEFAULT_CACHE_PATH,
+            namespace=namespace or os.environ.get(NAMESPACE_VARIABLE),
+        )
 
     def __repr__(self) -> str:
-        return f"StudyCache({str(self.path)!r})"
+        chosen = f", namespace={self.namespace!r}" if self.namespace else ""
+        return f"StudyCache({str(self.path)!r}{chosen})"
 
     # -- namespaces -------------------------------------------------------------------------
 
     def namespaces(self) -> list[dict[str, Any]]:
-        """The namespaces in this cache: ``{"namespace", "base_url", "key_fingerprint"}``."""
+        """The namespaces in this cache, one dict each: ``namespace`` (its ID, the directory
+        name), ``base_url``, ``key_fingerprint`` (never the key), ``studies``,
+        ``last_refresh_at`` (ISO 8601 UTC, None before a refresh), ``metadata`` (shape). A
+        namespace whose manifest cannot be read is listed with ``error`` instead.
+
+        >>> import tempfile
+        >>> StudyCache(tempfile.mkdtemp()).namespaces()
+        []
+        """
         if not self.path.is_dir():
             return []
-        found = []
+        found: list[dict[str, Any]] = []
         for directory in sorted(self.path.iterdir()):
             if directory.is_dir() and (directory / _MANIFEST).exists():
-                manifest = self._manifest(directory)
+                try:
+                    manifest = self._manifest(directory)
+                except (CacheError, FileNotFoundError) as exc:
+                    found.append({"namespace": directory.name, "error": str(exc)})
+                    continue
+                last = manifest["refreshes"][-1] if manifest["refreshes"] else None
                 found.append(
                     {
                         "namespace": directory.name,
                         "base_url": manifest["base_url"],
                         "key_fingerprint": manifest["key_fingerprint"],
+                        "studies": manifest["studies"],
+                        "last_refresh_at": last["refreshed_at"] if last else None,
+                        "metadata": _shape(manifest),
                     }
                 )
         return found
 
+    @staticmethod
+    def _listing(found: list[dict[str, Any]]) -> str:
+        return "; ".join(
+            f"{n['namespace']}: {n['base_url']} key {n['key_fingerprint']}, {n['studies']:,} "
+            f"studies, last refresh {n['last_refresh_at'] or 'never'}"
+            if "error" not in n
+            else f"{n['namespace']}: unreadable (a move interrupted? `viewerkit cache adopt` "
+            "completes it)"
+            for n in found
+        )
+
+    def choose(self, namespace: str) -> str:
+        """The ID of the namespace that ``namespace`` names: an ID, a unique prefix of one
+        (4 characters or more), or a base URL exactly one namespace has. Raises
+        ``CacheError`` listing the namespaces when none or several match.
+
+        >>> import tempfile
+        >>> StudyCache(tempfile.mkdtemp()).choose("3f2a")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        viewerkit.errors.CacheError: ... holds no namespace '3f2a' ...
+        """
+        everything = self.namespaces()
+        found = [n for n in everything if "error" not in n]
+        given = namespace.strip()
+        matches = [n for n in found if n["namespace"] == given]
+        if not matches and len(given) >= 4:
+            matches = [n for n in found if n["namespace"].startswith(given.lower())]
+        if not matches:
+            matches = [n for n in found if n["base_url"] == given.rstrip("/")]
+        if len(matches) == 1:
+            return str(matches[0]["namespace"])
+        kind = "no" if not matches else f"{len(matches)} matches for the"
+        listing = self._listing(everything) or "nothing yet: run `viewerkit refresh` first"
+        raise CacheError(
+            f"{self.path} holds {kind} namespace {given!r} (give an ID, a unique prefix of 4 "
+            f"characters or more, or a base URL); it holds: {listing}"
+        )
+
     def _directory(self, client: Client | None) -> Path | None:
-        """The namespace directory to read: the client's, or the only one there is."""
+        """The namespace directory to read: the client's, the chosen one, or the only one."""
         if client is not None:
             return self.path / namespace_of(client.base_url, client.key_fingerprint)
+        if self.namespace:
+            return self.path / self.choose(self.namespace)
         found = self.namespaces()
         if not found:
             return None
         if len(found) > 1:
-            listing = ", ".join(f"{n['base_url']} (key {n['key_fingerprint']})" for n in found)
             raise CacheError(
-                f"{self.path} holds studies of {len(found)} API namespaces ({listing}); "
-                "pass client= to choose one"
+                f"{self.path} holds studies of {len(found)} API namespaces "
+                f"({self._listing(found)}); choose one: client= or StudyCache(..., "
+                f"namespace=ID) in Python, --namespace ID or {NAMESPACE_VARIABLE}=ID on the "
+                "command line (an ID prefix or a base URL does too); `viewerkit cache info` "
+                "lists them"
             )
         return self.path / str(found[0]["namespace"])
 
@@ -503,6 +584,109 @@ class StudyCache:
             metadata=_shape(manifest),
         )
         return info
+
+    # -- moving namespaces --------------------------------------------------------------------
+
+    def adopt(
+        self,
+        client: Client,
+        namespace: str,
+        *,
+        check: bool = True,
+        lock_timeout: float | None = files.DEFAULT_LOCK_TIMEOUT_S,
+    ) -> dict[str, Any]:
+        """Move the namespace ``namespace`` (an ID, a unique ID prefix or a base URL, as
+        :meth:`choose`) to ``client``'s base URL and key, keeping its studies and history:
+        for a rotated API key (or a server that moved), once the analyst has confirmed it
+        is the same organisation. Returns :meth:`info` of the moved namespace.
+
+        With ``check`` (default) the new key must see the namespace's studies: up to five of
+        the newest are retrieved with ``client``, and if the API knows none of them the
+        move is refused (``CacheError``: another organisation's key, which must never mix
+        into this history). Refused too when ``client`` already has a namespace here (it
+        was refreshed with the new key already: remove it with :meth:`remove` first).
+
+        The move is a directory rename, then the manifest rewritten atomically with the
+        new identity and an ``adopted`` record (from which base URL and key fingerprint,
+        when); run again, it completes a move interrupted between the two.
+        """
+        target = self.path / namespace_of(client.base_url, client.key_fingerprint)
+        if self._finish_adoption(target, client):
+            return self.info(client)
+        source = self.path / self.choose(namespace)
+        if source == target:
+            return self.info(client)
+        if (target / _MANIFEST).exists():
+            raise CacheError(
+                f"{target} already holds this key's namespace ({self._manifest(target)['studies']:,} "
+                f"studies); to move {source.name} there, remove it first "
+                f"(`viewerkit cache remove {target.name}`)"
+            )
+        with files.file_lock(source / ".lock", timeout=lock_timeout, holder="a refresh"):
+            manifest = self._manifest(source)
+            if check:
+                _, studies = self._read_current(source)
+                newest = frame.in_list_order(studies).column("study_id").to_pylist()[:5]
+                if newest and fetch.retrieve_studies_arrow(client, newest, progress=False).num_rows == 0:
+                    raise CacheError(
+                        f"the key {client.key_fingerprint} at {client.base_url} does not see any "
+                        f"of the newest studies of namespace {source.name}: another "
+                        "organisation's key? Nothing was moved"
+                    )
+            if target.exists():
+                target.rmdir()  # an empty directory left by a refresh that never committed
+            os.replace(source, target)
+            self._write_adopted(target, manifest, client)
+        return self.info(client)
+
+    def _write_adopted(self, directory: Path, manifest: dict[str, Any], client: Client) -> None:
+        record = {
+            "from_base_url": manifest["base_url"],
+            "from_key_fingerprint": manifest["key_fingerprint"],
+            "at": _iso(_now_ms()),
+        }
+        files.write_json(
+            {
+                **manifest,
+                "base_url": client.base_url,
+                "key_fingerprint": client.key_fingerprint,
+                "adopted": [*manifest.get("adopted", []), record],
+            },
+            directory / _MANIFEST,
+        )
+
+    def _finish_adoption(self, target: Path, client: Client) -> bool:
+        """Complete a move interrupted after its rename: ``target``'s manifest still names
+        the identity it came from. True if it did."""
+        try:
+            manifest = json.loads((target / _MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
+            return False
+        base_url, fingerprint = manifest.get("base_url"), manifest.get("key_fingerprint")
+        if not isinstance(base_url, str) or not isinstance(fingerprint, str):
+            return False
+        if namespace_of(base_url, fingerprint) == target.name:
+            return False
+        self._write_adopted(target, manifest, client)
+        log.warning("completed the interrupted move of a namespace into %s", target)
+        return True
+
+    def remove(
+        self, namespace: str, *, lock_timeout: float | None = files.DEFAULT_LOCK_TIMEOUT_S
+    ) -> None:
+        """Delete the namespace ``namespace`` (an ID, a unique ID prefix or a base URL, as
+        :meth:`choose`) with its studies and history: e.g. a sandbox's namespace that will
+        never be refreshed again. Waits for a running refresh of it (``LockTimeout`` past
+        ``lock_timeout`` seconds). The history is gone for good: there is no undo."""
+        import shutil
+
+        directory = self.path / self.choose(namespace)
+        with files.file_lock(directory / ".lock", timeout=lock_timeout, holder="a refresh"):
+            # the manifest first: a reader then sees no namespace, never a half-deleted one
+            (directory / _MANIFEST).unlink()
+            shutil.rmtree(directory)
 
     # -- refreshing -------------------------------------------------------------------------
 

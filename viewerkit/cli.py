@@ -4,11 +4,16 @@ same name. Library errors print one line and exit non-zero."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from viewerkit.errors import ViewerkitError
 from viewerkit.schema import SEVERITIES, VIEWER_STATUSES
+
+if TYPE_CHECKING:
+    from viewerkit.client import Client
 
 
 class _Group(click.Group):
@@ -48,6 +53,40 @@ _cache_option = click.option(
     default=None,
     help="Cache directory (default: $VIEWERKIT_CACHE, else ./data/cache).",
 )
+_namespace_option = click.option(
+    "--namespace",
+    metavar="ID",
+    default=None,
+    help="Which of the cache's API namespaces to read, when it holds several: an ID from "
+    "`viewerkit cache info` (or a unique prefix), or a base URL (default: "
+    "$VIEWERKIT_NAMESPACE, else the one of AVARA_API_KEY / AVARA_BASE_URL when the key is "
+    "set, else the only one).",
+)
+_rate_limit_option = click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="PER_SECOND",
+    default=None,
+    help="At most this many requests per second, client-wide (default: none; the client "
+    "still slows down on its own when the server answers 429).",
+)
+
+
+def _concurrency_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--concurrency",
+        type=click.IntRange(1, 64),
+        default=8,
+        show_default=True,
+        help=f"Requests in flight at once while {what}.",
+    )
+
+
+def _api_client(rate_limit: float | None, concurrency: int = 8) -> Client:
+    """The client of AVARA_API_KEY / AVARA_BASE_URL with the command's limits."""
+    from viewerkit.client import Client
+
+    return Client(rate_limit=rate_limit, max_concurrency=concurrency)
 
 
 @main.command("fetch")
@@ -118,8 +157,19 @@ def fetch_command(
 @_cache_option
 @click.option("--mode", type=click.Choice(["full", "active"]), default="full", show_default=True,
               help="full: fetch everything; active: open and new studies only.")
+@_concurrency_option("refreshing")
+@_rate_limit_option
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=300, show_default=True,
+              metavar="SECONDS", help="How long to wait for another refresh of the same cache.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-def refresh_command(cache_path: str | None, mode: str, progress: bool) -> None:
+def refresh_command(
+    cache_path: str | None,
+    mode: str,
+    concurrency: int,
+    rate_limit: float | None,
+    lock_timeout: float,
+    progress: bool,
+) -> None:
     """Bring the study cache up to date and record what changed.
 
     Example:
@@ -127,11 +177,11 @@ def refresh_command(cache_path: str | None, mode: str, progress: bool) -> None:
         viewerkit refresh --cache data/cache --mode active
     """
     from viewerkit.cache import StudyCache
-    from viewerkit.client import Client
 
-    with Client() as client:
+    with _api_client(rate_limit, concurrency) as client:
         summary = StudyCache.at(cache_path).refresh(
-            client, mode="active" if mode == "active" else "full", progress=progress
+            client, mode="active" if mode == "active" else "full", progress=progress,
+            concurrency=concurrency, lock_timeout=lock_timeout,
         )
     click.echo(
         f"{summary.mode} refresh: {summary.total} studies; {summary.new} new, "
@@ -142,36 +192,118 @@ def refresh_command(cache_path: str | None, mode: str, progress: bool) -> None:
 
 @main.group("cache")
 def cache_group() -> None:
-    """Inspect the study cache.
+    """Inspect and manage the study cache (its API namespaces).
 
     Example:
 
         viewerkit cache info --cache data/cache
     """
+
+
+def _chosen_cache(cache_path: str | None, namespace: str | None, client: Client | None) -> Any:
+    """The cache to read and the client to read it with: an explicit --namespace (or
+    $VIEWERKIT_NAMESPACE) wins over the environment's key."""
+    from viewerkit.cache import StudyCache
+
+    cache = StudyCache.at(cache_path, namespace=namespace)
+    return cache, None if cache.namespace else client
 
 
 @cache_group.command("info")
 @_cache_option
-def cache_info_command(cache_path: str | None) -> None:
+@_namespace_option
+def cache_info_command(cache_path: str | None, namespace: str | None) -> None:
     """Show what the cache holds: server, key fingerprint, studies, last refresh, files.
 
-    Uses the namespace of AVARA_API_KEY / AVARA_BASE_URL when the key is set, else the
-    cache's only namespace.
+    A cache holding several API namespaces (servers or keys) lists each one; --namespace
+    (or $VIEWERKIT_NAMESPACE) shows one in full, as does AVARA_API_KEY / AVARA_BASE_URL
+    when the key is set.
 
     Example:
 
-        viewerkit cache info --cache data/cache
+        viewerkit cache info --cache data/cache --namespace 3f2a
     """
-    from viewerkit.cache import StudyCache
     from viewerkit.client import environment_client
 
     with environment_client() as client:
-        info = StudyCache.at(cache_path).info(client)
+        cache, reader = _chosen_cache(cache_path, namespace, client)
+        found = cache.namespaces()
+        if reader is None and not cache.namespace and len(found) > 1:
+            click.echo(f"{cache.path} holds {len(found)} API namespaces:")
+            for n in found:
+                if "error" in n:
+                    click.echo(f"  {n['namespace']}  unreadable: {n['error']}")
+                    continue
+                click.echo(
+                    f"  {n['namespace']}  {n['base_url']}  key {n['key_fingerprint']}  "
+                    f"{n['studies']:,} studies  last refresh {n['last_refresh_at'] or 'never'}"
+                )
+            click.echo("Choose one with --namespace ID (or VIEWERKIT_NAMESPACE=ID).")
+            return
+        info = cache.info(reader)
     for key in ("path", "base_url", "key_fingerprint", "studies", "last_refresh_at",
-                "last_refresh_mode", "refreshes"):
+                "last_refresh_mode", "refreshes", "metadata"):
         click.echo(f"{key}: {info[key] if info[key] is not None else '-'}")
     for name, size in info["file_bytes"].items():
         click.echo(f"file {name}: {size} bytes")
+
+
+@cache_group.command("adopt")
+@_cache_option
+@click.option("--from", "from_namespace", metavar="ID", required=True,
+              help="The namespace to move (an ID from `viewerkit cache info`, a unique prefix, "
+              "or its base URL).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def cache_adopt_command(cache_path: str | None, from_namespace: str, yes: bool) -> None:
+    """Move a namespace, history and all, to the key (and base URL) of AVARA_API_KEY /
+    AVARA_BASE_URL: after the hosted API's key was rotated, so that the next refresh
+    continues the history instead of starting a new one.
+
+    Only for the same organisation: the new key must see the namespace's newest studies,
+    else nothing moves.
+
+    Example:
+
+        viewerkit cache adopt --cache data/cache --from 3f2a
+    """
+    from viewerkit.cache import StudyCache
+    from viewerkit.client import Client
+
+    cache = StudyCache.at(cache_path)
+    source = cache.choose(from_namespace)
+    with Client() as client:
+        if not yes:
+            click.confirm(
+                f"Move namespace {source} to {client.base_url} (key {client.key_fingerprint})? "
+                "Only if it is the same organisation",
+                abort=True,
+            )
+        info = cache.adopt(client, source)
+    click.echo(
+        f"namespace {source} is now {info['path']}: {info['base_url']} key "
+        f"{info['key_fingerprint']}, {info['studies']:,} studies, history kept"
+    )
+
+
+@cache_group.command("remove")
+@_cache_option
+@click.argument("namespace", metavar="ID")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def cache_remove_command(cache_path: str | None, namespace: str, yes: bool) -> None:
+    """Delete one namespace of the cache, its studies and its history (no undo).
+
+    Example:
+
+        viewerkit cache remove --cache data/cache 3f2a
+    """
+    from viewerkit.cache import StudyCache
+
+    cache = StudyCache.at(cache_path)
+    chosen = cache.choose(namespace)
+    if not yes:
+        click.confirm(f"Delete namespace {chosen} and its history for good?", abort=True)
+    cache.remove(chosen)
+    click.echo(f"namespace {chosen} removed")
 
 
 # --- report ---------------------------------------------------------------------------------

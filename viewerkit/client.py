@@ -831,6 +831,9 @@ class Client:
             if delay is None or attempt >= self.max_retries:
                 raise self._error(call, study, response, error, attempt + limited + 1)
             log.debug("%s: retrying in %.2f s", call, delay)
+            if delay >= _REPORT_WAIT_OVER:
+                what = f"HTTP {response.status_code}" if response is not None else type(error).__name__
+                report_waiting(delay, f"retrying after {what}")
             if pause(delay):
                 # the run this call belongs to was interrupted (Ctrl-C) or failed elsewhere
                 raise ApiError(f"stopped before retry {attempt + 1}", call=call, study=study)
