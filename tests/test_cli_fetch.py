@@ -65,12 +65,19 @@ def test_fetch_with_a_bad_filter_prints_one_line_and_fails(runner: CliRunner) ->
     assert len(result.output.strip().splitlines()) == 1
 
 
-def test_missing_key_fails_naming_the_variable(tmp_path: Path) -> None:
-    result = CliRunner(env={"AVARA_API_KEY": None}).invoke(
-        main, ["refresh", "--cache", str(tmp_path)]
-    )
+@pytest.mark.parametrize(
+    "command",
+    [["refresh"], ["cache", "adopt", "--from", "1234", "--yes"]],
+    ids=["refresh", "cache adopt"],
+)
+@pytest.mark.parametrize("key", [None, "", "   "], ids=["unset", "empty", "blank"])
+def test_missing_key_fails_naming_the_variable_in_command_line_terms(
+    tmp_path: Path, command: list[str], key: str | None
+) -> None:
+    result = CliRunner(env={"AVARA_API_KEY": key}).invoke(main, [*command, "--cache", str(tmp_path)])
     assert result.exit_code == 1
-    assert "AVARA_API_KEY" in result.output
+    assert "set the environment variable AVARA_API_KEY" in result.output
+    assert "api_key=" not in result.output  # the library's wording means nothing here
 
 
 def test_refresh_then_cache_info(runner: CliRunner, sandbox: Sandbox, tmp_path: Path) -> None:

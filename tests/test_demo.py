@@ -1,5 +1,6 @@
 """`make demo` (python -m viewerkit.demo): sandbox -> cache -> report, figures and headlines,
-and it runs again into the same folder (each run's sandbox is a new cache namespace)."""
+and it runs again into the same folder, replacing the previous run's namespace, so that the
+CLI reads the demo cache as the README shows."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from viewerkit import demo
+from viewerkit.cli import main
 
 
 def test_demo_runs_twice_into_the_same_folder_and_reports_freshness(
@@ -17,9 +20,10 @@ def test_demo_runs_twice_into_the_same_folder_and_reports_freshness(
     args = ["--studies", "60", "--seed", "3", "--live-seconds", "0", "--out", str(tmp_path)]
     demo.main(args)
     capsys.readouterr()
-    demo.main(args)  # the first run's namespace stays in tmp_path/cache
+    demo.main(args)  # replaces the first run's namespace in tmp_path/cache
     printed = capsys.readouterr().out
-    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 2
+    assert "Replacing the previous demo run's cache namespace" in printed
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 1
     studies = int(re.search(r"Studies in the cache: ([\d,]+)", printed).group(1).replace(",", ""))  # type: ignore[union-attr]
     assert studies >= 60
     assert re.search(r"Open studies past target: [\d,]+ of [\d,]+", printed)
@@ -29,3 +33,24 @@ def test_demo_runs_twice_into_the_same_folder_and_reports_freshness(
     assert re.search(r"cache last refreshed: \d{4}-\d\d-\d\d \d\d:\d\d UTC", text)
     assert len(list((tmp_path / "figures").glob("*.png"))) == 8
     assert not re.search(r"sk-sandbox-[0-9a-f]+", printed + text), "the sandbox key was shown"
+
+
+def test_after_two_demo_runs_the_cli_reads_the_demo_cache_as_the_readme_shows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--studies", "40", "--seed", "4", "--live-seconds", "0", "--out", str(tmp_path)]
+    demo.main(args)
+    demo.main(args)
+    capsys.readouterr()
+    env = {"AVARA_API_KEY": "", "VIEWERKIT_NAMESPACE": "", "VIEWERKIT_CACHE": ""}
+    runner = CliRunner()
+    info = runner.invoke(main, ["cache", "info", "--cache", str(tmp_path / "cache")], env=env)
+    assert info.exit_code == 0, info.output
+    cached = re.search(r"^studies: (\d+)$", info.output, re.M)
+    assert cached and int(cached.group(1)) >= 40, info.output
+    report = runner.invoke(
+        main, ["report", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "r.html")],
+        env=env,
+    )
+    assert report.exit_code == 0, report.output
+    assert (tmp_path / "r.html").stat().st_size > 0

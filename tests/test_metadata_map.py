@@ -21,6 +21,7 @@ from viewerkit.frame import (
     concat_studies,
     diff_studies,
     from_pandas,
+    metadata_table,
     study_to_api_body,
     to_pandas,
 )
@@ -204,3 +205,23 @@ def test_many_keys_as_columns_warn_and_suggest_the_map(server: Sandbox) -> None:
             narrow = fetch_studies(client, progress=False, metadata="map")
     assert len([c for c in wide.columns if c.startswith("meta.")]) > MANY_METADATA_KEYS
     assert len(narrow.columns) == len(STUDY_SCHEMA) + 1
+
+
+def test_metadata_table_gives_plain_names_whichever_the_shape(sandbox: Sandbox) -> None:
+    with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
+        as_columns = fetch_studies(client, progress=False)
+        as_map = fetch_studies(client, progress=False, metadata="map")
+    plain = metadata_table(as_columns)
+    assert list(plain.index) == list(as_columns.index)
+    assert set(plain.columns) == {c[len("meta."):] for c in as_columns.columns if c.startswith("meta.")}
+    from_map = metadata_table(as_map)
+    left = plain.set_axis(as_columns["study_id"]).sort_index().sort_index(axis=1)
+    right = from_map.set_axis(as_map["study_id"]).sort_index().sort_index(axis=1)
+    pd.testing.assert_frame_equal(left.astype(object), right.astype(object))
+    # the README's two ways to filter on a metadata key agree
+    by_backticks = as_columns.query("`meta.site` == 'North Pavilion'")
+    assert len(by_backticks) > 0
+    assert by_backticks.index.equals(as_columns[plain.site == "North Pavilion"].index)
+    # an Arrow table (0..n-1 index) gives the same cells
+    arrow = metadata_table(from_pandas(as_columns))
+    assert arrow.shape == plain.shape and arrow["site"].tolist() == plain["site"].tolist()

@@ -24,6 +24,7 @@ _EXPORTS = {
     "retrieve_studies_arrow": "viewerkit.fetch",
     "diff_studies": "viewerkit.frame",
     "ManyMetadataKeysWarning": "viewerkit.frame",
+    "metadata_table": "viewerkit.frame",
     "write_studies": "viewerkit.files",
     "read_studies": "viewerkit.files",
     "StudyCache": "viewerkit.cache",
@@ -128,6 +129,9 @@ if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     )
     from viewerkit.frame import (
         diff_studies as diff_studies,
+    )
+    from viewerkit.frame import (
+        metadata_table as metadata_table,
     )
     from viewerkit.schema import (
         SEVERITIES as SEVERITIES,

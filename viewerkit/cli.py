@@ -82,10 +82,21 @@ def _concurrency_option(what: str) -> Callable[[Callable[..., Any]], Callable[..
     )
 
 
-def _api_client(rate_limit: float | None, concurrency: int = 8) -> Client:
-    """The client of AVARA_API_KEY / AVARA_BASE_URL with the command's limits."""
+_NO_KEY = (
+    "no API key: set the environment variable AVARA_API_KEY (and AVARA_BASE_URL for a server "
+    "other than the hosted API), e.g. the two `export` lines `viewerkit sandbox serve` prints"
+)
+
+
+def _api_client(rate_limit: float | None = None, concurrency: int = 8) -> Client:
+    """The client of AVARA_API_KEY / AVARA_BASE_URL with the command's limits; a missing
+    key is an error (exit 1) in the command line's terms (not the library's ``api_key=``)."""
+    import os
+
     from viewerkit.client import Client
 
+    if not os.environ.get("AVARA_API_KEY", "").strip():
+        raise click.ClickException(_NO_KEY)
     return Client(rate_limit=rate_limit, max_concurrency=concurrency)
 
 
@@ -267,11 +278,10 @@ def cache_adopt_command(cache_path: str | None, from_namespace: str, yes: bool) 
         viewerkit cache adopt --cache data/cache --from 3f2a
     """
     from viewerkit.cache import StudyCache
-    from viewerkit.client import Client
 
     cache = StudyCache.at(cache_path)
-    source = cache.choose(from_namespace)
-    with Client() as client:
+    with _api_client() as client:
+        source = cache.choose(from_namespace)
         if not yes:
             click.confirm(
                 f"Move namespace {source} to {client.base_url} (key {client.key_fingerprint})? "

@@ -4,6 +4,11 @@ Starts a sandbox (20,000 synthetic studies, live changes on), pulls every study 
 Parquet cache, lets the world move for a few seconds and refreshes cheaply, then writes the
 severity and turnaround report (HTML and one PNG per figure) and prints a few headline
 numbers. Everything lands under ``data/demo/`` (git-ignored).
+
+Each run's sandbox is a new server (new port and key), so a run replaces the previous run's
+namespace in ``data/demo/cache``: the cache then holds one namespace, which the CLI
+(``viewerkit cache info --cache data/demo/cache``, ``viewerkit report ...``) and the
+notebooks read without choosing one.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  (database {sandbox.db_path}; the API key stays out of this output)")
         with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
             cache = StudyCache(out / "cache")
+            for earlier in cache.namespaces():  # an earlier demo run's server: replaced
+                print(f"Replacing the previous demo run's cache namespace {earlier['namespace']}")
+                cache.remove(earlier["namespace"])
             full = cache.refresh(client, mode="full")
             print(f"Full refresh: {full.total:,} studies ({full.new:,} new) in {full.duration_s:.1f} s")
             print(f"Letting the sandbox's live mode change studies for {args.live_seconds:.0f} s...")
@@ -46,8 +54,6 @@ def main(argv: list[str] | None = None) -> None:
                 f"Active refresh: {active.new:,} new, {active.changed:,} changed, "
                 f"{active.gone:,} gone in {active.duration_s:.1f} s"
             )
-            # each run's sandbox is a new namespace (new port and key): read this run's, by
-            # client, since an earlier run's studies stay in the same cache folder
             studies, history, info = cache.load(client), cache.history(client), cache.info(client)
 
     now = pd.Timestamp.now(tz="UTC")  # one "now" for the report, the figures and the headlines
@@ -58,8 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(f"Studies in the cache: {len(studies):,} ({info['path']})")
     tat, open_now = tables["turnaround"], tables["backlog"]
-    print("Turnaround by severity (created -> complete):")
+    print("Turnaround by severity (created -> complete, hours):")
     print(tat.to_string(index=False))
+    print("  (cancelled: studies cancelled instead of completed, left out of the turnaround figures)")
     print()
     by_severity = open_now.groupby("severity", observed=False)[["open", "past_target"]].sum()
     print("Open now by severity:")

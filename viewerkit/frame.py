@@ -82,6 +82,7 @@ __all__ = [
     "ManyMetadataKeysWarning",
     "metadata_shape",
     "check_metadata_shape",
+    "metadata_table",
 ]
 
 _TIMESTAMP: Final = pa.timestamp("ms", tz="UTC")
@@ -356,6 +357,47 @@ def warn_many_metadata_keys(keys: int) -> None:
             ManyMetadataKeysWarning,
             stacklevel=3,
         )
+
+
+def metadata_table(studies: pd.DataFrame | pa.Table) -> pd.DataFrame:
+    """The studies' metadata as a DataFrame with one column per key under its plain name
+    (``site``, not ``meta.site``), on the same index as ``studies`` (a DataFrame) or
+    0..n-1 (an Arrow table); strings, missing where a study lacks the key. Either shape
+    (``meta.*`` columns or the ``metadata`` map) gives the same table, so ``query`` and
+    attribute access work without backticks.
+
+    >>> df = to_pandas(studies_to_arrow([
+    ...     {"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "metadata": {"site": "North"}},
+    ...     {"studyId": "stu_" + "b" * 32, "studyInstanceUid": "2", "metadata": {"site": "South"}}]))
+    >>> df.query("`meta.site` == 'North'")["study_instance_uid"].tolist()
+    ['1']
+    >>> df[metadata_table(df).site == "South"]["study_instance_uid"].tolist()
+    ['2']
+    """
+    if isinstance(studies, pa.Table):
+        index: pd.Index = pd.RangeIndex(studies.num_rows)
+        names = studies.column_names
+        if METADATA_COLUMN in names:
+            maps = studies.column(METADATA_COLUMN).combine_chunks()
+        else:
+            meta = [n for n in names if n.startswith(META_PREFIX)]
+            return pd.DataFrame(
+                {n[len(META_PREFIX):]: studies.column(n).to_pandas() for n in meta}, index=index
+            )
+    else:
+        index = studies.index
+        if METADATA_COLUMN in studies.columns:
+            maps = pa.array(studies[METADATA_COLUMN].tolist(), METADATA_MAP_TYPE, from_pandas=True)
+        else:
+            meta = [c for c in studies.columns if isinstance(c, str) and c.startswith(META_PREFIX)]
+            table = studies[meta].copy()
+            table.columns = [c[len(META_PREFIX):] for c in meta]
+            return table
+    columns = _metadata_columns(maps)
+    expanded = pa.table({name[len(META_PREFIX):]: columns[name] for name in sorted(columns)})
+    frame: pd.DataFrame = expanded.to_pandas() if columns else pd.DataFrame(index=range(len(maps)))
+    frame.index = index
+    return frame
 
 
 def check_metadata_shape(metadata: object) -> None:
