@@ -45,6 +45,12 @@ _EXPORTS = {
     "RateLimited": "viewerkit.errors",
     "ServerError": "viewerkit.errors",
     "ResponseValidationError": "viewerkit.errors",
+    "fetch_users": "viewerkit.users",
+    "fetch_users_arrow": "viewerkit.users",
+    "USER_SCHEMA": "viewerkit.users",
+    "roster": "viewerkit.roster",
+    "SEVERITY_WEIGHTS": "viewerkit.roster",
+    "severity_weights": "viewerkit.roster",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -125,6 +131,15 @@ if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     from viewerkit.frame import (
         diff_studies as diff_studies,
     )
+    from viewerkit.roster import (
+        SEVERITY_WEIGHTS as SEVERITY_WEIGHTS,
+    )
+    from viewerkit.roster import (
+        roster as roster,
+    )
+    from viewerkit.roster import (
+        severity_weights as severity_weights,
+    )
     from viewerkit.schema import (
         SEVERITIES as SEVERITIES,
     )
@@ -133,6 +148,15 @@ if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     )
     from viewerkit.schema import (
         VIEWER_STATUSES as VIEWER_STATUSES,
+    )
+    from viewerkit.users import (
+        USER_SCHEMA as USER_SCHEMA,
+    )
+    from viewerkit.users import (
+        fetch_users as fetch_users,
+    )
+    from viewerkit.users import (
+        fetch_users_arrow as fetch_users_arrow,
     )
 
 
