@@ -48,9 +48,9 @@ _EXPORTS = {
     "fetch_users": "viewerkit.users",
     "fetch_users_arrow": "viewerkit.users",
     "USER_SCHEMA": "viewerkit.users",
-    "roster": "viewerkit.roster",
-    "SEVERITY_WEIGHTS": "viewerkit.roster",
-    "severity_weights": "viewerkit.roster",
+    "roster": "viewerkit.staffing",
+    "SEVERITY_WEIGHTS": "viewerkit.staffing",
+    "severity_weights": "viewerkit.staffing",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -131,15 +131,6 @@ if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     from viewerkit.frame import (
         diff_studies as diff_studies,
     )
-    from viewerkit.roster import (
-        SEVERITY_WEIGHTS as SEVERITY_WEIGHTS,
-    )
-    from viewerkit.roster import (
-        roster as roster,
-    )
-    from viewerkit.roster import (
-        severity_weights as severity_weights,
-    )
     from viewerkit.schema import (
         SEVERITIES as SEVERITIES,
     )
@@ -148,6 +139,15 @@ if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     )
     from viewerkit.schema import (
         VIEWER_STATUSES as VIEWER_STATUSES,
+    )
+    from viewerkit.staffing import (
+        SEVERITY_WEIGHTS as SEVERITY_WEIGHTS,
+    )
+    from viewerkit.staffing import (
+        roster as roster,
+    )
+    from viewerkit.staffing import (
+        severity_weights as severity_weights,
     )
     from viewerkit.users import (
         USER_SCHEMA as USER_SCHEMA,

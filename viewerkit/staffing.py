@@ -1,4 +1,5 @@
-"""The roster: every user with their open work, what reassignment and triage draw on.
+"""Staffing: the roster of every user with their open work, what reassignment and triage
+draw on. (The module is not called ``roster``: ``viewerkit.roster`` is its function.)
 
 ``roster(users, studies)`` joins the user list (``viewerkit.fetch_users``) with the study
 table (``fetch_studies`` / ``StudyCache.load``): one row per user, with their open load by
