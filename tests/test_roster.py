@@ -76,12 +76,14 @@ def test_open_loads_equal_an_independent_count_from_raw_http(
             counts[(s["assignedTo"]["userId"], s["severity"])] += 1
     assert sum(counts.values()) > 0
     by_user = table.set_index("user_id")
-    for user_id, row in by_user.iterrows():
+    for label, row in by_user.iterrows():
+        user_id = str(label)
         for sev in ("normal", "high", "stat"):
             assert row[f"open_{sev}"] == counts[(user_id, sev)], (user_id, sev)
-        assert row["open"] == sum(counts[(user_id, sev)] for sev in ("normal", "high", "stat"))
-        expected_load = sum(counts[(user_id, sev)] * SEVERITY_WEIGHTS[sev] for sev in SEVERITY_WEIGHTS)
-        assert row["open_load"] == pytest.approx(expected_load)
+        expected_open: int = sum(counts[(user_id, sev)] for sev in ("normal", "high", "stat"))
+        assert int(row["open"]) == expected_open
+        expected_load: float = sum(counts[(user_id, sev)] * SEVERITY_WEIGHTS[sev] for sev in SEVERITY_WEIGHTS)
+        assert float(row["open_load"]) == pytest.approx(expected_load)
 
 
 def test_overdue_completed_and_last_change_equal_a_pandas_computation_on_the_study_table(
@@ -200,7 +202,7 @@ def test_bad_input_is_a_validation_error_naming_the_field(one_study: pd.DataFram
          Reason.MISSING_COLUMN),
         (lambda: roster(users, one_study.assign(severity="urgent")), "severity", Reason.NOT_SEVERITY),
         (lambda: roster(users, one_study, window=pd.Timedelta(hours=-1)), "window", Reason.NOT_POSITIVE),
-        (lambda: roster(users, one_study, window="a week"), "window", Reason.NOT_A_DURATION),
+        (lambda: roster(users, one_study, window="a week"), "window", Reason.NOT_A_DURATION),  # type: ignore[arg-type]
         (lambda: roster(users, one_study, now="teatime"), "now", Reason.NOT_A_TIME),
         (lambda: roster(users, one_study, weights={"stat": -1}), "weights.stat", Reason.OUT_OF_RANGE),
         (lambda: roster(users, one_study, weights={"urgent": 1}), "weights.urgent", Reason.NOT_SEVERITY),

@@ -104,8 +104,10 @@ class sandbox_store:
         (lambda c: c.iter_users(limit=500), "limit", Reason.OUT_OF_RANGE),
         (lambda c: c.retrieve_user("usr_123"), "user_id", Reason.NOT_USER_ID),
         (lambda c: c.retrieve_user(""), "user_id", Reason.EMPTY),
-        (lambda c: fetch_users(c, level="boss", progress=False), "level", Reason.NOT_USER_LEVEL),
-        (lambda c: fetch_users(c, include_phone="yes", progress=False), "include_phone", Reason.NOT_BOOLEAN),
+        (lambda c: fetch_users(c, level="boss", progress=False),  # type: ignore[arg-type]
+         "level", Reason.NOT_USER_LEVEL),
+        (lambda c: fetch_users(c, include_phone="yes", progress=False),  # type: ignore[arg-type]
+         "include_phone", Reason.NOT_BOOLEAN),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_is_sent(
@@ -121,7 +123,7 @@ def test_bad_arguments_are_refused_before_anything_is_sent(
 
 def test_every_problem_of_a_call_is_reported_at_once(client: Client) -> None:
     with pytest.raises(ValidationError) as refused:
-        client.list_users(level="boss", invited_source="fax", limit=0)
+        client.list_users(level="boss", invited_source="fax", limit=0)  # type: ignore[arg-type]
     assert refused.value.failure_cases["field"].tolist() == ["level", "invited_source", "limit"]
 
 
