@@ -321,3 +321,18 @@ def test_a_database_made_before_the_roster_serves_its_users_as_radiologists(tmp_
     assert (user["clinicRole"], user["level"], user["canManageStudies"], user["invitedSource"]) == (
         "Radiologist", "member", True, "dashboard",
     )
+
+
+def test_a_user_added_or_revoked_while_serving_shows_in_the_next_list(small: Sandbox) -> None:
+    before = list_users_raw(small)
+    with _store(small) as store:
+        joined = store.add_user(email="new.rad@avara-rad.example", first_name="New", last_name="Rad")
+        assert store.set_user_revoked(before[0]["userId"]) is True
+        assert store.set_user_revoked("usr_" + "0" * 32) is False
+    after = list_users_raw(small)
+    assert {u["userId"] for u in after} == {u["userId"] for u in before[1:]} | {joined}
+    added = next(u for u in after if u["userId"] == joined)
+    assert (added["clinicRole"], added["canManageStudies"], added["lastLoginAt"]) == ("Radiologist", True, None)
+    assert TIME.fullmatch(added["createdAt"])
+    with http(small) as client:  # revoked: still retrieved
+        assert client.get(f"/v1/viewer/users/{before[0]['userId']}").json() == before[0]

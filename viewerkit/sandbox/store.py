@@ -562,6 +562,45 @@ class Store:
         )
         return [r[0] for r in self._conn().execute(q)] or self.user_ids()
 
+    def add_user(
+        self,
+        *,
+        email: str,
+        first_name: str,
+        last_name: str,
+        clinic_role: str = "Radiologist",
+        level: str = "member",
+        can_manage_studies: bool = True,
+        has_dashboard_access: bool = False,
+        invited_source: str = "dashboard",
+        middle_name: str | None = None,
+        suffix1: str | None = None,
+        suffix2: str | None = None,
+        phone_number: str | None = None,
+        created_at: str | None = None,
+        last_login_at: str | None = None,
+    ) -> str:
+        """Add a user (a radiologist who joined today, by default) and return their new ID:
+        listed at once by a server on this database. (A sandbox control for tests; the API
+        here is read-only.)"""
+        user_id = "usr_" + uuid.uuid4().hex
+        row = {
+            "user_id": user_id, "email": email, "first_name": first_name, "last_name": last_name,
+            "middle_name": middle_name, "suffix1": suffix1, "suffix2": suffix2,
+            "phone_number": phone_number, "clinic_role": clinic_role, "level": level,
+            "can_manage_studies": int(can_manage_studies),
+            "has_dashboard_access": int(has_dashboard_access), "invited_source": invited_source,
+            "created_at": created_at or now_timestamp(), "last_login_at": last_login_at,
+            "revoked": 0,
+        }
+        with self._write() as cur:
+            cur.execute(
+                f"INSERT INTO users ({', '.join(_ALL_USER_COLS)})"
+                f" VALUES ({', '.join('?' * len(_ALL_USER_COLS))})",
+                tuple(row[c] for c in _ALL_USER_COLS),
+            )
+        return user_id
+
     def set_user_revoked(self, user_id: str, revoked: bool = True) -> bool:
         """Revoke (or give back) a user's access: a revoked user is retrieved but not
         listed. True if the user exists. (A sandbox control for tests.)"""
