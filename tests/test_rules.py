@@ -194,6 +194,23 @@ CASES: dict[str, tuple[list[Any], list[tuple[Any, Reason]]]] = {
             (pd.Series({"site": "North"}), Reason.NOT_METADATA),
         ],
     ),
+    # the roster's user list filters (issue 12)
+    "user_level": (
+        ["owner", "admin", "member"],
+        [(v, Reason.NOT_USER_LEVEL) for v in ("Admin", "boss", "", " member", 1, ["admin"])],
+    ),
+    "invited_source": (
+        ["dashboard", "api"],
+        [(v, Reason.NOT_INVITED_SOURCE) for v in ("API", "email", "", 0)],
+    ),
+    "email_filter": (
+        ["a@x.example", "A@X.EXAMPLE", "x"],
+        [("", Reason.EMPTY), ("  ", Reason.BLANK), (3, Reason.NOT_TEXT), ("a\udfff@x", Reason.NOT_UNICODE)],
+    ),
+    "name_filter": (
+        ["Ann", " ", "o'c"],
+        [("", Reason.EMPTY), (3, Reason.NOT_TEXT), ("\udfff", Reason.NOT_UNICODE)],
+    ),
 }
 
 

@@ -422,3 +422,69 @@ def test_description_filter_takes_wildcards_and_non_ascii_literally(fresh: Sandb
     assert _listed(fresh, study_description="ä_b") == [made["US Ä_B"]]
     assert _listed(fresh, study_description="_") == [made["US Ä_B"]]
     assert _listed(fresh, study_description="k\\s") == [made["MR Back\\Slash"]]
+
+
+# -- the roster: client.viewer.users ------------------------------------------------------------
+
+
+def test_sdk_users_list_auto_paginates_every_listed_user_once(sandbox: Sandbox) -> None:
+    from datetime import datetime
+
+    from test_sandbox_users import list_users_raw
+
+    raw = list_users_raw(sandbox)
+    seen = list(sdk(sandbox).viewer.users.list(limit=4))
+    assert [u.user_id for u in seen] == [u["userId"] for u in raw]
+    for model, wire in zip(seen, raw, strict=True):
+        assert (model.email, model.first_name, model.last_name, model.clinic_role, model.level) == (
+            wire["email"], wire["firstName"], wire["lastName"], wire["clinicRole"], wire["level"],
+        )
+        assert (model.can_manage_studies, model.invited_source, model.phone_number) == (
+            wire["canManageStudies"], wire["invitedSource"], wire["phoneNumber"],
+        )
+        for attr, key in (("created_at", "createdAt"), ("last_login_at", "lastLoginAt")):
+            value = getattr(model, attr)
+            assert value == (None if wire[key] is None else datetime.fromisoformat(wire[key].replace("Z", "+00:00")))
+    page = sdk(sandbox).viewer.users.list()
+    assert len(page.users) == min(25, len(raw))
+
+
+def test_sdk_users_list_filters_match_filtering_every_user(sandbox: Sandbox) -> None:
+    from test_sandbox_users import list_users_raw
+
+    raw = list_users_raw(sandbox)
+    client = sdk(sandbox)
+    admins = [u.user_id for u in client.viewer.users.list(level="admin", limit=2)]
+    assert admins == [u["userId"] for u in raw if u["level"] == "admin"] and admins
+    picked = raw[4]
+    assert [u.user_id for u in client.viewer.users.list(email=picked["email"])] == [picked["userId"]]
+    mixed = client.viewer.users.list(first_name="a", invited_source="dashboard", limit=3)
+    assert [u.user_id for u in mixed] == [
+        u["userId"] for u in raw if "a" in u["firstName"].lower() and u["invitedSource"] == "dashboard"
+    ]
+
+
+def test_sdk_users_retrieve_finds_listed_and_revoked_users(sandbox: Sandbox, everything: list[dict[str, Any]]) -> None:
+    from test_sandbox_users import list_users_raw
+
+    listed = {u["userId"] for u in list_users_raw(sandbox)}
+    named = {s[side]["userId"] for s in everything for side in ("assignedTo", "createdByUser") if s[side]}
+    revoked = sorted(named - listed)
+    assert revoked
+    client = sdk(sandbox)
+    for user_id in [sorted(listed)[0], *revoked]:
+        user = client.viewer.users.retrieve(user_id)
+        assert user.user_id == user_id and user.clinic_role == "Radiologist"
+
+
+def test_sdk_users_errors_reach_the_sdk_as_its_exception_classes(sandbox: Sandbox) -> None:
+    client = sdk(sandbox)
+    with pytest.raises(avara.NotFoundError):
+        client.viewer.users.retrieve("usr_" + "0" * 32)
+    with pytest.raises(avara.BadRequestError) as bad:
+        client.viewer.users.list(level="boss")  # type: ignore[arg-type]
+    assert bad.value.response.json()["error"]["param"] == "level"
+    with pytest.raises(avara.BadRequestError):
+        client.viewer.users.list(limit=101)
+    with pytest.raises(avara.AuthenticationError):
+        sdk(sandbox, api_key="sk-wrong").viewer.users.list()

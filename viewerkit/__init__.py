@@ -47,6 +47,12 @@ _EXPORTS = {
     "RateLimited": "viewerkit.errors",
     "ServerError": "viewerkit.errors",
     "ResponseValidationError": "viewerkit.errors",
+    "fetch_users": "viewerkit.users",
+    "fetch_users_arrow": "viewerkit.users",
+    "USER_SCHEMA": "viewerkit.users",
+    "roster": "viewerkit.staffing",
+    "SEVERITY_WEIGHTS": "viewerkit.staffing",
+    "severity_weights": "viewerkit.staffing",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -141,6 +147,24 @@ if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     )
     from viewerkit.schema import (
         VIEWER_STATUSES as VIEWER_STATUSES,
+    )
+    from viewerkit.staffing import (
+        SEVERITY_WEIGHTS as SEVERITY_WEIGHTS,
+    )
+    from viewerkit.staffing import (
+        roster as roster,
+    )
+    from viewerkit.staffing import (
+        severity_weights as severity_weights,
+    )
+    from viewerkit.users import (
+        USER_SCHEMA as USER_SCHEMA,
+    )
+    from viewerkit.users import (
+        fetch_users as fetch_users,
+    )
+    from viewerkit.users import (
+        fetch_users_arrow as fetch_users_arrow,
     )
 
 

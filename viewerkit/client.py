@@ -59,14 +59,18 @@ from viewerkit.runner import pause, report_waiting, stop_requested
 from viewerkit.schema import (
     LIST_FILTERS,
     NOT_GIVEN,
+    RULES,
     NotGiven,
     Severity,
     StudyFilterArgs,
     StudyFilters,
+    UserFilterArgs,
     ViewerStatus,
     check_arguments,
+    checked_user_filters,
     list_query_params,
     reference_failures,
+    user_list_query_params,
     wire_body,
 )
 
@@ -91,6 +95,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.avarasoftware.com"
 
 _STUDIES = "/v1/viewer/studies"
+_USERS = "/v1/viewer/users"
 _INITIAL_RETRY_DELAY = 0.5  # seconds; doubles per attempt
 _MAX_BACKOFF = 8.0  # cap of our own exponential backoff
 _MAX_RETRY_AFTER = 60.0  # cap of a server's Retry-After hint
@@ -692,6 +697,71 @@ class Client:
         if not isinstance(url, str) or not url:
             raise ApiError("the answer holds no URL", call="reroute_url", study=label)
         return RerouteUrl(url)
+
+    # -- the roster: Viewer users (read-only) ----------------------------------------------
+
+    def list_users_raw(
+        self,
+        *,
+        limit: int | float | np.integer | NotGiven = NOT_GIVEN,
+        cursor: str | NotGiven = NOT_GIVEN,
+        **filters: Unpack[UserFilterArgs],
+    ) -> bytes:
+        """One page of the user list as the response body bytes; arguments as
+        :meth:`list_users`."""
+        params = user_list_query_params(limit=limit, cursor=cursor, **filters)
+        return self._send("list_users", "GET", _USERS, params=params).content
+
+    def list_users(
+        self,
+        *,
+        limit: int | float | np.integer | NotGiven = NOT_GIVEN,
+        cursor: str | NotGiven = NOT_GIVEN,
+        **filters: Unpack[UserFilterArgs],
+    ) -> dict[str, Any]:
+        """One page of the user list: ``{"users": [...], "cursor": str | None, "hasMore": bool}``.
+
+        Filters (``viewerkit.schema.UserFilterArgs``): ``email`` (exact), ``first_name`` /
+        ``last_name`` (contains), ``level`` (``owner``, ``admin``, ``member``),
+        ``invited_source`` (``dashboard``, ``api``). ``limit`` is 1-100 (the API's default
+        25), ``cursor`` the previous page's, given with the same filters. Bad values raise
+        ``ValidationError`` naming the field, before anything is sent. A server may leave
+        users whose access was revoked out of the list (the sandbox does):
+        :meth:`retrieve_user` still finds them."""
+        raw = self.list_users_raw(limit=limit, cursor=cursor, **filters)
+        page = _loads("list_users", None, raw)
+        if not isinstance(page, dict) or not isinstance(page.get("users"), list):
+            raise ApiError("the answer is not a page of users", call="list_users")
+        return page
+
+    def iter_users(self, *, limit: int = 100, **filters: Unpack[UserFilterArgs]) -> Iterator[dict[str, Any]]:
+        """Every listed user matching the filters (as :meth:`list_users`), page after page,
+        with the studies' cursor safeguards (``CursorTrail``: a repeated cursor, or three
+        empty pages in a row that say there is more, is an ``ApiError``). The filters and
+        ``limit`` are checked here, before the first page is asked for."""
+        given, cases = checked_user_filters(filters)
+        cases += [f.case() for f in LIST_FILTERS["limit"].check(limit)]
+        if cases:
+            raise ValidationError.from_cases("bad user list filters", cases)
+        return self._user_pages(given, limit)
+
+    def _user_pages(self, filters: dict[str, Any], limit: int) -> Iterator[dict[str, Any]]:
+        trail = CursorTrail("list_users")
+        cursor: str | NotGiven | None = NOT_GIVEN
+        while cursor is not None:
+            page = self.list_users(limit=limit, cursor=cursor, **filters)
+            yield from page["users"]
+            cursor = trail.follow(page.get("cursor"), bool(page.get("hasMore")), len(page["users"]))
+
+    def retrieve_user(self, user_id: str) -> dict[str, Any]:
+        """One user by their ID (``usr_`` + 32 lowercase hex), listed or not (a user whose
+        access was revoked too, where the server keeps them). ``NotFound`` for an unknown
+        ID; ``ValidationError`` for a malformed one, before anything is sent."""
+        failures = RULES["user_id"].check(user_id, "user_id")
+        if failures:
+            raise ValidationError.from_cases("retrieve_user", [f.case() for f in failures])
+        response = self._send("retrieve_user", "GET", f"{_USERS}/{user_id}", study=user_id)
+        return self._json("retrieve_user", user_id, response)
 
     # -- internals ------------------------------------------------------------------------
 

@@ -124,6 +124,9 @@ class Reason(str, Enum):
     STARTS_LIKE_FORMULA = "starts like a spreadsheet formula (=, +, -, @, tab or carriage return)"
     # appended by the sandbox server's settings
     NOT_BASE_URL = "must be an http:// or https:// base URL"
+    # appended by the roster (Viewer users)
+    NOT_USER_LEVEL = "must be one of owner, admin, member"
+    NOT_INVITED_SOURCE = "must be one of dashboard, api"
 
 
 #: Fields whose values are secrets: their value never reaches ``failure_cases`` or a message.

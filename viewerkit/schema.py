@@ -100,6 +100,16 @@ __all__ = [
     "CREATE_FIELDS",
     "UPDATE_FIELDS",
     "IDENTIFY_FIELDS",
+    "USER_LEVELS",
+    "INVITED_SOURCES",
+    "CLINIC_ROLES",
+    "UserLevel",
+    "InvitedSource",
+    "USER_LIST_FILTERS",
+    "USER_FILTER_NAMES",
+    "UserFilterArgs",
+    "user_list_query_params",
+    "checked_user_filters",
 ]
 
 Severity = Literal["normal", "high", "stat"]
@@ -150,6 +160,12 @@ RULES: Final[Mapping[str, Rule]] = {
         WholeNumber("page_limit", 1, MAX_PAGE_LIMIT),
         Text("cursor", "the cursor of a previous page", blank_ok=True,
              not_text=Reason.NOT_CURSOR, empty=Reason.NOT_CURSOR),
+        # the roster (Viewer users): the user list's filters
+        Choice("user_level", ("owner", "admin", "member"), Reason.NOT_USER_LEVEL),
+        Choice("invited_source", ("dashboard", "api"), Reason.NOT_INVITED_SOURCE),
+        Text("email_filter", "a non-empty email address"),
+        # contains matches, as the description filter: only "" is refused
+        Text("name_filter", "a non-empty string", blank_ok=True),
     )
 }
 
@@ -771,3 +787,117 @@ def _is_collection(value: object) -> bool:
         and not hasattr(value, "columns")
         and not hasattr(value, "column_names")
     )
+
+
+# --- the roster: the user list's filters ------------------------------------------------------
+
+UserLevel = Literal["owner", "admin", "member"]
+InvitedSource = Literal["dashboard", "api"]
+
+#: A user's access level, as the API spells it (``owner`` is dashboard-only).
+USER_LEVELS: Final = ("owner", "admin", "member")
+#: How a user was invited: from the dashboard or through the API.
+INVITED_SOURCES: Final = ("dashboard", "api")
+#: The SDK's ``ClinicRole`` values (``avara`` 0.3.0): a user's clinical or organizational role.
+CLINIC_ROLES: Final = (
+    "Doctor", "Physician", "Surgeon", "Radiologist", "Cardiologist", "Neurologist", "Urologist",
+    "Gynecologist", "Endocrinologist", "Oncologist", "Radiation Oncologist", "Hematologist",
+    "Gastroenterologist", "Pulmonologist", "Nephrologist", "Rheumatologist", "Dermatologist",
+    "Ophthalmologist", "Otolaryngologist", "Pediatrician", "Obstetrician", "Psychiatrist",
+    "Anesthesiologist", "Emergency Medicine Physician", "Family Medicine Physician",
+    "Internal Medicine Physician", "Pathologist", "Nuclear Medicine Physician",
+    "Pain Management Specialist", "Infectious Disease Specialist", "Immunologist",
+    "Physician Assistant", "Nurse Practitioner", "Certified Registered Nurse Anesthetist",
+    "Psychologist", "Medical Assistant", "Scribe", "Registered Nurse", "Nurse Manager",
+    "Patient Care Coordinator", "Imaging Technologist", "Laboratory Technician",
+    "Medical Laboratory Scientist", "Pathologists' Assistant", "Phlebotomist", "Pharmacist",
+    "Pharmacy Technician", "Physical Therapist", "Occupational Therapist",
+    "Speech-Language Pathologist", "Respiratory Therapist", "Nutritionist",
+    "Front Desk Operator", "Revenue Cycle Manager", "Administrative Director",
+    "Administrative Assistant", "Legal Administrator", "IT Administrator", "IT Support",
+    "Software Engineer", "Other",
+)
+
+#: The user list's query, in the order the sandbox checks it: ``email`` is an exact match
+#: (case-insensitive), ``first_name`` / ``last_name`` case-insensitive contains matches.
+USER_LIST_FILTERS: Final[Mapping[str, Field]] = _fields(
+    Field("email", "email", RULES["email_filter"]),
+    Field("first_name", "firstName", RULES["name_filter"]),
+    Field("last_name", "lastName", RULES["name_filter"]),
+    Field("level", "level", RULES["user_level"]),
+    Field("invited_source", "invitedSource", RULES["invited_source"]),
+    LIST_FILTERS["limit"],
+    LIST_FILTERS["cursor"],
+)
+#: The five filters of the user list, in the order of ``USER_LIST_FILTERS``.
+USER_FILTER_NAMES: Final = ("email", "first_name", "last_name", "level", "invited_source")
+
+
+class UserFilterArgs(TypedDict, total=False):
+    """The user list's filters as keyword arguments (``Client.list_users`` ...), one value
+    each. Fields: :data:`USER_FILTER_NAMES`."""
+
+    email: str
+    first_name: str
+    last_name: str
+    level: UserLevel
+    invited_source: InvitedSource
+
+
+def checked_user_filters(arguments: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The user-list filters that are given (``NOT_GIVEN`` ones left out), and the
+    ``failure_cases`` dicts of every bad one or unknown name (all at once).
+
+    >>> checked_user_filters({"level": "admin", "email": NOT_GIVEN})
+    ({'level': 'admin'}, [])
+    >>> [c["reason"].name for c in checked_user_filters({"level": "boss", "role": "x"})[1]]
+    ['NOT_A_CHOICE', 'NOT_USER_LEVEL']
+    """
+    cases: list[dict[str, Any]] = [
+        {"field": name, "value": arguments[name], "reason": Reason.NOT_A_CHOICE,
+         "detail": "filters: " + ", ".join(USER_FILTER_NAMES)}
+        for name in sorted(set(arguments) - set(USER_FILTER_NAMES))
+    ]
+    given: dict[str, Any] = {}
+    for name in USER_FILTER_NAMES:
+        value = arguments.get(name, NOT_GIVEN)
+        if isinstance(value, NotGiven):
+            continue
+        found = USER_LIST_FILTERS[name].check(value)
+        cases += [f.case() for f in found]
+        if not found:
+            given[name] = value
+    return given, cases
+
+
+def user_list_query_params(
+    *,
+    limit: int | float | np.integer | NotGiven = NOT_GIVEN,
+    cursor: str | NotGiven = NOT_GIVEN,
+    **filters: Any,
+) -> dict[str, str]:
+    """Check one user-list call's filters (:class:`UserFilterArgs`), ``limit`` (1-100) and
+    ``cursor`` against ``USER_LIST_FILTERS`` and encode them as the API's query
+    parameters. Every problem at once, as a ``ValidationError`` naming the field, before
+    any request.
+
+    >>> user_list_query_params(level="member", first_name="ann", limit=100)
+    {'firstName': 'ann', 'level': 'member', 'limit': '100'}
+    >>> user_list_query_params(invited_source="email")
+    Traceback (most recent call last):
+    ...
+    viewerkit.errors.ValidationError: bad user list filters: 1 problem
+      field invited_source: must be one of dashboard, api (got 'email')
+    """
+    given, cases = checked_user_filters(filters)
+    params = {USER_LIST_FILTERS[n].wire: USER_LIST_FILTERS[n].to_query(v) for n, v in given.items()}
+    for name, value in (("limit", limit), ("cursor", cursor)):
+        if isinstance(value, NotGiven):
+            continue
+        found = USER_LIST_FILTERS[name].check(value)
+        cases += [f.case() for f in found]
+        if not found:
+            params[USER_LIST_FILTERS[name].wire] = USER_LIST_FILTERS[name].to_query(value)
+    if cases:
+        raise ValidationError.from_cases("bad user list filters", cases)
+    return params

@@ -17,6 +17,12 @@ Sandbox-only routes, outside the API and never subject to faults:
 ``GET /_sandbox/audit`` (applied mutations) and ``GET /_sandbox/requests?since=N`` (every API
 request received: see ``viewerkit.sandbox.faults.RequestLog``).
 
+The roster (``GET /v1/viewer/users``, ``GET /v1/viewer/users/{userId}``) is read-only. Where
+the contract is silent: users are listed by ``userId`` ascending (keyset cursors, bound to
+the filters, as the studies'); ``email`` is an exact match ignoring case, ``firstName`` /
+``lastName`` case-insensitive contains matches; a user whose access was revoked is not
+listed, but is retrieved; an unknown user ID is 404.
+
 >>> import tempfile, os
 >>> app = create_app(os.path.join(tempfile.mkdtemp(), "s.db"), api_keys=["sk-test"])
 >>> sorted(p for p in app.openapi()["paths"])[:2]
@@ -49,10 +55,14 @@ from viewerkit.schema import (
     CREATE_FIELDS,
     FIELDS,
     IDENTIFY_FIELDS,
+    INVITED_SOURCES,
     LIST_FILTERS,
     MAX_PAGE_LIMIT,
+    RULES,
     SEVERITIES,
     UPDATE_FIELDS,
+    USER_LEVELS,
+    USER_LIST_FILTERS,
     VIEWER_STATUSES,
     Field,
     StudyFilters,
@@ -285,6 +295,33 @@ def decode_cursor(secret: bytes, cursor: str, filters: StudyFilters) -> Keyset:
     return Keyset(str(created_at), str(study_id))
 
 
+def _user_fingerprint(filters: Mapping[str, Any]) -> str:
+    """As ``_fingerprint``, for the user list's filters (a study cursor never fits it)."""
+    wire = sorted((USER_LIST_FILTERS[n].wire, USER_LIST_FILTERS[n].to_query(v)) for n, v in filters.items())
+    return hashlib.sha256(orjson.dumps(["users", wire])).hexdigest()[:16]
+
+
+def encode_user_cursor(secret: bytes, after_user_id: str, filters: Mapping[str, Any]) -> str:
+    payload = orjson.dumps([after_user_id, _user_fingerprint(filters)])
+    return _b64(_sign(secret, b"user-cursor", payload) + payload)
+
+
+def decode_user_cursor(secret: bytes, cursor: str, filters: Mapping[str, Any]) -> str:
+    """The user ID a user-list cursor resumes after (400 for a cursor that does not decode,
+    was not issued by this server for the user list, or was issued for other filters)."""
+    try:
+        raw = _unb64(cursor)
+    except (binascii.Error, ValueError) as exc:
+        raise _bad("cursor", "cursor does not decode; pass back a cursor of a previous page") from exc
+    sig, payload = raw[:16], raw[16:]
+    if len(sig) < 16 or not hmac.compare_digest(sig, _sign(secret, b"user-cursor", payload)):
+        raise _bad("cursor", "cursor is not one this server issued for the user list")
+    after, fingerprint = orjson.loads(payload)
+    if fingerprint != _user_fingerprint(filters):
+        raise _bad("cursor", "cursor was issued for other filters; pass the same filters with it")
+    return str(after)
+
+
 def reroute_token(secret: bytes, study_id: str, expires_ms: int) -> str:
     payload = f"{study_id}.{expires_ms}".encode()
     return _b64(_sign(secret, b"reroute", payload) + payload)
@@ -317,6 +354,8 @@ _LIST_PARAMS = (
     "limit",
     "cursor",
 )
+
+_USER_LIST_PARAMS = tuple(f.wire for f in USER_LIST_FILTERS.values())
 
 _STR = {"type": "string"}
 _STUDY_ID = {"type": "string", "pattern": "^stu_[0-9a-f]{32}$"}
@@ -640,6 +679,43 @@ def create_app(
         token = reroute_token(secret, study_id, expires)
         return _json({"url": f"{base}/viewer/studies/{study_id}?token={token}"})
 
+    # -- the roster: Viewer users (read-only) ----------------------------------------------
+
+    @app.get(
+        "/v1/viewer/users",
+        openapi_extra={
+            "parameters": [
+                _query("email", {"type": "string", "minLength": 1}),
+                _query("firstName", {"type": "string", "minLength": 1}),
+                _query("lastName", {"type": "string", "minLength": 1}),
+                _query("level", {"type": "string", "enum": list(USER_LEVELS)}),
+                _query("invitedSource", {"type": "string", "enum": list(INVITED_SOURCES)}),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT}),
+                _query("cursor", {"type": "string"}),
+            ]
+        },
+    )
+    async def list_users(request: Request) -> Response:
+        authenticate(request)
+        params = _single_params(request, _USER_LIST_PARAMS)
+        filters = _user_filters(params)
+        limit = _page_limit(params.get("limit"))
+        after = None
+        if "cursor" in params:
+            after = decode_user_cursor(secret, params["cursor"], filters)
+        users, last = await in_thread(lambda: store.list_users(filters, limit, after))
+        cursor = None if last is None else encode_user_cursor(secret, last, filters)
+        return _json({"users": users, "cursor": cursor, "hasMore": last is not None})
+
+    @app.get("/v1/viewer/users/{userId}")
+    async def retrieve_user(userId: str, request: Request) -> Response:  # noqa: N803
+        authenticate(request)
+        user_id = str(_checked(_USER_ID, userId))
+        user = await in_thread(lambda: store.get_user(user_id))
+        if user is None:
+            raise SandboxError(404, f"no user {user_id}", "userId")
+        return _json(user)
+
     # -- the viewer page a reroute URL points to -------------------------------------------
 
     @app.get("/viewer/studies/{studyId}", include_in_schema=False)
@@ -772,6 +848,32 @@ def _list_filters(params: Mapping[str, str]) -> StudyFilters:
             continue
         values[field.name] = _checked(field, field.from_query(text))
     return StudyFilters(**values)
+
+
+_USER_ID = Field("user_id", "userId", RULES["user_id"])
+
+
+def _single_params(request: Request, allowed: Sequence[str]) -> dict[str, str]:
+    """The query parameters, each known and given once (else the 400 naming it)."""
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in allowed:
+            raise _bad(name, f"unknown query parameter {name!r}; allowed: {', '.join(allowed)}")
+        if name in params:
+            raise _bad(name, f"query parameter {name!r} is given more than once")
+        params[name] = value
+    return params
+
+
+def _user_filters(params: Mapping[str, str]) -> dict[str, Any]:
+    # the user list's filters, read and checked by the rule table (USER_LIST_FILTERS order)
+    values: dict[str, Any] = {}
+    for field in USER_LIST_FILTERS.values():
+        text = params.get(field.wire)
+        if field.name in ("limit", "cursor") or text is None:
+            continue
+        values[field.name] = _checked(field, field.from_query(text))
+    return values
 
 
 def _page_limit(text: str | None) -> int:

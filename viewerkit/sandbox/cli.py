@@ -39,6 +39,9 @@ def sandbox() -> None:
 @sandbox.command()
 @click.option("--studies", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Studies to generate when the database is new.")
+@click.option("--users", type=click.IntRange(min=0), default=None,
+              help="Users in the roster (the user list) when the database is new. "
+                   "Default: the radiologists the studies need, a few new ones, and staff.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic world.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
@@ -72,6 +75,7 @@ def sandbox() -> None:
               help="With --parent-pid: remove this directory when stopping for a gone parent.")
 def serve(
     studies: int,
+    users: int | None,
     seed: int,
     host: str,
     port: int | None,
@@ -111,8 +115,11 @@ def serve(
     if not os.path.isdir(folder):
         raise click.ClickException(f"cannot open the database {db_path}: no folder {folder}")
     with _one_line_db_errors(db_path):
-        if not os.path.exists(db_path) or studies:
-            seed_store(db_path, studies, seed, [])
+        if not os.path.exists(db_path) or studies or users:
+            try:
+                seed_store(db_path, studies, seed, [], users=users)
+            except ValueError as exc:
+                raise click.ClickException(f"--users: {exc}") from exc
         key = serving_key(db_path, api_key, rotate=rotate_key)
         if port is None and fd is None:
             port = _kept_port(db_path)

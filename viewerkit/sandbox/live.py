@@ -135,7 +135,11 @@ class LiveWorld:
         conn = sqlite3.connect(self._store.path, timeout=30.0, check_same_thread=False)
         try:
             conn.execute("PRAGMA busy_timeout=30000")
-            users = [r[0] for r in conn.execute("SELECT user_id FROM users ORDER BY user_id")]
+            # work goes to radiologists who can take it (not to staff, nor revoked users)
+            users = [r[0] for r in conn.execute(
+                "SELECT user_id FROM users WHERE clinic_role = 'Radiologist'"
+                " AND can_manage_studies = 1 AND revoked = 0 ORDER BY user_id"
+            )] or [r[0] for r in conn.execute("SELECT user_id FROM users ORDER BY user_id")]
             customers = [r[0] for r in conn.execute("SELECT customer_id FROM customers ORDER BY customer_id")]
             keys = [r[0] for r in conn.execute("SELECT api_key_id FROM api_keys ORDER BY api_key_id")]
             interval = 1.0 / self.rate_per_s

@@ -42,8 +42,15 @@ def new_api_key() -> str:
     return "sk-sandbox-" + secrets.token_hex(16)
 
 
-def seed_store(db_path: str | os.PathLike[str], studies: int, seed: int, api_keys: list[str]) -> None:
-    """Fill a new database with a synthetic world of ``studies`` studies (no-op if it has data)."""
+def seed_store(
+    db_path: str | os.PathLike[str],
+    studies: int,
+    seed: int,
+    api_keys: list[str],
+    users: int | None = None,
+) -> None:
+    """Fill a new database with a synthetic world of ``studies`` studies and a roster of
+    ``users`` users (default: as ``generate_world`` has it); a no-op if it has data."""
     from viewerkit.sandbox.store import Store
 
     store = Store(db_path)
@@ -51,7 +58,7 @@ def seed_store(db_path: str | os.PathLike[str], studies: int, seed: int, api_key
         if store.is_empty():
             from viewerkit.sandbox.synth import generate_world
 
-            store.insert_world(generate_world(studies, seed=seed))
+            store.insert_world(generate_world(studies, seed=seed, users=users))
         store.add_api_keys(api_keys)
     finally:
         store.close()
@@ -464,6 +471,7 @@ def running(
     live: float | None = None,
     in_thread: bool = False,
     reroute_ttl_s: float = 900,
+    users: int | None = None,
 ) -> Iterator[Sandbox]:
     """Seed (when the database is new) and run a sandbox server; yield its ``Sandbox``.
 
@@ -474,7 +482,8 @@ def running(
     ``db_path`` in a folder that does not exist is a ``ValidationError``). The key is
     ``api_key`` when given, else the database's kept key (see ``serving_key``), else a
     fresh random one; it reaches a subprocess through the environment, never its command
-    line.
+    line. ``users`` is the size of a new database's roster (the user list; default: as
+    ``viewerkit.sandbox.synth.generate_world`` has it): a knob for benchmarks.
     """
     if db_path is not None:
         _check_db_folder("running", os.fspath(db_path))
@@ -483,8 +492,8 @@ def running(
         sandbox: Sandbox | None = None
         try:
             path = os.fspath(db_path) if db_path is not None else os.path.join(workdir, "sandbox.db")
-            if studies or not Path(path).exists():
-                seed_store(path, studies, seed, [])
+            if studies or users or not Path(path).exists():
+                seed_store(path, studies, seed, [], users=users)
             key = serving_key(path, api_key)
             sandbox = Sandbox(
                 db_path=path,

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS users (
     user_id TEXT PRIMARY KEY, email TEXT NOT NULL, first_name TEXT, last_name TEXT,
     middle_name TEXT, suffix1 TEXT, suffix2 TEXT
 );
+-- the roster's own columns (added by Store to a database made before the roster)
 CREATE TABLE IF NOT EXISTS customers (customer_id TEXT PRIMARY KEY, name TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS api_keys (
     api_key_id TEXT PRIMARY KEY, description TEXT NOT NULL, is_viewer_enabled INTEGER NOT NULL,
@@ -108,6 +109,28 @@ STUDY_COLUMNS = (
 )
 
 _USER_COLS = ("user_id", "email", "first_name", "last_name", "middle_name", "suffix1", "suffix2")
+
+# The roster's columns beyond a study reference's, with what a database made before the
+# roster gives its users: radiologists, members, invited from the dashboard, never revoked.
+_ROSTER_COLS = (
+    ("phone_number", "TEXT", None),
+    ("clinic_role", "TEXT NOT NULL DEFAULT 'Radiologist'", "Radiologist"),
+    ("level", "TEXT NOT NULL DEFAULT 'member'", "member"),
+    ("can_manage_studies", "INTEGER NOT NULL DEFAULT 1", True),
+    ("has_dashboard_access", "INTEGER NOT NULL DEFAULT 0", False),
+    ("invited_source", "TEXT NOT NULL DEFAULT 'dashboard'", "dashboard"),
+    ("created_at", "TEXT", None),
+    ("last_login_at", "TEXT", None),
+    ("revoked", "INTEGER NOT NULL DEFAULT 0", False),
+)
+_ALL_USER_COLS = _USER_COLS + tuple(name for name, _, _ in _ROSTER_COLS)
+# the user list's order: user ID ascending (a keyset over the primary key)
+_SELECT_USER = f"SELECT {', '.join(_ALL_USER_COLS)} FROM users u"
+_USER_WIRE = (
+    "userId", "email", "firstName", "lastName", "middleName", "suffix1", "suffix2",
+    "phoneNumber", "clinicRole", "level", "canManageStudies", "hasDashboardAccess",
+    "invitedSource", "createdAt", "lastLoginAt",
+)
 
 # a study row; its four references render from in-memory copies of the small reference tables
 _SELECT = (
@@ -205,6 +228,18 @@ def _description_contains(needle: str) -> tuple[str, list[Any]]:
     return clause, [f"%{escaped}%", *odd, folded]
 
 
+def _render_user(row: Sequence[Any]) -> dict[str, Any]:
+    """A users row (``_ALL_USER_COLS`` order) as the API's User."""
+    user = dict(zip(_USER_WIRE, row[: len(_USER_WIRE)], strict=True))
+    user["canManageStudies"] = bool(user["canManageStudies"])
+    user["hasDashboardAccess"] = bool(user["hasDashboardAccess"])
+    return user
+
+
+def _lower(text: str | None) -> str | None:
+    return None if text is None else text.lower()
+
+
 class Store:
     """The sandbox's SQLite database.
 
@@ -219,6 +254,7 @@ class Store:
         self._lock = threading.Lock()
         conn = self._conn()
         conn.executescript(_SCHEMA)
+        self._add_roster_columns(conn)
         with self._write() as cur:
             cur.execute(
                 "INSERT OR IGNORE INTO sandbox_meta (key, value) VALUES ('secret', ?)",
@@ -232,6 +268,17 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.path!r})"
+
+    def _add_roster_columns(self, conn: sqlite3.Connection) -> None:
+        def missing() -> list[tuple[str, str]]:
+            have = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
+            return [(name, kind) for name, kind, _ in _ROSTER_COLS if name not in have]
+
+        if not missing():
+            return
+        with self._write() as cur:
+            for name, kind in missing():  # again under the write lock: another process may have
+                cur.execute(f"ALTER TABLE users ADD COLUMN {name} {kind}")
 
     # -- references ------------------------------------------------------------------------
 
@@ -314,6 +361,7 @@ class Store:
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: index builds and deep scans stay in memory
             conn.create_function("vk_contains", 2, _contains_ci, deterministic=True)
+            conn.create_function("vk_lower", 1, _lower, deterministic=True)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -359,9 +407,15 @@ class Store:
         """Bulk-insert a synthetic ``World`` (users, customers, api_keys, studies columns)
         in one transaction."""
         with self._write() as cur:
+            defaults = {name: default for name, _, default in _ROSTER_COLS}
+            roster = getattr(world, "roster", None) or world.users
             cur.executemany(
-                "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [tuple(u.get(c) for c in _USER_COLS) for u in world.users],
+                f"INSERT OR REPLACE INTO users ({', '.join(_ALL_USER_COLS)})"
+                f" VALUES ({', '.join('?' * len(_ALL_USER_COLS))})",
+                [
+                    tuple(u.get(c, defaults.get(c)) for c in _ALL_USER_COLS)
+                    for u in roster
+                ],
             )
             cur.executemany(
                 "INSERT OR REPLACE INTO customers VALUES (?, ?)",
@@ -461,6 +515,98 @@ class Store:
     def user_exists(self, user_id: str) -> bool:
         q = "SELECT 1 FROM users WHERE user_id = ?"
         return self._conn().execute(q, (user_id,)).fetchone() is not None
+
+    def get_user(self, user_id: str) -> dict[str, Any] | None:
+        """The User (API JSON shape) with this ID, revoked or not, or None."""
+        row = self._conn().execute(_SELECT_USER + " WHERE u.user_id = ?", (user_id,)).fetchone()
+        return None if row is None else _render_user(row)
+
+    def list_users(
+        self, filters: Mapping[str, Any], limit: int, after: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the user list (user ID ascending; revoked users are not listed) and
+        the user ID of its last user when more follow.
+
+        ``filters`` (checked by the caller): ``email`` exact, case-insensitive;
+        ``first_name`` / ``last_name`` case-insensitive contains matches; ``level``,
+        ``invited_source`` equal."""
+        where = ["u.revoked = 0"]
+        args: list[Any] = []
+        if "email" in filters:
+            where.append("vk_lower(u.email) = ?")
+            args.append(str(filters["email"]).lower())
+        for name in ("first_name", "last_name"):
+            if name in filters:
+                where.append(f"vk_contains(u.{name}, ?)")
+                args.append(str(filters[name]).lower())
+        for name in ("level", "invited_source"):
+            if name in filters:
+                where.append(f"u.{name} = ?")
+                args.append(filters[name])
+        if after is not None:
+            where.append("u.user_id > ?")
+            args.append(after)
+        sql = _SELECT_USER + " WHERE " + " AND ".join(where) + " ORDER BY u.user_id LIMIT ?"
+        args.append(limit + 1)
+        rows = self._conn().execute(sql, args).fetchall()
+        users = [_render_user(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return users, (users[-1]["userId"] if more and users else None)
+
+    def assignable_user_ids(self) -> list[str]:
+        """Users live mode gives studies to: radiologists who can manage studies and whose
+        access is not revoked (every user, on a database without such a one)."""
+        q = (
+            "SELECT user_id FROM users WHERE clinic_role = 'Radiologist' AND can_manage_studies = 1"
+            " AND revoked = 0 ORDER BY user_id"
+        )
+        return [r[0] for r in self._conn().execute(q)] or self.user_ids()
+
+    def add_user(
+        self,
+        *,
+        email: str,
+        first_name: str,
+        last_name: str,
+        clinic_role: str = "Radiologist",
+        level: str = "member",
+        can_manage_studies: bool = True,
+        has_dashboard_access: bool = False,
+        invited_source: str = "dashboard",
+        middle_name: str | None = None,
+        suffix1: str | None = None,
+        suffix2: str | None = None,
+        phone_number: str | None = None,
+        created_at: str | None = None,
+        last_login_at: str | None = None,
+    ) -> str:
+        """Add a user (a radiologist who joined today, by default) and return their new ID:
+        listed at once by a server on this database. (A sandbox control for tests; the API
+        here is read-only.)"""
+        user_id = "usr_" + uuid.uuid4().hex
+        row = {
+            "user_id": user_id, "email": email, "first_name": first_name, "last_name": last_name,
+            "middle_name": middle_name, "suffix1": suffix1, "suffix2": suffix2,
+            "phone_number": phone_number, "clinic_role": clinic_role, "level": level,
+            "can_manage_studies": int(can_manage_studies),
+            "has_dashboard_access": int(has_dashboard_access), "invited_source": invited_source,
+            "created_at": created_at or now_timestamp(), "last_login_at": last_login_at,
+            "revoked": 0,
+        }
+        with self._write() as cur:
+            cur.execute(
+                f"INSERT INTO users ({', '.join(_ALL_USER_COLS)})"
+                f" VALUES ({', '.join('?' * len(_ALL_USER_COLS))})",
+                tuple(row[c] for c in _ALL_USER_COLS),
+            )
+        return user_id
+
+    def set_user_revoked(self, user_id: str, revoked: bool = True) -> bool:
+        """Revoke (or give back) a user's access: a revoked user is retrieved but not
+        listed. True if the user exists. (A sandbox control for tests.)"""
+        with self._write() as cur:
+            cur.execute("UPDATE users SET revoked = ? WHERE user_id = ?", (int(revoked), user_id))
+            return cur.rowcount > 0
 
     def customer_exists(self, customer_id: str) -> bool:
         q = "SELECT 1 FROM customers WHERE customer_id = ?"

@@ -8,6 +8,13 @@ turnaround is drawn per severity from long-tailed lognormals (some studies breac
 targets in ``SLA_TARGETS``); about 3 % are cancelled; recent studies are mostly still open.
 Columns are built with numpy, so 100,000 studies take well under a few seconds.
 
+The roster (``World.roster``, the user list) holds every assignee and creating user of a
+study (all radiologists), a few radiologists who joined lately and have no studies yet, and
+staff who are not radiologists (technologists, coordinators, front desk ...); two users
+with studies have had their access revoked (the sandbox retrieves them but does not list
+them). It is drawn from a random stream of its own, after the studies, so the studies of a
+seed are the same whatever the roster holds; ``users=`` sets its size.
+
 >>> from datetime import datetime, timezone
 >>> world = generate_world(200, seed=7, now=datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc))
 >>> len(world.studies["study_id"]), world.studies["study_id"][0][:4]
@@ -37,6 +44,7 @@ __all__ = [
     "draw_study_description",
     "draw_metadata",
     "draw_turnaround_minutes",
+    "NEW_RADIOLOGISTS",
 ]
 
 #: Turnaround targets per severity, in minutes (stat 1 h, high 4 h, normal 24 h).
@@ -171,12 +179,15 @@ class World:
     studies: dict[str, list[Any]]
     now: datetime = field(default_factory=lambda: _default_now())
     seed: int = 0
+    #: Every user of the world, as the user list serves them (see ``generate_world``).
+    roster: list[dict[str, Any]] = field(default_factory=list)
 
     def __repr__(self) -> str:
         # never the API keys' secrets
         return (
             f"<World seed={self.seed} now={format_timestamp(_epoch_ms(self.now))}: "
-            f"{self.study_count} studies, {len(self.users)} radiologists, "
+            f"{self.study_count} studies, {len(self.users)} radiologists with work, "
+            f"{len(self.roster)} users, "
             f"{len(self.customers)} customers, {len(self.api_keys)} API keys>"
         )
 
@@ -264,6 +275,146 @@ def _make_users(rng: np.random.Generator, count: int) -> list[dict[str, Any]]:
             }
         )
     return users
+
+
+#: Radiologists of every roster who joined lately and have no studies yet.
+NEW_RADIOLOGISTS: Final = 3
+_DOMAIN: Final = "avara-rad.example"
+# Staff who are not radiologists: (clinic role, share, suffix1, can manage studies share).
+_STAFF: Final = (
+    ("Imaging Technologist", 0.30, "RT", 0.6),
+    ("Patient Care Coordinator", 0.15, None, 0.5),
+    ("Front Desk Operator", 0.12, None, 0.0),
+    ("Registered Nurse", 0.10, "RN", 0.2),
+    ("Physician", 0.08, "MD", 0.3),
+    ("Administrative Assistant", 0.08, None, 0.1),
+    ("IT Administrator", 0.05, None, 0.0),
+    ("Revenue Cycle Manager", 0.04, None, 0.0),
+    ("Nuclear Medicine Physician", 0.04, "MD", 0.5),
+    ("Other", 0.04, None, 0.0),
+)
+_DAY_MS: Final = 86_400_000
+
+
+def _default_roster_size(pool: int) -> int:
+    # the radiologists with studies, the new radiologists, and about one staff member for
+    # every three radiologists
+    return pool + NEW_RADIOLOGISTS + max(4, pool // 3)
+
+
+def _roster(
+    rng: np.random.Generator,
+    pool: list[dict[str, Any]],
+    columns: dict[str, list[Any]],
+    complete: Any,
+    cancelled: Any,
+    now_ms: int,
+    total: int,
+) -> list[dict[str, Any]]:
+    """Every user of the world: the study pool (radiologists), then the new radiologists and
+    the staff, ``total`` in all. Drawn from ``rng`` alone (the studies are already made)."""
+    seen = {u["email"] for u in pool}
+    assigned = columns["assigned_to"]
+    open_work = [a for a, done, gone in zip(assigned, complete.tolist(), cancelled.tolist(), strict=True)
+                 if a is not None and not done and not gone]
+    with_studies = set(assigned) | set(columns["created_by_user"])
+    with_studies.discard(None)
+    # two users with studies (open work first: it is theirs to hand over) lose their access
+    candidates = sorted(set(open_work)) or sorted(with_studies)
+    picked = rng.permutation(len(candidates))[: min(2, len(candidates))]
+    revoked = {candidates[i] for i in picked.tolist()}
+    keep = [u["user_id"] for u in pool if u["user_id"] not in revoked]
+    owner = keep[int(rng.integers(len(keep)))] if keep else None
+
+    def times(created_days: float | None, login_hours: float | None) -> tuple[str | None, str | None]:
+        created = None if created_days is None else now_ms - int(created_days * _DAY_MS)
+        login = None if login_hours is None else now_ms - int(login_hours * 3_600_000)
+        if created is not None and login is not None:
+            login = max(login, created + 60_000)
+        return (
+            None if created is None else str(format_timestamp(min(created, now_ms))),
+            None if login is None else str(format_timestamp(min(login, now_ms))),
+        )
+
+    def phone() -> str | None:
+        return f"555{int(rng.integers(10**7)):07d}" if rng.random() < 0.8 else None
+
+    roster: list[dict[str, Any]] = []
+    for user in pool:
+        level = "owner" if user["user_id"] == owner else ("admin" if rng.random() < 0.1 else "member")
+        gone = user["user_id"] in revoked
+        since = None if rng.random() < 0.05 else HISTORY_DAYS + float(rng.uniform(5, 900))
+        last_seen = float(rng.uniform(24 * 3, 24 * 20)) if gone else float(rng.exponential(14.0))
+        created, login = times(since, last_seen)
+        roster.append({
+            **user,
+            "phone_number": phone(),
+            "clinic_role": "Radiologist",
+            "level": level,
+            "can_manage_studies": True,
+            "has_dashboard_access": level != "member" or bool(rng.random() < 0.3),
+            "invited_source": "dashboard" if rng.random() < 0.7 else "api",
+            "created_at": created,
+            "last_login_at": login,
+            "revoked": gone,
+        })
+    extras = max(total - len(pool), 0)
+    firsts = rng.permutation(len(_FIRST_NAMES))
+    lasts = rng.permutation(len(_LAST_NAMES))
+    ids = _hex_ids(rng, "usr_", extras)
+    taken = {u["user_id"] for u in pool}
+    staff_p = np.array([entry[1] for entry in _STAFF])
+    for i, user_id in enumerate(ids):
+        while user_id in taken:  # a 128-bit collision: never, but the IDs must be unique
+            user_id = _hex_ids(rng, "usr_", 1)[0]
+        taken.add(user_id)
+        new_radiologist = i < NEW_RADIOLOGISTS or rng.random() < 0.25
+        first = _FIRST_NAMES[firsts[(i + 17) % len(firsts)]]
+        last = _LAST_NAMES[lasts[(i * 5 + i // len(lasts)) % len(lasts)]]
+        middle = _MIDDLE_NAMES[rng.integers(len(_MIDDLE_NAMES))] if rng.random() < 0.3 else None
+        created_days: float | None
+        login_hours: float | None
+        suffix1: str | None
+        if new_radiologist:
+            role, suffix1, manage = "Radiologist", _SUFFIX1[rng.integers(len(_SUFFIX1))], True
+            if i == 2:  # one new radiologist cannot manage studies yet: not a reassignment target
+                manage = False
+            # joined in the last two weeks; some never logged in yet
+            joined_days = float(rng.uniform(0, 14))
+            created_days = joined_days
+            login_hours = None if i == 0 or rng.random() < 0.4 else float(rng.uniform(0, 24 * joined_days))
+        else:
+            role, _, suffix, manage_p = _STAFF[int(rng.choice(len(_STAFF), p=staff_p))]
+            suffix1 = suffix if suffix is not None and rng.random() < 0.7 else None
+            manage = bool(rng.random() < manage_p)
+            created_days = None if rng.random() < 0.03 else float(rng.uniform(1, 1500))
+            login_hours = None if rng.random() < 0.1 else float(rng.exponential(72.0))
+        level = "admin" if rng.random() < 0.08 else "member"
+        local = f"{first}.{last}".lower().replace("'", "")
+        email, n = f"{local}@{_DOMAIN}", 2
+        while email in seen:
+            email, n = f"{local}{n}@{_DOMAIN}", n + 1
+        seen.add(email)
+        created, login = times(created_days, login_hours)
+        roster.append({
+            "user_id": user_id,
+            "email": email,
+            "first_name": first,
+            "last_name": last,
+            "middle_name": middle,
+            "suffix1": suffix1,
+            "suffix2": None,
+            "phone_number": phone(),
+            "clinic_role": role,
+            "level": level,
+            "can_manage_studies": manage,
+            "has_dashboard_access": level != "member" or bool(rng.random() < 0.3),
+            "invited_source": "dashboard" if rng.random() < 0.7 else "api",
+            "created_at": created,
+            "last_login_at": login,
+            "revoked": False,
+        })
+    return roster
 
 
 def _make_customers(rng: np.random.Generator, studies: int) -> list[dict[str, Any]]:
@@ -398,10 +549,15 @@ def _pick(rng: np.random.Generator, values: list[str], p: Any, present: Any) -> 
     return [values[c] if ok else None for c, ok in zip(chosen.tolist(), present.tolist(), strict=True)]
 
 
-def generate_world(studies: int, seed: int = 0, now: datetime | None = None) -> World:
+def generate_world(
+    studies: int, seed: int = 0, now: datetime | None = None, *, users: int | None = None
+) -> World:
     """Build a deterministic synthetic world of ``studies`` studies, as of ``now`` (UTC).
 
-    ``now`` defaults to the current minute, so pass it for a reproducible world.
+    ``now`` defaults to the current minute, so pass it for a reproducible world. ``users``
+    is the size of the roster (default: the radiologists with studies, ``NEW_RADIOLOGISTS``
+    more, and about a third as many staff); at least the radiologists the studies need
+    (20-60, growing with ``studies``), else ``ValueError``. It changes no study.
 
     >>> from datetime import datetime, timezone
     >>> w = generate_world(50, seed=1, now=datetime(2026, 1, 5, tzinfo=timezone.utc))
@@ -410,10 +566,13 @@ def generate_world(studies: int, seed: int = 0, now: datetime | None = None) -> 
     """
     if studies < 0:
         raise ValueError(f"studies must be 0 or more, not {studies!r}")
+    pool_size = _radiologist_count(studies)
+    if users is not None and users < pool_size:
+        raise ValueError(f"users must be at least {pool_size} for {studies} studies, not {users!r}")
     now = _as_utc(now)
     now_ms = _epoch_ms(now)
     rng = np.random.default_rng(seed)
-    users = _make_users(rng, _radiologist_count(studies))
+    pool = _make_users(rng, pool_size)
     customers = _make_customers(rng, studies)
     api_keys = _make_api_keys(rng)
     n = studies
@@ -450,9 +609,9 @@ def generate_world(studies: int, seed: int = 0, now: datetime | None = None) -> 
     updated = np.where(complete, completed_at, np.where(touched, touched_at, created))
     updated = np.where(cancelled, cancelled_at, updated)
 
-    user_ids = [u["user_id"] for u in users]
+    user_ids = [u["user_id"] for u in pool]
     assigned_p = np.where(complete, 0.97, np.where(age < 2 * 3_600_000, 0.55, 0.85))
-    assigned = _pick(rng, user_ids, _zipf_weights(rng, len(users), 0.6), rng.random(n) < assigned_p)
+    assigned = _pick(rng, user_ids, _zipf_weights(rng, len(pool), 0.6), rng.random(n) < assigned_p)
 
     by_key = rng.random(n) < 0.85
     key_p = np.array([k[2] for k in _API_KEYS])
@@ -490,4 +649,11 @@ def generate_world(studies: int, seed: int = 0, now: datetime | None = None) -> 
         "express_customer_id": customer,
         "metadata": metadata,
     }
-    return World(users=users, customers=customers, api_keys=api_keys, studies=columns, now=now, seed=seed)
+    total = _default_roster_size(len(pool)) if users is None else users
+    roster = _roster(
+        np.random.default_rng([seed, 1]), pool, columns, complete, cancelled, now_ms, total
+    )
+    return World(
+        users=pool, customers=customers, api_keys=api_keys, studies=columns, now=now, seed=seed,
+        roster=roster,
+    )
