@@ -124,6 +124,8 @@ class Reason(str, Enum):
     STARTS_LIKE_FORMULA = "starts like a spreadsheet formula (=, +, -, @, tab or carriage return)"
     # appended by the sandbox server's settings
     NOT_BASE_URL = "must be an http:// or https:// base URL"
+    # appended by the reports' time zone
+    NOT_A_TIME_ZONE = "must be an IANA time zone name such as UTC or Europe/Berlin"
 
 
 #: Fields whose values are secrets: their value never reaches ``failure_cases`` or a message.
