@@ -348,6 +348,8 @@ def plot_customers(table: pd.DataFrame, *, top: int = 15) -> Figure:
         lo = max(0.0, float(known.min()) - spread * 0.15)
         hi = min(100.0, float(known.max()) + spread * 0.15)
         left.set_xlim(lo, max(hi, lo + 1.0))
+    else:
+        left.set_xlim(0, 100)
     left.set_title("Completed within target" + (" (axis zoomed)" if len(known) and lo > 0 else ""))
     left.set_xlabel("within target (% of completed)")
     left.set_ylabel("customer")
