@@ -698,7 +698,11 @@ def volume(
         bounds = _local_periods(first, last, freq, zone)
     count = len(bounds) - 1
     # only arrivals get a period index (a null created_at would not survive the int cast)
-    index = np.searchsorted(bounds, np.where(arrived, s.created, bounds[0]), side="right") - 1
+    if _is_utc(zone):  # periods of one length: arithmetic, twice as fast as a search
+        step = _FREQ_MS[freq]
+        index = np.where(arrived, (_floor(s.created, freq) - bounds[0]) // step, 0).astype(np.int64)
+    else:
+        index = np.searchsorted(bounds, np.where(arrived, s.created, bounds[0]), side="right") - 1
     cell = np.where(arrived, index * k + s.severity, -1)
     arrivals = _counts(cell, arrived, count * k).reshape(count, k)
     totals = arrivals.sum(axis=1, keepdims=True).astype(np.float64)
