@@ -152,8 +152,8 @@ def test_report_of_an_empty_table_still_has_every_section(tmp_path: Path) -> Non
     assert "Newest study update: –" in text
 
 
-def test_report_volume_table_shows_the_latest_periods(tmp_path: Path) -> None:
-    # one normal study a day for 100 days: a daily volume table of 100 periods x 3 severities
+def test_report_volume_table_is_wide_and_shows_the_latest_periods(tmp_path: Path) -> None:
+    # one normal study a day for 100 days: a daily volume table of 100 rows, a column per severity
     first = pd.Timestamp("2026-08-01 10:00", tz="UTC")
     rows = [
         {"study_id": f"stu_{i:032x}", "study_instance_uid": f"1.2.{i}", "severity": "normal",
@@ -165,9 +165,11 @@ def test_report_volume_table_shows_the_latest_periods(tmp_path: Path) -> None:
     text = render(studies, tmp_path / "report.html", now="2026-11-10").read_text(encoding="utf-8")
     volume = text[text.index('<section id="volume">'):text.index('<section id="workload">')]
     days = re.findall(r"<tr><td>(\d{4}-\d\d-\d\d)</td>", volume)
-    assert len(days) == 90  # 30 days x 3 severities
-    assert (days[0], days[-1]) == ("2026-10-10", "2026-11-08")  # the newest 30 of 08-01 .. 11-08
-    assert "Showing the last 90 of 300 rows." in volume
+    assert len(days) == 90  # one row per day
+    assert (days[0], days[-1]) == ("2026-08-11", "2026-11-08")  # the newest 90 of 08-01 .. 11-08
+    assert "Showing the last 90 of 100 rows." in volume
+    assert "<tr><th>period</th><th>normal</th><th>high</th><th>stat</th><th>total</th>" in volume
+    assert "<tr><td>2026-11-08</td><td>1</td><td>0</td><td>0</td><td>1</td><td>0.0 %</td><td></td></tr>" in volume
 
 
 def test_render_keeps_the_report_private_under_a_private_umask(studies: pd.DataFrame, tmp_path: Path) -> None:

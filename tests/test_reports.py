@@ -311,7 +311,7 @@ VOLUME_ROWS = [study("stu_v1", "stat", 1), study("stu_v2", "stat", 5), study("st
 
 def test_volume_per_day_lists_empty_days_and_the_severity_mix() -> None:
     result = volume(table(VOLUME_ROWS), freq="D", window=(T0, h(72)))
-    assert list(result.columns) == ["period", "severity", "arrivals", "share"]
+    assert list(result.columns) == ["period", "severity", "arrivals", "share", "partial"]
     assert len(result) == 3 * 3  # days 0, 1, 2; v5 is before the window
     day0 = result[result["period"] == T0].set_index(result[result["period"] == T0]["severity"].astype(str))
     assert list(day0["arrivals"]) == [1, 0, 2]
@@ -405,7 +405,7 @@ def test_every_kpi_is_correct_on_an_empty_table() -> None:
     assert len(bl) == 18 and bl["open"].sum() == 0
     od = overdue(EMPTY, now=NOW)
     assert len(od) == 0 and "overdue_h" in od.columns
-    assert len(volume(EMPTY)) == 0 and list(volume(EMPTY).columns) == ["period", "severity", "arrivals", "share"]
+    assert len(volume(EMPTY)) == 0 and list(volume(EMPTY).columns) == ["period", "severity", "arrivals", "share", "partial"]
     assert len(volume(EMPTY, window=(T0, h(48)))) == 2 * 3
     assert len(workload(EMPTY, now=NOW)) == 0 and "open_stat" in workload(EMPTY, now=NOW).columns
     assert len(customers(EMPTY)) == 0 and "cancellation_rate" in customers(EMPTY).columns

@@ -32,7 +32,7 @@ def test_report_command_writes_the_report_and_figures_from_the_cache(
         main, ["report", "--cache", str(cache_dir), "--days", "3650", "--out", str(out), "--figures", str(figures)]
     )
     assert result.exit_code == 0, result.output
-    assert "Report on 2,000 studies written to" in result.output
+    assert "Report on 2,000 of 2,000 cached studies (last 3650 days) written to" in result.output
     assert "8 figures written to" in result.output
     text = out.read_text(encoding="utf-8")
     for section_id, _ in SECTIONS:
@@ -52,6 +52,7 @@ def test_report_command_takes_an_explicit_window_without_an_api_key(cache_dir: P
         main, ["report", "--cache", str(cache_dir), "--window", "2000-01-01", "2100-01-01", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
+    assert "Report on 2,000 of 2,000 cached studies (2000-01-01 to 2100-01-01) written to" in result.output
     assert "Window: 2000-01-01 00:00 UTC to 2100-01-01 00:00 UTC." in out.read_text(encoding="utf-8")
 
 
@@ -73,6 +74,29 @@ def test_report_command_refuses_a_cache_that_was_never_refreshed(tmp_path: Path)
     out = tmp_path / "report.html"
     runner = CliRunner(env={"AVARA_API_KEY": None, "AVARA_BASE_URL": None})
     result = runner.invoke(main, ["report", "--cache", str(tmp_path / "no-such-cache"), "--out", str(out)])
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # the cache's exit status
     assert "no refreshed studies in" in result.output and "viewerkit refresh" in result.output
     assert not out.exists(), "an empty report would read as an empty backlog"
+
+
+def test_report_command_gives_the_windows_count_and_the_caches(cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "week.html"
+    runner = CliRunner(env={"AVARA_API_KEY": None, "AVARA_BASE_URL": None})
+    result = runner.invoke(main, ["report", "--cache", str(cache_dir), "--days", "7", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    found = re.search(r"Report on ([\d,]+) of 2,000 cached studies \(last 7 days\) written to", result.output)
+    assert found is not None, result.output
+    shown = re.search(r"Studies created in the window: ([\d,]+) of 2,000", out.read_text(encoding="utf-8"))
+    assert shown is not None and shown.group(1) == found.group(1)
+    everything = runner.invoke(main, ["report", "--cache", str(cache_dir), "--out", str(out)])
+    assert "Report on all 2,000 cached studies written to" in everything.output
+
+
+def test_report_command_states_its_time_zone_in_the_report(cache_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "berlin.html"
+    runner = CliRunner(env={"AVARA_API_KEY": None, "AVARA_BASE_URL": None})
+    result = runner.invoke(main, ["report", "--cache", str(cache_dir), "--tz", "Europe/Berlin", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    assert '<p class="meta" id="timezone">Time zone: Europe/Berlin.' in text
+    assert re.search(r"Generated for \d{4}-\d\d-\d\d \d\d:\d\d CES?T\.", text)

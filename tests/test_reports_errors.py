@@ -95,6 +95,9 @@ CASES: list[tuple[str, Callable[[], Any], list[tuple[str, Reason]]]] = [
     ("days-not-whole", lambda: last_days(2.5), [("days", Reason.NOT_WHOLE_NUMBER)]),
     ("days-zero", lambda: last_days(0), [("days", Reason.NOT_POSITIVE)]),
     ("days-before-year-one", lambda: last_days(10**7, now=T), [("days", Reason.OUT_OF_RANGE)]),
+    # sla.py: the report time zone
+    ("tz-unknown", lambda: volume(ONE, tz="Europe/Berlyn"), [("tz", Reason.NOT_A_TIME_ZONE)]),
+    ("tz-not-text", lambda: turnaround(ONE, tz=1), [("tz", Reason.WRONG_TYPE)]),  # type: ignore[arg-type]
     # kpis.py: the change history and options
     ("history-not-a-frame", lambda: turnaround(ONE, history=[]),  # type: ignore[arg-type]
      [("history", Reason.WRONG_TYPE)]),

@@ -119,8 +119,9 @@ def test_weekly_turnaround_lines_are_the_weekly_medians(studies: pd.DataFrame) -
     lines = {line.get_label(): line for line in fig.axes[0].lines}
     for sev in SEVERITIES:
         assert_close(lines[f"{sev} median"].get_ydata(), rows_of(table, sev)["median_h"])
-    dashed = sorted(float(np.asarray(line.get_ydata())[0]) for line in fig.axes[0].lines if line.get_linestyle() == "--")
-    assert dashed == [1.0, 4.0, 12.0]
+    # targets dotted: dashed segments are kept for partial weeks
+    dotted = sorted(float(np.asarray(line.get_ydata())[0]) for line in fig.axes[0].lines if line.get_linestyle() == ":")
+    assert dotted == [1.0, 4.0, 12.0]
     assert_labelled(fig)
 
 
@@ -185,7 +186,14 @@ def test_customers_figure_shows_percent_within_target_and_cancelled(studies: pd.
     table = customers(studies)
     fig = plot_customers(table)
     shown = table.head(15).iloc[::-1]
-    assert_close(bars(fig.axes[0].containers[0], "width"), shown["within_target_share"] * 100)
+    dots = fig.axes[0].lines[0]
+    assert_close(dots.get_xdata(), shown["within_target_share"] * 100)
+    assert_close(dots.get_ydata(), np.arange(len(shown)))
+    # the axis is zoomed to the shares shown, not 0-100 %, and every dot is inside it
+    lo, hi = fig.axes[0].get_xlim()
+    share = shown["within_target_share"].dropna() * 100
+    assert lo <= share.min() and share.max() <= hi <= 100
+    assert (lo, hi) != (0.0, 100.0)
     assert_close(bars(fig.axes[1].containers[0], "width"), shown["cancellation_rate"] * 100)
     assert "%" in fig.axes[0].get_xlabel() and "%" in fig.axes[1].get_xlabel()
     assert_labelled(fig)

@@ -319,48 +319,137 @@ def cache_remove_command(cache_path: str | None, namespace: str, yes: bool) -> N
 # --- report ---------------------------------------------------------------------------------
 
 
+class _ReportFailure(click.ClickException):
+    """A failure of `viewerkit report` as one line on stderr (the detail lines joined)."""
+
+    def __init__(self, exc: Exception) -> None:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        super().__init__("; ".join(lines) or type(exc).__name__)
+
+
+# `viewerkit report`'s exit statuses beyond click's 0, 1 and 2 (its help lists them all)
+class _ApiFailure(_ReportFailure):
+    exit_code = 3
+
+
+class _CacheFailure(_ReportFailure):
+    exit_code = 4
+
+
 @main.command("report")
 @_cache_option
 @click.option("--window", nargs=2, metavar="START END", default=None,
-              help="Report on START <= time < END (ISO dates or times, UTC).")
+              help="Report on START <= time < END (ISO dates or times; UTC unless they give an offset).")
 @click.option("--days", type=click.IntRange(min=1), default=None, help="Report on the last N days.")
+@click.option("--tz", default="UTC", show_default=True, metavar="ZONE",
+              help="Time zone of the report's days, weeks and times (an IANA name such as Europe/Berlin).")
 @click.option("--out", type=click.Path(dir_okay=False), default="report.html", show_default=True,
-              help="The HTML report to write.")
+              help="The HTML report to write (.html or .htm, in a folder that exists).")
 @click.option("--figures", "figures_dir", type=click.Path(file_okay=False), default=None,
               help="Also write one PNG per figure into this folder.")
+@click.option("--refresh", "refresh_mode", type=click.Choice(["active", "full"]), default=None,
+              help="Refresh the cache first (as `viewerkit refresh --mode`), then report: one "
+                   "command for a scheduled job.")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              metavar="SECONDS", help="With --refresh: how long to wait for another refresh of the cache to finish.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars of --refresh (default: only when stderr is a terminal).")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing when all went well; errors still go to stderr.")
 def report_command(
     cache_path: str | None,
     window: tuple[str, str] | None,
     days: int | None,
+    tz: str,
     out: str,
     figures_dir: str | None,
+    refresh_mode: str | None,
+    lock_timeout: float,
+    progress: bool | None,
+    quiet: bool,
 ) -> None:
     """Write the severity and turnaround report of the cached studies as one HTML file.
 
     Uses the namespace of AVARA_API_KEY / AVARA_BASE_URL when the key is set, else the
-    cache's only namespace. Run `viewerkit refresh` first to bring the cache up to date.
+    cache's only namespace. Run `viewerkit refresh` first to bring the cache up to date, or
+    give --refresh to do both in one command (it needs AVARA_API_KEY, and waits up to
+    --lock-timeout for a refresh already running). Days and weeks are local to --tz; the
+    current day or week is marked partial.
 
     Example:
 
-        viewerkit report --cache data/cache --days 28 --out report.html
+    \b
+        viewerkit report --days 28 --tz Europe/Berlin --out report.html
+        viewerkit report --refresh active --days 7 --quiet --out daily.html
+
+    Exit status (for cron and CI schedules):
+
+    \b
+      0  the report was written
+      1  bad input or setup: a value of --tz, --out or --window,
+         no AVARA_API_KEY for --refresh, a file that cannot be written
+      2  usage: an unknown option, a value an option refuses,
+         --window with --days
+      3  the API failed: no connection, the key refused (401), a server error
+      4  the cache: locked by another refresh past --lock-timeout,
+         damaged, or never refreshed
     """
     from viewerkit.cache import StudyCache
-    from viewerkit.client import environment_client
-    from viewerkit.reports import last_days, render, resolve_now, save_figures
+    from viewerkit.client import Client, environment_client
+    from viewerkit.errors import ApiError, CacheError, LockTimeout
+    from viewerkit.files import check_output_path
+    from viewerkit.reports import (
+        count_created,
+        last_days,
+        render,
+        report_timezone,
+        resolve_now,
+        save_figures,
+    )
+    from viewerkit.reports.html import HTML_SUFFIXES
+    from viewerkit.reports.sla import window_ms
 
     if window and days:
         raise click.UsageError("give --window or --days, not both")
-    now = resolve_now(None)
+    # every argument checked before the refresh, which may take minutes
+    zone = report_timezone(tz)
+    if window:
+        window_ms((window[0], window[1]))
+    check_output_path(out, suffixes=HTML_SUFFIXES, what="report")
+    cache = StudyCache.at(cache_path)
+    try:
+        if refresh_mode is not None:
+            with Client() as client:
+                summary = cache.refresh(
+                    client, mode="active" if refresh_mode == "active" else "full",
+                    progress=sys.stderr.isatty() if progress is None else progress, lock_timeout=lock_timeout,
+                )
+                cached = cache.read(client)
+            if not quiet:
+                click.echo(f"{summary.mode} refresh: {summary.new:,} new, {summary.changed:,} changed, "
+                           f"{summary.gone:,} gone ({summary.duration_s:.1f} s)")
+        else:
+            with environment_client() as env_client:
+                cached = cache.read(env_client)
+    except ApiError as exc:
+        raise _ApiFailure(exc) from exc
+    except (LockTimeout, CacheError) as exc:
+        raise _CacheFailure(exc) from exc
+    now = resolve_now(None)  # after the refresh: what it saw open is open now
     span = (window[0], window[1]) if window else last_days(days, now=now) if days else None
-    with environment_client() as client:
-        cached = StudyCache.at(cache_path).read(client)
     studies, history = cached.studies, cached.history
-    written = render(studies, out, history=history, window=span, now=now,
+    written = render(studies, out, history=history, window=span, now=now, tz=zone,
                      refreshed_at=cached.info["last_refresh_at"])
-    click.echo(f"Report on {len(studies):,} studies written to {written}")
+    if span is None:
+        counted = f"all {len(studies):,} cached studies"
+    else:
+        which = f"last {days} days" if days else f"{window[0]} to {window[1]}" if window else ""
+        counted = f"{count_created(studies, window=span):,} of {len(studies):,} cached studies ({which})"
+    if not quiet:
+        click.echo(f"Report on {counted} written to {written}")
     if figures_dir:
-        pngs = save_figures(studies, figures_dir, history=history, window=span, now=now)
-        click.echo(f"{len(pngs)} figures written to {figures_dir}")
+        pngs = save_figures(studies, figures_dir, history=history, window=span, now=now, tz=zone)
+        if not quiet:
+            click.echo(f"{len(pngs)} figures written to {figures_dir}")
 
 
 if __name__ == "__main__":

@@ -127,6 +127,8 @@ class Reason(str, Enum):
     # appended by the roster (Viewer users)
     NOT_USER_LEVEL = "must be one of owner, admin, member"
     NOT_INVITED_SOURCE = "must be one of dashboard, api"
+    # appended by the reports' time zone
+    NOT_A_TIME_ZONE = "must be an IANA time zone name such as UTC or Europe/Berlin"
 
 
 #: Fields whose values are secrets: their value never reaches ``failure_cases`` or a message.

@@ -5,6 +5,9 @@ deadlines; ``viewerkit.reports.kpis`` computes (one tidy DataFrame per KPI),
 ``viewerkit.reports.figures`` draws (one matplotlib Figure per KPI table),
 ``viewerkit.reports.html`` writes the self-contained HTML report and the PNGs
 (``report_figures`` gives its figures); every public name is importable from here.
+Reports count days and weeks in one time zone (``tz=``, default UTC):
+``report_timezone`` (in ``viewerkit.reports.sla``) validates and resolves that setting, for
+the reports and for anything else that shows times the way the reports do.
 
 >>> from viewerkit.reports import SLA, turnaround
 >>> print(SLA)
@@ -23,11 +26,19 @@ from viewerkit.reports.figures import (
     plot_volume,
     plot_workload,
 )
-from viewerkit.reports.html import SECTIONS, render, report_figures, report_tables, save_figures
+from viewerkit.reports.html import (
+    OVERDUE_COLUMNS,
+    SECTIONS,
+    render,
+    report_figures,
+    report_tables,
+    save_figures,
+)
 from viewerkit.reports.kpis import (
     AGE_BANDS,
     backlog,
     cancellations,
+    count_created,
     customers,
     overdue,
     turnaround,
@@ -41,14 +52,17 @@ from viewerkit.reports.sla import (
     Moment,
     SlaLike,
     SlaTargets,
+    TimeZoneLike,
     Window,
     deadlines,
     last_days,
+    report_timezone,
     resolve_now,
 )
 
 __all__ = [
     "AGE_BANDS",
+    "OVERDUE_COLUMNS",
     "SECTIONS",
     "SEVERITY_COLORS",
     "SLA",
@@ -56,9 +70,11 @@ __all__ = [
     "Moment",
     "SlaLike",
     "SlaTargets",
+    "TimeZoneLike",
     "Window",
     "backlog",
     "cancellations",
+    "count_created",
     "customers",
     "deadlines",
     "last_days",
@@ -73,6 +89,7 @@ __all__ = [
     "render",
     "report_figures",
     "report_tables",
+    "report_timezone",
     "resolve_now",
     "save_figures",
     "turnaround",

@@ -6,6 +6,12 @@ colours (``SEVERITY_COLORS``); axes carry their units; figures are 9 x 4.5 in, r
 notebook width. In a notebook, ``display(fig)`` (or a figure as the cell's last value after
 ``%matplotlib inline``) shows it; ``fig.savefig(path)`` writes it.
 
+Periods are drawn in the time zone their table was computed in (``tz=`` of ``volume`` and
+``turnaround``: the ``period`` / ``week`` column's zone), and the axis label names it. A
+period the table flags ``partial`` (the day or week still under way, or one the window
+cuts) is drawn hatched (bars) or dashed with a hollow marker (lines), and labelled
+"partial", so a half-filled day does not read as a drop or a spike.
+
 >>> from viewerkit.frame import empty_studies, to_pandas
 >>> from viewerkit.reports import backlog
 >>> fig = plot_backlog(backlog(to_pandas(empty_studies()), now="2026-11-02"))
@@ -46,6 +52,7 @@ SEVERITY_COLORS: Final = {"normal": "#5b7fa6", "high": "#f28e2b", "stat": "#d627
 #: Figure size in inches: the width of a notebook cell.
 FIGSIZE: Final = (9.0, 4.5)
 _NEUTRAL: Final = "#6c757d"
+_PARTIAL_HATCH: Final = "///"
 _TARGET: Final = "#222222"
 
 
@@ -84,8 +91,44 @@ def _labels(values: pd.Series | list[str]) -> list[str]:
 
 
 def _dates(values: pd.Series) -> np.ndarray:
-    """UTC timestamps as naive datetimes for the x axis (matplotlib's date units)."""
-    return np.asarray(pd.to_datetime(values, utc=True).dt.tz_localize(None).to_numpy())
+    """Times as naive local datetimes of their own zone (UTC for naive ones), for the x axis
+    (matplotlib's date units): a local day starts at 00:00 on the axis."""
+    series = pd.Series(values)
+    times = series if isinstance(series.dtype, pd.DatetimeTZDtype) else pd.to_datetime(series, utc=True)
+    return np.asarray(times.dt.tz_localize(None).to_numpy())
+
+
+def _zone_name(values: pd.Series) -> str:
+    """The name of the time zone of a period column ("UTC" for naive times)."""
+    dtype = pd.Series(values).dtype
+    tz = dtype.tz if isinstance(dtype, pd.DatetimeTZDtype) else None
+    if tz is None:
+        return "UTC"
+    return str(getattr(tz, "key", None) or tz)
+
+
+def _partial_flags(rows: pd.DataFrame) -> np.ndarray:
+    """The ``partial`` column of a period table as bools (all False for a table without it)."""
+    if "partial" not in rows.columns:
+        return np.zeros(len(rows), dtype=bool)
+    return rows["partial"].fillna(False).to_numpy(dtype=bool)
+
+
+def _line_with_partial(
+    ax: Axes, x: np.ndarray, y: np.ndarray, partial: np.ndarray, *, color: str, label: str | None
+) -> None:
+    """A line through complete periods (solid, filled markers); a partial period's point is
+    hollow and joined by a dashed segment, and labelled "partial"."""
+    whole = np.where(partial, np.nan, y)
+    ax.plot(x, whole, marker="o", color=color, label=label)
+    for i in np.flatnonzero(partial):
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(x):
+                ax.plot([x[j], x[i]], [y[j], y[i]], color=color, linestyle="--", linewidth=1)
+        if np.isfinite(y[i]):
+            ax.plot([x[i]], [y[i]], marker="o", markerfacecolor="white", color=color, linestyle="none")
+            ax.annotate("partial", (x[i], y[i]), xytext=(4, 4), textcoords="offset points",
+                        fontsize="x-small", color=color)
 
 
 def plot_turnaround(table: pd.DataFrame, *, sla: SlaLike = None) -> Figure:
@@ -103,11 +146,14 @@ def plot_turnaround(table: pd.DataFrame, *, sla: SlaLike = None) -> Figure:
         ax = axes[0, 0]
         for sev in SEVERITIES:
             rows = _rows_of(table, sev)
-            ax.plot(_dates(rows["week"]), rows["median_h"].to_numpy(), marker="o",
-                    color=SEVERITY_COLORS[sev], label=f"{sev} median")
-            ax.axhline(targets.target_hours(sev), color=SEVERITY_COLORS[sev], linestyle="--", linewidth=1)
-        ax.set_title("Median turnaround per week, by severity (dashed: target)")
-        ax.set_xlabel("week of completion (UTC, Monday start)")
+            _line_with_partial(ax, _dates(rows["week"]), rows["median_h"].to_numpy(dtype=float),
+                               _partial_flags(rows), color=SEVERITY_COLORS[sev], label=f"{sev} median")
+            ax.axhline(targets.target_hours(sev), color=SEVERITY_COLORS[sev], linestyle=":", linewidth=1)
+        title = "Median turnaround per week, by severity (dotted: target)"
+        if _partial_flags(table).any():
+            title += "\nhollow, dashed: partial week (not over yet, or cut by the window)"
+        ax.set_title(title)
+        ax.set_xlabel(f"week of completion ({_zone_name(table['week'])}, Monday start)")
         ax.set_ylabel("turnaround (hours, log scale)")
         ax.set_yscale("log")
         ax.legend(loc="upper left", fontsize="small")
@@ -210,24 +256,41 @@ def plot_volume(table: pd.DataFrame) -> Figure:
     _require(table, ["period", "severity", "arrivals", "share"], "volume")
     fig, axes = _figure(nrows=2, sharex=True, height_ratios=[3, 2])
     top, bottom_ax = axes[0, 0], axes[1, 0]
-    periods = pd.to_datetime(_rows_of(table, SEVERITIES[0])["period"], utc=True)
+    raw = _rows_of(table, SEVERITIES[0])["period"]
+    # a period column keeps its time zone; naive times (a table read back from a file) are UTC
+    periods = raw if isinstance(raw.dtype, pd.DatetimeTZDtype) else pd.to_datetime(raw, utc=True)
     x = _dates(periods)
     step = (periods.iloc[1] - periods.iloc[0]) if len(periods) > 1 else pd.Timedelta(days=1)
     width = pd.Timedelta(step).to_pytimedelta() * 0.85
+    partial = _partial_flags(_rows_of(table, SEVERITIES[0]))
     base = np.zeros(len(periods))
     for sev in SEVERITIES:
         heights = _rows_of(table, sev)["arrivals"].to_numpy(dtype=float)
         if len(periods):  # a bar width in time needs dates on the axis
-            top.bar(x, heights, width=width, bottom=base, align="edge", color=SEVERITY_COLORS[sev], label=sev)
+            bars = top.bar(x, heights, width=width, bottom=base, align="edge", color=SEVERITY_COLORS[sev], label=sev)
+            for bar, cut in zip(bars, partial, strict=True):
+                if cut:
+                    bar.set_hatch(_PARTIAL_HATCH)
+                    bar.set_alpha(0.5)
         base += heights
-    top.set_title("Arrivals by severity, and the share of stat")
+    for i in np.flatnonzero(partial):
+        top.annotate("partial", (x[i] + width / 2, base[i]), ha="center", va="bottom", fontsize="x-small",
+                     xytext=(0, 2), textcoords="offset points", color=_NEUTRAL)
+    title = "Arrivals by severity, and the share of stat"
+    if partial.any():
+        title += " (hatched, dashed: partial period)"
+    top.set_title(title)
     top.set_ylabel("arrivals (studies)")
     if len(periods):
-        top.legend(title="severity", fontsize="small", loc="upper left")
+        # plain swatches: the first bar of a severity may be a hatched partial one
+        top.legend(handles=[Patch(color=SEVERITY_COLORS[s], label=s) for s in SEVERITIES],
+                   title="severity", fontsize="small", loc="upper left")
+        top.set_ylim(0, max(float(base.max()), 1.0) * 1.15)
     stat = _rows_of(table, "stat")
-    bottom_ax.plot(x, stat["share"].to_numpy(dtype=float) * 100, color=SEVERITY_COLORS["stat"], marker=".")
+    _line_with_partial(bottom_ax, x, stat["share"].to_numpy(dtype=float) * 100, partial,
+                       color=SEVERITY_COLORS["stat"], label=None)
     bottom_ax.set_ylabel("stat share (%)")
-    bottom_ax.set_xlabel("period start (UTC)")
+    bottom_ax.set_xlabel(f"period start ({_zone_name(periods)})")
     bottom_ax.set_ylim(bottom=0)
     if len(periods) == 0:
         _empty_note(top, "no arrivals")
@@ -264,22 +327,39 @@ def plot_workload(table: pd.DataFrame, *, top: int = 15) -> Figure:
 
 def plot_customers(table: pd.DataFrame, *, top: int = 15) -> Figure:
     """Share within target (left) and cancellation rate (right) of the ``top`` largest
-    customers of a ``customers()`` table, in percent."""
+    customers of a ``customers()`` table, in percent.
+
+    The share within target is drawn as dots on an axis zoomed to the values shown (shares
+    of 93-99 % would look alike on 0-100 %); the title says how many customers are left out
+    ("top 15 of 42 customers shown, by arrivals").
+    """
     _require(table, ["customer", "within_target_share", "cancellation_rate"], "customers")
     shown = table.head(top).iloc[::-1]
     fig, axes = _figure(ncols=2, sharey=True)
     left, right = axes[0, 0], axes[0, 1]
     y = np.arange(len(shown))
-    left.barh(y, shown["within_target_share"].to_numpy(dtype=float) * 100, color="#4e9a6b")
+    share = shown["within_target_share"].to_numpy(dtype=float) * 100
+    left.hlines(y, 0, share, color="#4e9a6b", alpha=0.35, linewidth=1)
+    left.plot(share, y, "o", color="#4e9a6b")
     left.set_yticks(y, _labels(shown["customer"].astype(str).tolist()), fontsize="small")
-    left.set_xlim(0, 100)
-    left.set_title("Completed within target")
+    known = share[np.isfinite(share)]
+    if len(known):
+        spread = max(float(known.max() - known.min()), 2.0)
+        lo = max(0.0, float(known.min()) - spread * 0.15)
+        hi = min(100.0, float(known.max()) + spread * 0.15)
+        left.set_xlim(lo, max(hi, lo + 1.0))
+    else:
+        left.set_xlim(0, 100)
+    left.set_title("Completed within target" + (" (axis zoomed)" if len(known) and lo > 0 else ""))
     left.set_xlabel("within target (% of completed)")
     left.set_ylabel("customer")
     right.barh(y, shown["cancellation_rate"].to_numpy(dtype=float) * 100, color=_NEUTRAL)
     right.set_title("Cancelled")
     right.set_xlabel("cancellation rate (% of arrivals)")
-    fig.suptitle("Customers: service within target and cancellations")
+    title = "Customers: service within target and cancellations"
+    if len(table) > len(shown):
+        title += f"\ntop {len(shown)} of {len(table)} customers shown, by arrivals"
+    fig.suptitle(title)
     if shown.empty:
         _empty_note(left, "no studies")
     return fig

@@ -23,6 +23,13 @@ Rules every KPI follows:
   once its age is strictly greater than the target; windows are half-open UTC
   ``(start, end)``; ``now=`` defaults to the current time, and studies created after it are
   not open yet.
+- **Periods** (days, weeks, hours) are local to ``tz=`` (default UTC; see
+  ``viewerkit.reports.sla.report_timezone``): a day runs from local midnight to local
+  midnight (23 or 25 hours across a daylight-saving change), a week from Monday 00:00 local
+  time. The tables that bucket by period (``volume``; ``turnaround`` by week) give each
+  period's start as a time in that zone and flag a period the data cannot fill,
+  ``partial``: it began before the window's start, or ends after the window's end or
+  after ``now`` (the current day or week).
 - **Cancelled** studies never count as completed; turnaround counts them separately.
 - **Windows place events by their own time:** arrivals by ``created_at`` (volume, backlog,
   overdue, customer volume, cancellation rates), completions by completion time
@@ -50,6 +57,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any, Final, Literal, TypeAlias
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -75,9 +83,11 @@ from viewerkit.reports.sla import (
     Moment,
     SlaLike,
     SlaTargets,
+    TimeZoneLike,
     Window,
     now_ms,
     past_target,
+    report_timezone,
     resolve_sla,
     window_ms,
 )
@@ -92,6 +102,7 @@ __all__ = [
     "Window",
     "backlog",
     "cancellations",
+    "count_created",
     "customers",
     "overdue",
     "turnaround",
@@ -292,6 +303,71 @@ def _floor(ms: np.ndarray, freq: str) -> np.ndarray:
     return np.floor((ms - offset) / step) * step + offset
 
 
+_UTC_KEYS: Final = frozenset({"UTC", "Etc/UTC"})
+_QUARTER_HOUR_MS: Final = HOUR_MS // 4
+
+
+def _is_utc(tz: ZoneInfo) -> bool:
+    return tz.key in _UTC_KEYS
+
+
+def _wall_ms(ms: np.ndarray, tz: ZoneInfo) -> np.ndarray:
+    """Instants (epoch ms, no NaN) as ``tz``'s wall-clock time, counted like epoch ms."""
+    utc = pd.DatetimeIndex(ms.astype(np.int64).astype("datetime64[ms]")).tz_localize("UTC")
+    return np.asarray(utc.tz_convert(tz).tz_localize(None).as_unit("ms").asi8, dtype=np.int64)
+
+
+def _from_wall(wall: np.ndarray, tz: ZoneInfo) -> np.ndarray:
+    """Local period starts (wall-clock ms) as instants (epoch ms, float): a start that falls
+    twice (clocks turned back) is the first, one that never happens (clocks turned forward
+    past it) is the first moment after the gap."""
+    local = pd.DatetimeIndex(wall.astype(np.int64).astype("datetime64[ms]"))
+    aware = local.tz_localize(tz, ambiguous=np.ones(len(wall), dtype=bool), nonexistent="shift_forward")
+    return np.asarray(aware.as_unit("ms").asi8, dtype=np.float64)
+
+
+def _local_floor(ms: np.ndarray, freq: str, tz: ZoneInfo) -> np.ndarray:
+    """The start (epoch ms) of the local period of ``tz`` holding each instant; NaN stays NaN."""
+    if _is_utc(tz):
+        return _floor(ms, freq)
+    out = np.full(len(ms), np.nan)
+    known = ~np.isnan(ms)
+    if not known.any():
+        return out
+    wall = _wall_ms(ms[known], tz)
+    if freq == "h":  # the hour of each instant's own offset: a repeated hour is two hours
+        out[known] = ms[known] - wall % HOUR_MS
+        return out
+    starts, inverse = np.unique(_floor(wall.astype(np.float64), freq), return_inverse=True)
+    out[known] = _from_wall(starts, tz)[inverse]
+    return out
+
+
+def _local_periods(first: float, last: float, freq: str, tz: ZoneInfo) -> np.ndarray:
+    """Every period start from the period ``first`` to the period ``last`` (both starts,
+    epoch ms), then the end of the last: one more value than there are periods."""
+    step = _FREQ_MS[freq]
+    if _is_utc(tz):
+        return first + step * np.arange(int((last - first) // step) + 2, dtype=np.float64)
+    if freq == "h":
+        grid = np.arange(first, last + 2 * HOUR_MS, _QUARTER_HOUR_MS, dtype=np.float64)
+        starts = np.unique(_local_floor(grid, "h", tz))
+        return starts[: int(np.searchsorted(starts, last, side="right")) + 1]
+    walls = _floor(_wall_ms(np.array([first, last]), tz).astype(np.float64), freq)
+    return _from_wall(np.arange(walls[0], walls[1] + 2 * step, step), tz)
+
+
+def _period_column(starts: np.ndarray, tz: ZoneInfo) -> pd.Series:
+    """Period starts (epoch ms) as times in ``tz`` (UTC stays ``datetime64[ms, UTC]``)."""
+    column = timestamps(starts)
+    return column if _is_utc(tz) else column.dt.tz_convert(tz)
+
+
+def _partial(starts: np.ndarray, ends: np.ndarray, window: tuple[float, float], at: float) -> np.ndarray:
+    """Periods the data cannot fill: begun before the window, or ending after it or after now."""
+    return np.asarray((starts < window[0]) | (ends > min(window[1], at)))
+
+
 def _reference_keys(s: _Studies, rows: np.ndarray, who: str) -> tuple[np.ndarray, pd.DataFrame]:
     """Group codes (for ``rows``) and labels of assignees or customers, sorted by label."""
     if who == "assignee":
@@ -335,7 +411,9 @@ def _reference_keys(s: _Studies, rows: np.ndarray, who: str) -> tuple[np.ndarray
     return rank[codes] if len(codes) else codes.astype(np.int64), keys
 
 
-def _group(s: _Studies, by: By, rows: np.ndarray, when_ms: np.ndarray | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+def _group(
+    s: _Studies, by: By, rows: np.ndarray, when_ms: np.ndarray | None = None, tz: ZoneInfo | None = None
+) -> tuple[np.ndarray, pd.DataFrame]:
     """Group code per study (-1 outside ``rows`` or unknown) and the key table of all groups.
 
     Severity lists all three severities; other dimensions list the values met in ``rows``.
@@ -352,12 +430,12 @@ def _group(s: _Studies, by: By, rows: np.ndarray, when_ms: np.ndarray | None = N
             dim_codes = s.severity.copy()
             dim_keys = pd.DataFrame({"severity": severity_labels(np.arange(len(SEVERITIES)))})
         elif dim == "week":
-            assert when_ms is not None
-            weeks = _floor(when_ms[rows], "W")
+            assert when_ms is not None and tz is not None
+            weeks = _local_floor(when_ms[rows], "W", tz)
             known = ~np.isnan(weeks)
             starts = np.unique(weeks[known])
             dim_codes[rows[known]] = np.searchsorted(starts, weeks[known])
-            dim_keys = pd.DataFrame({"week": timestamps(starts)})
+            dim_keys = pd.DataFrame({"week": _period_column(starts, tz)})
         else:
             dim_codes[rows], dim_keys = _reference_keys(s, rows, dim)
         valid &= dim_codes >= 0
@@ -415,18 +493,23 @@ def turnaround(
     sla: SlaLike = None,
     history: pd.DataFrame | None = None,
     window: Window = None,
+    now: Moment = None,
+    tz: TimeZoneLike = "UTC",
 ) -> pd.DataFrame:
     """Turnaround (created -> complete) of the studies completed in the window, per group.
 
-    ``by``: ``"severity"``, ``["severity", "week"]`` (the Monday-starting UTC week of
-    completion; a cancelled study counts in the week of its cancellation), ``"assignee"``,
-    ``"customer"``, or any combination of these.
+    ``by``: ``"severity"``, ``["severity", "week"]`` (the week of completion, Monday 00:00
+    to Monday 00:00 in ``tz``; a cancelled study counts in the week of its cancellation),
+    ``"assignee"``, ``"customer"``, or any combination of these.
 
     Columns: the group keys, then ``completed``, ``median_h``, ``p90_h``, ``mean_h``,
     ``within_target`` (turnaround <= its severity's target, per customer where set),
     ``within_target_share`` (0-1, NaN for an empty group), ``breached``, ``from_history`` and
     ``from_updated_at`` (where each completion time came from, see the module notes) and
-    ``cancelled`` (studies cancelled in the window, left out of the figures).
+    ``cancelled`` (studies cancelled in the window, left out of the figures). By week, the
+    ``week`` column is the week's start in ``tz``, and a last column ``partial`` flags a
+    week begun before the window's start or ending after its end or after ``now`` (default:
+    the current time): a week that is not over yet.
 
     >>> import pandas as pd
     >>> t = pd.Timestamp("2026-11-02", tz="UTC")
@@ -438,15 +521,16 @@ def turnaround(
     1     high          1       4.0                  1.0
     2     stat          0       NaN                  NaN
     """
+    zone = report_timezone(tz)
     dims = _dimensions(by, _DIMENSIONS)
     targets_of = resolve_sla(sla)
-    win = window_ms(window)
+    win, at = window_ms(window), now_ms(now)
     s = _Studies(studies, "turnaround", history, by=dims, sla=targets_of, reads=("cancelled_at", *_RESOLVED))
     targets = s.target_h(targets_of)
     done = _inside(s.completed_at, win)
     cancelled = s.is_cancelled & (s.severity >= 0) & _inside(s.cancelled_at, win)
     when = np.where(done, s.completed_at, s.cancelled_at)
-    codes, keys = _group(s, dims, _rows(done | cancelled), when)
+    codes, keys = _group(s, dims, _rows(done | cancelled), when, zone)
     n = len(keys)
     hours = s.turnaround_h
     stats = _duration_stats(codes, done, hours, n)
@@ -464,6 +548,11 @@ def turnaround(
     out["from_history"] = _counts(codes, done & s.from_history, n)
     out["from_updated_at"] = _counts(codes, done & ~s.from_history, n)
     out["cancelled"] = _counts(codes, cancelled, n)
+    if "week" in dims:
+        starts = np.asarray(pd.DatetimeIndex(out["week"]).as_unit("ms").asi8, dtype=np.float64)
+        # a week lasts 7 days +- an hour: half a day past its start plus 7 days is the next week
+        ends = _local_floor(starts + WEEK_MS + DAY_MS / 2, "W", zone)
+        out["partial"] = _partial(starts, ends, win, at)
     return out
 
 
@@ -563,48 +652,86 @@ def overdue(
     )
 
 
-def volume(studies: pd.DataFrame, *, freq: Freq = "D", window: Window = None) -> pd.DataFrame:
+def volume(
+    studies: pd.DataFrame,
+    *,
+    freq: Freq = "D",
+    window: Window = None,
+    now: Moment = None,
+    tz: TimeZoneLike = "UTC",
+) -> pd.DataFrame:
     """Arrivals (by ``created_at``) per period and severity, with each severity's share.
 
-    ``freq``: ``"h"``, ``"D"`` or ``"W"`` (weeks start Monday 00:00 UTC). Every period from
-    the window's start (or the first arrival) to its end (or the last arrival) is listed, with
-    a row per severity: ``period`` (start, UTC), ``severity``, ``arrivals``, ``share`` (of the
-    period's arrivals, 0-1, NaN for an empty period). The share of stat over time is
-    ``volume(...).query("severity == 'stat'")``.
+    ``freq``: ``"h"``, ``"D"`` or ``"W"``: hours, days or weeks (Monday 00:00 start) of
+    ``tz``'s local time (default UTC; a local day lasts 23 or 25 hours across a
+    daylight-saving change). Every period from the window's start (or the first arrival)
+    to its end (or the last arrival) is listed, with a row per severity: ``period`` (its
+    start, a time in ``tz``), ``severity``, ``arrivals``, ``share`` (of the period's
+    arrivals, 0-1, NaN for an empty period), ``partial`` (True for a period the data cannot
+    fill: begun before the window's start, or ending after the window's end or after
+    ``now``, default the current time; the day still under way is partial). The share of
+    stat over time is ``volume(...).query("severity == 'stat'")``.
 
     >>> import pandas as pd
     >>> t = pd.Timestamp("2026-11-02 09:00", tz="UTC")
     >>> two = pd.DataFrame({"severity": ["stat", "normal"], "created_at": [t, t]})
-    >>> volume(two).query("severity == 'stat'")[["arrivals", "share"]].to_dict("records")
-    [{'arrivals': 1, 'share': 0.5}]
+    >>> volume(two).query("severity == 'stat'")[["arrivals", "share", "partial"]].to_dict("records")
+    [{'arrivals': 1, 'share': 0.5, 'partial': False}]
+    >>> volume(two, tz="Asia/Tokyo", now=t)["period"].iloc[0]
+    Timestamp('2026-11-02 00:00:00+0900', tz='Asia/Tokyo')
     """
+    zone = report_timezone(tz)
     if freq not in _FREQ_MS:
         raise ValidationError.one(_KPI_ERROR, "freq", freq, Reason.NOT_A_CHOICE,
                                   detail=f"allowed: {', '.join(_FREQ_MS)}")
-    win = window_ms(window)
+    win, at = window_ms(window), now_ms(now)
     s = _Studies(studies, "volume")
     arrived = _inside(s.created, win) & (s.severity >= 0)
-    periods = _floor(s.created, freq)
-    step = _FREQ_MS[freq]
-    have = periods[arrived]
-    first = _floor(np.array([win[0]]), freq)[0] if np.isfinite(win[0]) else (have.min() if len(have) else np.nan)
-    last = _floor(np.array([win[1] - 1]), freq)[0] if np.isfinite(win[1]) else (have.max() if len(have) else np.nan)
+    have = s.created[arrived]
+    lo = win[0] if np.isfinite(win[0]) else (have.min() if len(have) else np.nan)
+    hi = win[1] - 1 if np.isfinite(win[1]) else (have.max() if len(have) else np.nan)
     k = len(SEVERITIES)
-    count = 0 if np.isnan(first) or np.isnan(last) else int((last - first) // step) + 1
+    if np.isnan(lo) or np.isnan(hi):
+        bounds = np.zeros(1)
+    else:
+        first, last = _local_floor(np.array([lo, hi]), freq, zone)
+        bounds = _local_periods(first, last, freq, zone)
+    count = len(bounds) - 1
     # only arrivals get a period index (a null created_at would not survive the int cast)
-    index = np.where(arrived, (periods - first) // step, 0).astype(np.int64) if count else np.zeros(s.n, np.int64)
+    if _is_utc(zone):  # periods of one length: arithmetic, twice as fast as a search
+        step = _FREQ_MS[freq]
+        index = np.where(arrived, (_floor(s.created, freq) - bounds[0]) // step, 0).astype(np.int64)
+    else:
+        index = np.searchsorted(bounds, np.where(arrived, s.created, bounds[0]), side="right") - 1
     cell = np.where(arrived, index * k + s.severity, -1)
     arrivals = _counts(cell, arrived, count * k).reshape(count, k)
     totals = arrivals.sum(axis=1, keepdims=True).astype(np.float64)
     share = _div(arrivals.ravel().astype(np.float64), np.repeat(totals.ravel(), k))
+    starts, ends = bounds[:-1], bounds[1:]
     return pd.DataFrame(
         {
-            "period": timestamps(np.repeat(first + step * np.arange(count, dtype=np.float64), k)),
+            "period": _period_column(np.repeat(starts, k), zone),
             "severity": severity_labels(np.tile(np.arange(k), count)),
             "arrivals": arrivals.ravel(),
             "share": share,
+            "partial": np.repeat(_partial(starts, ends, win, at), k),
         }
     )
+
+
+def count_created(studies: pd.DataFrame, *, window: Window = None) -> int:
+    """How many studies were created in the window (all of them for None): the "812 of
+    20,000" a report over part of a cache states.
+
+    >>> import pandas as pd
+    >>> t = pd.Timestamp("2026-11-02 09:00", tz="UTC")
+    >>> two = pd.DataFrame({"created_at": [t, t - pd.Timedelta(days=30)]})
+    >>> count_created(two, window=("2026-10-20", None))
+    1
+    """
+    win = window_ms(window)
+    cols = StudyColumns(studies, "count_created", ("created_at",))
+    return int(_inside(cols.created, win).sum())
 
 
 def workload(
