@@ -629,10 +629,11 @@ _XLSX_MAX_ROWS: Final = 1_048_575  # a sheet's 1,048,576 rows less the header
 _XLSX_MAX_CHARS: Final = 32_767  # in a cell, UTF-16 code units
 _XLSX_TIME_FORMAT: Final = "yyyy-mm-dd h:mm:ss"
 _EXCEL_EARLIEST: Final = "1900-03-01"  # before it Excel's day numbers are not dates
-# XML 1.0 cannot hold these characters: OOXML writes one as _xHHHH_, and a text that holds
-# _xHHHH_ itself gets its "_" written as _x005F_ (what Excel does); RE2 spelling, then Python's
-_XLSX_UNWRITABLE: Final = r"[\x{0}-\x{8}\x{b}\x{c}\x{e}-\x{1f}\x{fffe}\x{ffff}]|_x[0-9A-Fa-f]{4}_"
-_XLSX_UNWRITABLE_PY: Final = "[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]|_x[0-9A-Fa-f]{4}_"
+# XML 1.0 cannot hold these characters (and a reader turns a carriage return into a line
+# feed): OOXML writes one as _xHHHH_, and a text that holds _xHHHH_ itself gets its "_"
+# written as _x005F_, as Excel does; RE2 spelling, then Python's
+_XLSX_UNWRITABLE: Final = r"[\x{0}-\x{8}\x{b}-\x{1f}\x{fffe}\x{ffff}]|_x[0-9A-Fa-f]{4}_"
+_XLSX_UNWRITABLE_PY: Final = "[\x00-\x08\x0b-\x1f\ufffe\uffff]|_x[0-9A-Fa-f]{4}_"
 _XLSX_ESCAPE: Final = r"_x([0-9A-Fa-f]{4})_"
 # openpyxl makes a text that starts with "=" a formula and Excel's error words error cells
 _XLSX_NOT_PLAIN_TEXT: Final = r"^(?:=|#|$)"
