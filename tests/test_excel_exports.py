@@ -273,3 +273,12 @@ def test_cli_fetch_refuses_an_unknown_time_zone_before_fetching(tmp_path: Path) 
     assert result.output.startswith("Error: ") and "field tz" in result.output
     assert "connect" not in result.output.lower(), "the fetch was attempted"
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["studies.xlsx", "studies.csv"])
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin"])
+def test_an_empty_table_round_trips(tmp_path: Path, name: str, tz: str) -> None:
+    from viewerkit.frame import empty_studies
+
+    back = read_studies(write_studies(empty_studies(), tmp_path / name, tz=tz))
+    pd.testing.assert_frame_equal(back, to_pandas(empty_studies()), check_exact=True)
