@@ -109,9 +109,9 @@ def fetch_command(
         study_description=study_description,
         study_viewer_status=study_viewer_status,
     )
-    if out is not None:  # before the fetch, which may take minutes
+    check_time_zone(tz)  # these before the fetch, which may take minutes
+    if out is not None:
         check_output_path(out)
-        check_time_zone(tz)
     with Client() as client:
         table = fetch_studies_arrow(client, filters, concurrency=concurrency, progress=progress)
     if out is None:
