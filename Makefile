@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench browser clean
+.PHONY: demo test lint bench browser clean notebooks lab
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,22 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m viewerkit.demo
+
+# JupyterLab (the [notebooks] extra) on notebooks/ at http://127.0.0.1:8888/lab (the next free
+# port if taken; NOTEBOOKS_PORT=... to choose): open the URL it prints, token included.
+# No browser is opened; Ctrl-C twice stops it. .ci/jupyterlab.sh is the command, shared
+# with tests/test_notebooks_server.py.
+NOTEBOOKS_PORT  ?= 8888
+NOTEBOOKS_STAMP := $(VENV)/.installed-notebooks
+
+$(NOTEBOOKS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[sandbox,notebooks]'
+	touch $(NOTEBOOKS_STAMP)
+
+notebooks: $(NOTEBOOKS_STAMP)
+	sh .ci/jupyterlab.sh $(PY) $(NOTEBOOKS_PORT)
+
+lab: notebooks
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check viewerkit tests bench

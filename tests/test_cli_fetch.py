@@ -154,10 +154,10 @@ def test_fetch_into_a_missing_folder_fails_before_fetching(tmp_path: Path) -> No
 
 def test_fetch_to_an_unknown_file_type_fails_before_fetching(tmp_path: Path) -> None:
     runner = CliRunner(env={"AVARA_API_KEY": "sk-unused", "AVARA_BASE_URL": "http://127.0.0.1:9"})
-    out = tmp_path / "studies.xlsx"
+    out = tmp_path / "studies.xls"
     result = runner.invoke(main, ["fetch", "--out", str(out), "--no-progress"])
     assert result.exit_code == 1, result.output
-    assert "must end with one of the allowed suffixes, allowed: .parquet, .csv" in result.output
+    assert "must end with one of the allowed suffixes, allowed: .parquet, .csv, .xlsx" in result.output
     assert "connect" not in result.output.lower(), "the fetch was attempted"
     assert not out.exists()
 

@@ -226,3 +226,14 @@ def test_a_sandbox_table_with_hostile_text_round_trips_through_csv_and_parquet(
     for row in cells(tmp_path / "studies.csv"):
         for name in text_columns:
             assert not RUNS.match(row[name]), (name, row[name])
+
+
+def test_csv_times_in_a_time_zone_carry_their_offset_and_read_back(tmp_path: Path) -> None:
+    # Berlin, 2026-10-25 00:30 and 01:30 UTC are both 02:30 local: the offset tells them apart
+    when = ["2026-10-25T00:30:00.250Z", "2026-10-25T01:30:00.000Z", "2026-03-01T23:59:59.999Z"]
+    table = studies_to_arrow([{"studyId": f"stu_{n:032x}", "studyInstanceUid": f"1.{n}", "createdAt": t}
+                              for n, t in enumerate(when)])
+    written = write_studies(table, tmp_path / "studies.csv", tz="Europe/Berlin")
+    assert [row["created_at"] for row in cells(written)] == [
+        "2026-10-25 02:30:00.250+02:00", "2026-10-25 02:30:00.000+01:00", "2026-03-02 00:59:59.999+01:00"]
+    pd.testing.assert_frame_equal(read_studies(written), to_pandas(table), check_exact=True)

@@ -457,11 +457,11 @@ def test_write_studies_to_csv_has_the_header_and_every_row_as_users_see_them(
 @pytest.mark.parametrize(
     ("name", "reasons"),
     [
-        ("studies.xlsx", [Reason.WRONG_SUFFIX]),
+        ("studies.xls", [Reason.WRONG_SUFFIX]),
         ("studies", [Reason.WRONG_SUFFIX]),
         ("no-such-folder/studies.parquet", [Reason.NO_SUCH_FOLDER]),
         ("a-file/studies.csv", [Reason.NO_SUCH_FOLDER]),
-        ("no-such-folder/studies.xlsx", [Reason.WRONG_SUFFIX, Reason.NO_SUCH_FOLDER]),
+        ("no-such-folder/studies.xls", [Reason.WRONG_SUFFIX, Reason.NO_SUCH_FOLDER]),
         ("a-folder.parquet", [Reason.IS_A_FOLDER]),
     ],
 )

@@ -112,11 +112,16 @@ def _api_client(rate_limit: float | None = None, concurrency: int = 8) -> Client
 @click.option("--assigned-to", metavar="USER_ID", help="Only studies assigned to this user ID ('null': unassigned).")
 @click.option("--customer", "express_customer_id", metavar="CUSTOMER_ID", help="Only this express customer ID ('null': none).")
 @click.option("--description", "study_description", metavar="TEXT", help="Description contains TEXT (any case).")
-@click.option("--out", type=click.Path(dir_okay=False), help="Write the table to a .parquet or .csv file.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Write the table to a .parquet, .csv or .xlsx (Excel) file.")
+@click.option("--tz", default="UTC", show_default=True, metavar="ZONE",
+              help="Time zone of the times in a .csv or .xlsx (an IANA name, e.g. Europe/Berlin); "
+                   "Excel's time columns name it. Parquet keeps UTC instants.")
 @click.option("--formulas", type=click.Choice(["neutralise", "keep"]), default="neutralise",
               show_default=True,
-              help="CSV only: text cells a spreadsheet would run as a formula (= + - @ ...) get a "
-                   "leading ' (neutralise), or are written as they are, for programs (keep).")
+              help="CSV and Excel: text cells a spreadsheet would run as a formula (= + - @ ...) "
+                   "are marked as text (neutralise: a leading ' in CSV, Excel's quote prefix), or "
+                   "written as they are, for programs (keep).")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def fetch_command(
@@ -127,14 +132,15 @@ def fetch_command(
     express_customer_id: str | None,
     study_description: str | None,
     out: str | None,
+    tz: str,
     formulas: str,
     concurrency: int,
     progress: bool,
 ) -> None:
     """Fetch every study matching the filters; write it to --out, else print a summary.
 
-    A .csv keeps spreadsheets from running cells as formulas (see --formulas);
-    viewerkit.files.read_studies reads it back as it was.
+    A .csv or .xlsx keeps spreadsheets from running cells as formulas (see --formulas) and
+    shows times in --tz; viewerkit.read_studies reads any of them back as it was.
 
     Example:
 
@@ -142,7 +148,7 @@ def fetch_command(
     """
     from viewerkit.client import Client
     from viewerkit.fetch import fetch_studies_arrow
-    from viewerkit.files import check_output_path, write_studies
+    from viewerkit.files import check_output_path, check_time_zone, write_studies
     from viewerkit.schema import StudyFilters
 
     filters = StudyFilters.from_text(
@@ -153,15 +159,17 @@ def fetch_command(
         study_description=study_description,
         study_viewer_status=study_viewer_status,
     )
+    check_time_zone(tz)  # these before the fetch, which may take minutes
     if out is not None:
-        check_output_path(out)  # before the fetch, which may take minutes
+        check_output_path(out)
     with Client() as client:
         table = fetch_studies_arrow(client, filters, concurrency=concurrency, progress=progress)
     if out is None:
         click.echo(f"{table.num_rows} studies (use --out FILE.parquet to keep them)")
         return
-    write_studies(table, out, formulas="keep" if formulas == "keep" else "neutralise")
-    click.echo(f"{table.num_rows} studies written to {out}")
+    write_studies(table, out, tz=tz, formulas="keep" if formulas == "keep" else "neutralise")
+    zone = "" if out.lower().endswith(".parquet") else f" (times in {tz})"
+    click.echo(f"{table.num_rows} studies written to {out}{zone}")
 
 
 @main.command("refresh")
