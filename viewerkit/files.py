@@ -426,33 +426,26 @@ def _check_formula_policy(formulas: object, what: str, allowed: Sequence[str] = 
 def check_time_zone(tz: object, *, what: str = "write_studies") -> str:
     """Refuse a time zone an export cannot show times in: return its name.
 
-    ``tz`` is an IANA time zone name (``"UTC"``, ``"Europe/Berlin"``, ``"America/New_York"``)
-    as ``zoneinfo`` knows it. Anything else is a ``ValidationError`` (field ``tz``, reason
-    ``NOT_A_CHOICE``, message headed ``what``). Call it before a long fetch whose result an
-    export writes.
+    ``tz`` is an IANA time zone name (``"UTC"``, ``"Europe/Berlin"``, ``"America/New_York"``):
+    the rule of :func:`viewerkit.timezones.report_timezone`, the one check of the setting
+    (a ``ValidationError`` headed ``what`` on field ``tz``, ``Reason.NOT_A_TIME_ZONE``).
+    None means UTC. Call it before a long fetch whose result an export writes.
 
     >>> check_time_zone("Europe/Berlin")
     'Europe/Berlin'
     >>> check_time_zone("CEST")
     Traceback (most recent call last):
     viewerkit.errors.ValidationError: write_studies: 1 problem
-      field tz: is not one of the allowed values, an IANA time zone name such as UTC or Europe/Berlin (got 'CEST')
+      field tz: must be an IANA time zone name such as UTC or Europe/Berlin (got 'CEST')
     """
-    import zoneinfo
+    from viewerkit.timezones import report_timezone
 
-    if isinstance(tz, str) and tz == DEFAULT_EXPORT_TZ:
-        return tz
-    if isinstance(tz, str) and tz and tz == tz.strip():
-        try:
-            zoneinfo.ZoneInfo(tz)
-        except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
-            pass
-        else:
-            return tz
-    raise ValidationError.one(
-        what, "tz", tz, Reason.NOT_A_CHOICE,
-        detail="an IANA time zone name such as UTC or Europe/Berlin",
-    )
+    if tz is None or tz == DEFAULT_EXPORT_TZ:  # None means UTC, as for the reports
+        return DEFAULT_EXPORT_TZ
+    if not isinstance(tz, str):  # a ZoneInfo is fine for a report, but an export names it
+        raise ValidationError.one(what, "tz", tz, Reason.WRONG_TYPE,
+                                  detail="a time zone name such as 'Europe/Berlin'")
+    return str(report_timezone(tz, what=what).key)
 
 
 def write_studies(
@@ -993,8 +986,8 @@ def _xlsx_study_table(sheet: Any) -> pa.Table:
             try:
                 zone = check_time_zone(zone, what="read_studies")
             except ValidationError:
-                cases.append({"field": title, "value": zone, "reason": Reason.NOT_A_CHOICE,
-                              "detail": "the column's time zone is not an IANA time zone name"})
+                cases.append({"field": title, "value": zone, "reason": Reason.NOT_A_TIME_ZONE,
+                              "detail": "the column's time zone"})
                 continue
         elif kind_at < 0:
             kind = None

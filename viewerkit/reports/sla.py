@@ -33,13 +33,11 @@ field and the ``Reason``.
 
 from __future__ import annotations
 
-import functools
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, TypeAlias
-from zoneinfo import ZoneInfo, available_timezones
 
 import numpy as np
 import pandas as pd
@@ -47,6 +45,7 @@ import pandas as pd
 from viewerkit.errors import Reason, ValidationError
 from viewerkit.reports.columns import StudyColumns, needed_columns, severity_codes, timestamps
 from viewerkit.schema import RULES, SEVERITIES, Severity
+from viewerkit.timezones import TimeZoneLike, report_timezone
 
 __all__ = [
     "DAY_MS",
@@ -80,15 +79,12 @@ Moment: TypeAlias = "str | datetime | pd.Timestamp | None"
 Window: TypeAlias = "tuple[Moment, Moment] | None"
 #: A duration: hours as any real number (int, float, numpy numbers, not bool) or a timedelta.
 Hours: TypeAlias = "float | int | numbers.Real | np.integer | np.floating | timedelta"
-#: What ``tz=`` takes: an IANA time zone name (``"UTC"``, ``"Europe/Berlin"``), a ZoneInfo, or None (UTC).
-TimeZoneLike: TypeAlias = "str | ZoneInfo | None"
 #: What ``sla=`` takes: ``SlaTargets``, a mapping of severity to hours, or None (``SLA``).
 SlaLike: TypeAlias = "SlaTargets | Mapping[str, Hours] | None"
 
 _SLA_ERROR: Final = "bad SLA targets"
 _WINDOW_ERROR: Final = "bad report window"
 _TIME_ERROR: Final = "bad report time"
-_TZ_ERROR: Final = "bad report time zone"
 
 
 # --- SLA targets ------------------------------------------------------------------------------
@@ -382,55 +378,6 @@ def resolve_now(now: Moment) -> pd.Timestamp:
     Timestamp('2026-11-02 08:00:00.123000+0000', tz='UTC')
     """
     return pd.Timestamp(np.datetime64(int(now_ms(now)), "ms")).tz_localize("UTC")
-
-
-@functools.lru_cache(maxsize=1)
-def _zone_names() -> frozenset[str]:
-    """Every time zone name this machine knows (the system's zoneinfo, else the tzdata package)."""
-    # "localtime" is this machine's own setting, a different zone on each machine
-    return frozenset(available_timezones()) - {"localtime"}
-
-
-def report_timezone(tz: TimeZoneLike = "UTC") -> ZoneInfo:
-    """The time zone a report counts days and weeks in, and shows its times in.
-
-    ``tz``: an IANA time zone name (``"UTC"``, ``"Europe/Berlin"``, ``"America/New_York"``),
-    a ``zoneinfo.ZoneInfo`` (returned as it is), or None for UTC. Local days follow the
-    zone's daylight-saving rules (a day of 23 or 25 hours). A name the machine's time zone
-    data does not hold (a typo, ``"CET+1"``, a path) raises ``ValidationError`` on field
-    ``tz`` with ``Reason.NOT_A_TIME_ZONE`` (suggesting the right spelling when only the
-    case differs); a value that is not text, ``Reason.WRONG_TYPE``. Call it first, before
-    any work, as every report function does.
-
-    >>> report_timezone("Europe/Berlin")
-    zoneinfo.ZoneInfo(key='Europe/Berlin')
-    >>> report_timezone(None).key
-    'UTC'
-    >>> report_timezone("Europe/Berlyn")
-    Traceback (most recent call last):
-    viewerkit.errors.ValidationError: bad report time zone: 1 problem
-      field tz: must be an IANA time zone name such as UTC or Europe/Berlin (got 'Europe/Berlyn')
-    """
-    if tz is None:
-        tz = "UTC"
-    if isinstance(tz, ZoneInfo):
-        return tz
-    if not isinstance(tz, str):
-        raise ValidationError.one(_TZ_ERROR, "tz", tz, Reason.WRONG_TYPE,
-                                  detail="expected a time zone name such as 'Europe/Berlin'")
-    names = _zone_names()
-    if tz in names:
-        try:
-            return ZoneInfo(tz)
-        except (KeyError, ValueError, OSError):  # listed, yet unreadable: said below
-            pass
-    detail: str | None
-    if not names:
-        detail = "this machine has no time zone data: pip install tzdata"
-    else:
-        near = [name for name in names if name.lower() == tz.strip().lower()]
-        detail = f"did you mean {near[0]!r}?" if near else None
-    raise ValidationError.one(_TZ_ERROR, "tz", tz, Reason.NOT_A_TIME_ZONE, detail=detail)
 
 
 def last_days(
