@@ -121,7 +121,7 @@ def test_corrupt_cache_fails_with_one_line_saying_how_to_rebuild(
     assert runner.invoke(main, ["refresh", "--cache", str(cache_dir), "--no-progress"]).exit_code == 0
     next(cache_dir.rglob("manifest.json")).write_text("garbage")
     result = runner.invoke(main, ["cache", "info", "--cache", str(cache_dir)])
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # the cache's exit status, as for every command
     assert "viewerkit refresh --mode full" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
@@ -207,3 +207,36 @@ def test_fetch_refuses_another_formulas_word(runner: CliRunner, tmp_path: Path) 
     result = runner.invoke(main, ["fetch", "--out", str(tmp_path / "x.csv"), "--formulas", "neutralize"])
     assert result.exit_code == 2 and "neutralise" in result.output
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_fetch_takes_several_values_of_an_enum_filter(runner: CliRunner, sandbox: Sandbox, tmp_path: Path) -> None:
+    out = tmp_path / "urgent.parquet"
+    result = runner.invoke(
+        main, ["fetch", "--severity", "stat", "--severity", "high", "--status", "incomplete",
+               "--no-progress", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out)
+    with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as c:
+        expected = {s["studyId"] for sev in ("stat", "high")
+                    for s in c.iter_studies(severity=sev, study_viewer_status="incomplete")}
+    assert set(table["study_id"]) == expected
+    assert set(table["severity"]) == {"stat", "high"}
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (["fetch", "--no-progress"], 3),  # the API: nothing listens at the base URL
+        (["refresh", "--no-progress"], 3),
+        (["fetch", "--severity", "urgent"], 2),  # usage: click refuses the value
+        (["fetch", "--assigned-to", "bob"], 1),  # bad input, before any request
+    ],
+)
+def test_every_command_exits_with_the_status_of_its_failure(
+    tmp_path: Path, args: list[str], status: int
+) -> None:
+    runner = CliRunner(env={"AVARA_API_KEY": "sk-unused", "AVARA_BASE_URL": "http://127.0.0.1:9"})
+    extra = ["--cache", str(tmp_path)] if args[0] == "refresh" else []
+    result = runner.invoke(main, [*args, *extra, *(["--concurrency", "1"] if status == 3 else [])])
+    assert result.exit_code == status, result.output

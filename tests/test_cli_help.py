@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import click
+import pytest
 from click.testing import CliRunner
 
 from viewerkit.cli import main
@@ -27,7 +30,54 @@ def test_every_command_and_group_has_an_example_in_its_help() -> None:
     for path, _ in commands:
         result = runner.invoke(main, [*path, "--help"])
         assert result.exit_code == 0, (path, result.output)
-        example = result.output.split("Example:", 1)
+        example = re.split(r"Examples?:", result.output, maxsplit=1)
         if len(example) < 2 or f"viewerkit {path[0]}" not in example[1]:
             missing.append(" ".join(path))
     assert missing == []
+
+
+def _example_lines(command: click.Command) -> list[str]:
+    text = command.help or ""
+    after = re.split(r"Examples?:", text, maxsplit=1)
+    block = after[1].split("\n\n\n")[0] if len(after) == 2 else ""
+    return [line.strip() for line in block.splitlines() if line.strip().startswith("viewerkit ")]
+
+
+def test_every_example_shows_whole_on_an_80_column_terminal() -> None:
+    """The help's examples are commands to copy: none may wrap in the middle (it broke a
+    file name in `fetch --help`)."""
+    runner = CliRunner()
+    for path, command in _commands(main):
+        lines = _example_lines(command)
+        assert lines, path
+        shown = runner.invoke(main, [*path, "--help"], terminal_width=80).output
+        for line in lines:
+            assert line in shown, (path, line)
+
+
+def test_every_option_says_what_it_does() -> None:
+    undocumented = [
+        (" ".join(path), param.name)
+        for path, command in _commands(main)
+        for param in command.params
+        if isinstance(param, click.Option) and not param.help
+    ]
+    assert undocumented == []
+
+
+@pytest.mark.parametrize("path", [("fetch",), ("refresh",), ("report",)])
+def test_every_command_that_calls_the_api_takes_a_rate_limit_and_a_concurrency(
+    path: tuple[str, ...],
+) -> None:
+    shown = CliRunner().invoke(main, [*path, "--help"]).output
+    assert "--rate-limit PER_SECOND" in shown and "--concurrency" in shown
+    assert "requests per second" in shown and "Requests in flight" in shown
+
+
+def test_the_exit_statuses_are_listed_in_the_main_help_and_the_reports() -> None:
+    from viewerkit.cli import EXIT_STATUSES
+
+    for path in ((), ("report",)):
+        shown = CliRunner().invoke(main, [*path, "--help"], terminal_width=120).output
+        for code in EXIT_STATUSES:
+            assert re.search(rf"^\s+{code}\s+\S", shown, re.M), (path, code)

@@ -1,5 +1,7 @@
 """The ``viewerkit`` command line: each command is a thin shell over the library call of the
-same name. Library errors print one line and exit non-zero."""
+same name. Library errors print one line on stderr and exit with the status of their kind,
+the same for every command (:data:`EXIT_STATUSES`), so that a scheduled job can tell them
+apart."""
 
 from __future__ import annotations
 
@@ -16,17 +18,50 @@ if TYPE_CHECKING:
     from viewerkit.client import Client
 
 
+#: Every command's exit statuses (click's own 0, 1, 2, and two for the failures a scheduled
+#: job must tell apart); each command's help lists them.
+EXIT_STATUSES = {
+    0: "done",
+    1: "bad input or setup: a bad value, no AVARA_API_KEY, a file that cannot be written",
+    2: "usage: an unknown option, a value an option refuses",
+    3: "the API failed: no connection, the key refused (401), a server error",
+    4: "the cache: locked by another refresh past --lock-timeout, damaged, or never refreshed",
+}
+
+
+class _Failure(click.ClickException):
+    """A library error as one line on stderr (its detail lines joined by "; ", e.g. which
+    field was bad) and its exit status."""
+
+    def __init__(self, exc: BaseException) -> None:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        super().__init__("; ".join(lines) or type(exc).__name__)
+
+
+class _ApiFailure(_Failure):
+    exit_code = 3
+
+
+class _CacheFailure(_Failure):
+    exit_code = 4
+
+
 class _Group(click.Group):
-    """Turns a ViewerkitError, or an OSError (a path that cannot be written or read), into
-    one line on stderr and exit status 1."""
+    """Turns a library error into one line on stderr and the exit status of its kind:
+    ``ApiError`` 3, ``CacheError`` / ``LockTimeout`` 4, any other ``ViewerkitError`` or an
+    ``OSError`` (a path that cannot be written or read) 1."""
 
     def invoke(self, ctx: click.Context) -> object:
+        from viewerkit.errors import ApiError, CacheError, LockTimeout
+
         try:
             return super().invoke(ctx)
+        except ApiError as exc:
+            raise _ApiFailure(exc) from exc
+        except (CacheError, LockTimeout) as exc:
+            raise _CacheFailure(exc) from exc
         except (ViewerkitError, OSError) as exc:
-            # one line, but keep the detail lines (e.g. which field was bad), joined by "; "
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            raise click.ClickException("; ".join(lines) or type(exc).__name__) from exc
+            raise _Failure(exc) from exc
 
 
 @click.group(cls=_Group)
@@ -34,7 +69,16 @@ class _Group(click.Group):
 def main() -> None:
     """Radiology study operations on the Avara Viewer.
 
-    The API key comes from AVARA_API_KEY and the base URL from AVARA_BASE_URL.
+    The API key comes from AVARA_API_KEY and the base URL from AVARA_BASE_URL
+    (`viewerkit sandbox serve` prints the two `export` lines for its server).
+
+    \b
+    Exit statuses, every command:
+      0  done
+      1  bad input or setup: a bad value, no AVARA_API_KEY, a file that cannot be written
+      2  usage: an unknown option, a value an option refuses
+      3  the API failed: no connection, the key refused (401), a server error
+      4  the cache: locked by another refresh past --lock-timeout, damaged, or never refreshed
     """
 
 
@@ -101,12 +145,14 @@ def _api_client(rate_limit: float | None = None, concurrency: int = 8) -> Client
 
 
 @main.command("fetch")
-@click.option("--severity", type=click.Choice(SEVERITIES), help="Only this severity.")
+@click.option("--severity", type=click.Choice(SEVERITIES), multiple=True,
+              help="Only this severity; repeat for several (--severity stat --severity high).")
 @click.option(
     "--status",
     "study_viewer_status",
     type=click.Choice(VIEWER_STATUSES),
-    help="Only this viewer status.",
+    multiple=True,
+    help="Only this viewer status; repeat for several.",
 )
 @click.option("--cancelled/--not-cancelled", "is_cancelled", default=None, help="Only (not) cancelled studies.")
 @click.option("--assigned-to", metavar="USER_ID", help="Only studies assigned to this user ID ('null': unassigned).")
@@ -122,11 +168,12 @@ def _api_client(rate_limit: float | None = None, concurrency: int = 8) -> Client
               help="CSV and Excel: text cells a spreadsheet would run as a formula (= + - @ ...) "
                    "are marked as text (neutralise: a leading ' in CSV, Excel's quote prefix), or "
                    "written as they are, for programs (keep).")
-@click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
+@_concurrency_option("fetching")
+@_rate_limit_option
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def fetch_command(
-    severity: str | None,
-    study_viewer_status: str | None,
+    severity: tuple[str, ...],
+    study_viewer_status: tuple[str, ...],
     is_cancelled: bool | None,
     assigned_to: str | None,
     express_customer_id: str | None,
@@ -135,6 +182,7 @@ def fetch_command(
     tz: str,
     formulas: str,
     concurrency: int,
+    rate_limit: float | None,
     progress: bool,
 ) -> None:
     """Fetch every study matching the filters; write it to --out, else print a summary.
@@ -144,9 +192,10 @@ def fetch_command(
 
     Example:
 
+    \b
         viewerkit fetch --severity stat --status incomplete --out open-stat.parquet
+        viewerkit fetch --severity stat --severity high --out urgent.xlsx --tz Europe/Berlin
     """
-    from viewerkit.client import Client
     from viewerkit.fetch import fetch_studies_arrow
     from viewerkit.files import check_output_path, check_time_zone, write_studies
     from viewerkit.schema import StudyFilters
@@ -155,14 +204,14 @@ def fetch_command(
         assigned_to=assigned_to,
         express_customer_id=express_customer_id,
         is_cancelled=is_cancelled,
-        severity=severity,
+        severity=list(severity),
         study_description=study_description,
-        study_viewer_status=study_viewer_status,
+        study_viewer_status=list(study_viewer_status),
     )
     check_time_zone(tz)  # these before the fetch, which may take minutes
     if out is not None:
         check_output_path(out)
-    with Client() as client:
+    with _api_client(rate_limit, concurrency) as client:
         table = fetch_studies_arrow(client, filters, concurrency=concurrency, progress=progress)
     if out is None:
         click.echo(f"{table.num_rows} studies (use --out FILE.parquet to keep them)")
@@ -193,6 +242,7 @@ def refresh_command(
 
     Example:
 
+    \b
         viewerkit refresh --cache data/cache --mode active
     """
     from viewerkit.cache import StudyCache
@@ -215,6 +265,7 @@ def cache_group() -> None:
 
     Example:
 
+    \b
         viewerkit cache info --cache data/cache
     """
 
@@ -240,6 +291,7 @@ def cache_info_command(cache_path: str | None, namespace: str | None) -> None:
 
     Example:
 
+    \b
         viewerkit cache info --cache data/cache --namespace 3f2a
     """
     from viewerkit.client import environment_client
@@ -283,6 +335,7 @@ def cache_adopt_command(cache_path: str | None, from_namespace: str, yes: bool) 
 
     Example:
 
+    \b
         viewerkit cache adopt --cache data/cache --from 3f2a
     """
     from viewerkit.cache import StudyCache
@@ -312,6 +365,7 @@ def cache_remove_command(cache_path: str | None, namespace: str, yes: bool) -> N
 
     Example:
 
+    \b
         viewerkit cache remove --cache data/cache 3f2a
     """
     from viewerkit.cache import StudyCache
@@ -325,23 +379,6 @@ def cache_remove_command(cache_path: str | None, namespace: str, yes: bool) -> N
 
 
 # --- report ---------------------------------------------------------------------------------
-
-
-class _ReportFailure(click.ClickException):
-    """A failure of `viewerkit report` as one line on stderr (the detail lines joined)."""
-
-    def __init__(self, exc: Exception) -> None:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        super().__init__("; ".join(lines) or type(exc).__name__)
-
-
-# `viewerkit report`'s exit statuses beyond click's 0, 1 and 2 (its help lists them all)
-class _ApiFailure(_ReportFailure):
-    exit_code = 3
-
-
-class _CacheFailure(_ReportFailure):
-    exit_code = 4
 
 
 @main.command("report")
@@ -363,7 +400,13 @@ class _CacheFailure(_ReportFailure):
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars of --refresh (default: only when stderr is a terminal).")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing when all went well; errors still go to stderr.")
+@_namespace_option
+@_concurrency_option("refreshing (--refresh)")
+@_rate_limit_option
 def report_command(
+    namespace: str | None,
+    concurrency: int,
+    rate_limit: float | None,
     cache_path: str | None,
     window: tuple[str, str] | None,
     days: int | None,
@@ -402,8 +445,7 @@ def report_command(
          damaged, or never refreshed
     """
     from viewerkit.cache import StudyCache
-    from viewerkit.client import Client, environment_client
-    from viewerkit.errors import ApiError, CacheError, LockTimeout
+    from viewerkit.client import environment_client
     from viewerkit.files import check_output_path
     from viewerkit.reports import (
         count_created,
@@ -423,25 +465,21 @@ def report_command(
     if window:
         window_ms((window[0], window[1]))
     check_output_path(out, suffixes=HTML_SUFFIXES, what="report")
-    cache = StudyCache.at(cache_path)
-    try:
-        if refresh_mode is not None:
-            with Client() as client:
-                summary = cache.refresh(
-                    client, mode="active" if refresh_mode == "active" else "full",
-                    progress=sys.stderr.isatty() if progress is None else progress, lock_timeout=lock_timeout,
-                )
-                cached = cache.read(client)
-            if not quiet:
-                click.echo(f"{summary.mode} refresh: {summary.new:,} new, {summary.changed:,} changed, "
-                           f"{summary.gone:,} gone ({summary.duration_s:.1f} s)")
-        else:
-            with environment_client() as env_client:
-                cached = cache.read(env_client)
-    except ApiError as exc:
-        raise _ApiFailure(exc) from exc
-    except (LockTimeout, CacheError) as exc:
-        raise _CacheFailure(exc) from exc
+    if refresh_mode is not None:
+        with _api_client(rate_limit, concurrency) as client:
+            summary = StudyCache.at(cache_path).refresh(
+                client, mode="active" if refresh_mode == "active" else "full",
+                progress=sys.stderr.isatty() if progress is None else progress,
+                lock_timeout=lock_timeout, concurrency=concurrency,
+            )
+            cached = StudyCache.at(cache_path).read(client)
+        if not quiet:
+            click.echo(f"{summary.mode} refresh: {summary.new:,} new, {summary.changed:,} changed, "
+                       f"{summary.gone:,} gone ({summary.duration_s:.1f} s)")
+    else:
+        with environment_client() as env_client:
+            cache, reader = _chosen_cache(cache_path, namespace, env_client)
+            cached = cache.read(reader)
     now = resolve_now(None)  # after the refresh: what it saw open is open now
     span = (window[0], window[1]) if window else last_days(days, now=now) if days else None
     studies, history = cached.studies, cached.history

@@ -32,6 +32,7 @@ def sandbox() -> None:
 
     Example:
 
+    \b
         viewerkit sandbox serve --studies 20000 --db sandbox.db --port 8765
     """
 
@@ -66,7 +67,8 @@ def sandbox() -> None:
 @click.option("--public-url", default=None, metavar="URL",
               help="Where clients reach this server (reroute links point there); "
                    "default: http://HOST:PORT as bound.")
-@click.option("--reroute-ttl-s", type=click.FloatRange(min=0), default=900.0, hidden=True)
+@click.option("--reroute-ttl-s", type=click.FloatRange(min=0), default=900.0, hidden=True,
+              help="Seconds a reroute link stays valid (tests shorten it).")
 @click.option("--fd", type=int, default=None, hidden=True, help="Serve on this inherited socket.")
 @click.option("--quiet", is_flag=True, hidden=True, help="Print nothing.")
 @click.option("--parent-pid", type=int, default=None, hidden=True,
@@ -101,6 +103,7 @@ def serve(
 
     Example:
 
+    \b
         viewerkit sandbox serve --studies 100000 --db demo.db --port 8765
     """
     try:
