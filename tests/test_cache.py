@@ -318,7 +318,7 @@ def test_interrupted_refresh_leaves_the_previous_cache_intact(
     info = cache.info()
     # orphans swept; the previous generation's studies file stays for readers of the old
     # manifest until the next refresh
-    previous = {name for name in before if Path(name).name.startswith("studies-")}
+    previous = {name for name in before if Path(name).name.startswith(("studies-", "users-"))}
     leftover = set(snapshot(Path(info["path"]))) - set(info["file_bytes"])
     assert {Path(name).name for name in leftover} == {Path(name).name for name in previous}
 
@@ -523,6 +523,8 @@ def test_active_refresh_refuses_a_new_studies_page_with_more_but_no_cursor(
     broken = {"value": False}
 
     def server(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/v1/viewer/users"):  # a server without a user list
+            return httpx.Response(404, json={"error": {"type": "not_found", "message": "no"}})
         params = request.url.params
         chosen = [
             s for s in world
@@ -862,12 +864,15 @@ def test_a_version_1_cache_is_read_and_migrated_by_its_next_refresh(
         manifest = next(tmp_path.rglob("manifest.json"))
         data = json.loads(manifest.read_text())
         data["version"] = 1
-        del data["checksums"]
+        for name in ("checksums", "users_file", "metadata"):
+            del data[name]
         manifest.write_text(json.dumps(data))  # as viewerkit 0.1 wrote it
         before, history = cache.load(), cache.history()
         cache.refresh(c, mode="active", progress=False)
     migrated = json.loads(manifest.read_text())
     assert migrated["version"] == 2
-    assert set(migrated["checksums"]) == {migrated["studies_file"], *migrated["history_files"]}
+    assert set(migrated["checksums"]) == {
+        migrated["studies_file"], migrated["users_file"], *migrated["history_files"]
+    }
     pdt.assert_frame_equal(by_id(cache.load()), by_id(before))
     pdt.assert_frame_equal(cache.history(), history)

@@ -6,6 +6,7 @@ Layout (one directory per API namespace, so one cache never mixes two servers or
       <namespace>/                 sha256(base URL + key fingerprint), 16 hex
         manifest.json              base URL, key fingerprint (never the key), files, refreshes
         studies-<generation>.parquet   the current state, one row per study
+        users-<generation>.parquet     the Viewer user list as the last refresh read it
         history/<generation>.parquet   the studies new, changed or gone at that refresh
 
 A refresh writes its new files aside, then commits by atomically replacing ``manifest.json``
@@ -125,6 +126,8 @@ class CacheSnapshot:
     history: pd.DataFrame
     #: As :meth:`StudyCache.info` (``last_refresh_at`` is never None here).
     info: dict[str, Any]
+    #: The Viewer user list (as :meth:`StudyCache.load_users`; empty if never listed).
+    users: pd.DataFrame | None = None
 
 
 _STUDIES_HINT = (
@@ -213,6 +216,15 @@ def _manifest_fields_ok(manifest: dict[str, Any]) -> bool:
         and isinstance(refreshes, list)
         and all(isinstance(r, dict) and "refreshed_at" in r and "mode" in r for r in refreshes)
         and manifest.get("metadata", "columns") in METADATA_SHAPES
+        and (
+            "users_file" not in manifest
+            or (
+                isinstance(manifest["users_file"], str)
+                and manifest["users_file"].startswith("users-")
+                and "/" not in manifest["users_file"]
+                and "\\" not in manifest["users_file"]
+            )
+        )
     )
 
 
@@ -540,7 +552,44 @@ class StudyCache:
                 f"no refreshed studies in {info['path']} for this API namespace: run "
                 "`viewerkit refresh` first (same --cache and AVARA_BASE_URL / AVARA_API_KEY)"
             )
-        return CacheSnapshot(self.load(client, compact=compact), self.history(client), info)
+        return CacheSnapshot(
+            self.load(client, compact=compact), self.history(client), info, self.load_users(client)
+        )
+
+    def load_users_arrow(self, client: Client | None = None) -> pa.Table:
+        """The Viewer user list as the last refresh read it (``viewerkit.users.USER_SCHEMA``),
+        verified against its checksum; an empty table when no refresh listed users (none
+        yet, or the key cannot list them)."""
+        from viewerkit.users import USER_SCHEMA
+
+        directory = self._directory(client)
+        if directory is None or not (directory / _MANIFEST).exists():
+            return USER_SCHEMA.empty_table()
+        for attempt in range(_READ_TRIES):
+            manifest = self._manifest(directory)
+            name: str | None = manifest.get("users_file")
+            if name is None:
+                return USER_SCHEMA.empty_table()
+            try:
+                table = _read_verified(directory, name, manifest, _STUDIES_HINT)
+                break
+            except CacheError:
+                # a refresh in another process may have committed (and swept) meanwhile
+                if attempt == _READ_TRIES - 1 or self._manifest(directory).get("users_file") == name:
+                    raise
+        missing = [f.name for f in USER_SCHEMA if f.name not in table.column_names]
+        if missing:
+            raise CacheError(f"{directory / str(name)} lacks the user columns {', '.join(missing[:5])}; {_STUDIES_HINT}")
+        return table.select(USER_SCHEMA.names).cast(USER_SCHEMA)
+
+    def load_users(self, client: Client | None = None) -> pd.DataFrame:
+        """The Viewer user list as the last refresh read it, as ``viewerkit.fetch_users``
+        gives it (one row per listed user; no phone numbers), so that
+        ``viewerkit.roster(cache.load_users(client), cache.load(client))`` works offline.
+        Empty when no refresh listed users. Namespace as :meth:`load`."""
+        from viewerkit.users import users_to_pandas
+
+        return users_to_pandas(self.load_users_arrow(client))
 
     def info(self, client: Client | None = None) -> dict[str, Any]:
         """Base URL, key fingerprint, study count, last refresh (time, mode, counts), file
@@ -564,6 +613,7 @@ class StudyCache:
         for _ in range(_READ_TRIES):
             manifest = self._manifest(directory)
             names = [_MANIFEST, manifest["studies_file"], *manifest["history_files"]]
+            names += [manifest["users_file"]] if "users_file" in manifest else []
             try:
                 sizes = {name: (directory / name).stat().st_size for name in names}
                 break
@@ -699,6 +749,7 @@ class StudyCache:
         progress: bool = True,
         lock_timeout: float | None = files.DEFAULT_LOCK_TIMEOUT_S,
         metadata: MetadataShape | None = None,
+        users: bool = True,
     ) -> RefreshSummary:
         """Bring the cache up to date with the API and record what changed in the history.
 
@@ -733,6 +784,12 @@ class StudyCache:
         ``viewerkit.frame``). It is chosen by a namespace's first refresh (default
         ``"columns"``) and kept: None means the namespace's shape, and another shape than
         the namespace's is a ``ValidationError`` (a new cache path takes the other one).
+
+        ``users`` (default True): also read the Viewer user list (a few pages) and keep it
+        beside the studies (:meth:`load_users`), so the roster works offline and a
+        radiologist who joined today is there after the next refresh, active or full. A key
+        the API does not let list users (401, 403 or 404 on the user list) keeps the last
+        list read, if any, and the refresh goes on; any other failure fails the refresh.
 
         Killed or interrupted (Ctrl-C) at any point, the previous cache stays intact.
         """
@@ -784,6 +841,7 @@ class StudyCache:
                     frame.in_list_order(frame.concat_studies([kept, read.studies]))
                 )
                 old = old_touched
+            user_list = self._read_users(client, progress) if users else None
             # observed once every read is in: a change is never dated before it happened (a
             # study completed while the refresh ran, or while it waited for another one's
             # lock, would understate turnaround); it may be dated up to one refresh late
@@ -798,10 +856,25 @@ class StudyCache:
                 refreshed_at=_iso(observed_at),
             )
             self._commit(
-                directory, client, manifest, old, current, changes, observed_at, summary, shape
+                directory, client, manifest, old, current, changes, observed_at, summary, shape,
+                user_list,
             )
         summary = RefreshSummary(**{**asdict(summary), "duration_s": time.perf_counter() - started})
         return summary
+
+    def _read_users(self, client: Client, progress: bool) -> pa.Table | None:
+        """The user list, or None when the API does not let this key list users."""
+        from viewerkit.errors import ApiStatusError
+        from viewerkit.users import fetch_users_arrow
+
+        try:
+            return fetch_users_arrow(client, progress=progress)
+        except ApiStatusError as exc:
+            if exc.status_code in (401, 403, 404):
+                log.warning("this key cannot list the Viewer's users (%d): the roster falls back "
+                            "to the users the studies name", exc.status_code)
+                return None
+            raise
 
     def _cached_state(self, directory: Path, manifest: dict[str, Any], mode: str) -> pa.Table:
         """The studies as the last refresh left them. A full refresh rebuilds a damaged or
@@ -852,6 +925,7 @@ class StudyCache:
         observed_at: datetime,
         summary: RefreshSummary,
         shape: MetadataShape,
+        user_list: pa.Table | None = None,
     ) -> None:
         """Write the new files aside, then replace the manifest: the one commit point."""
         generation = f"{observed_at.strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}"
@@ -872,6 +946,15 @@ class StudyCache:
             files.write_parquet(part, directory / name)
             history_files.append(name)
             checksums[name] = _checksum(directory / name)
+        users_file = (manifest or {}).get("users_file")  # the last list read, kept if none now
+        if users_file is not None and user_list is None:
+            checksums[users_file] = (manifest or {}).get("checksums", {}).get(users_file) or _checksum(
+                directory / users_file
+            )
+        if user_list is not None:
+            users_file = f"users-{generation}.parquet"
+            files.write_parquet(user_list, directory / users_file)
+            checksums[users_file] = _checksum(directory / users_file)
         created = current.column("created_at")
         newest = pc.max(created).as_py() if len(current) else None
         record = {k: v for k, v in asdict(summary).items() if k != "duration_s"}
@@ -888,13 +971,15 @@ class StudyCache:
                 "newest_created_at": _iso(newest) if newest is not None else None,
                 "refreshes": [*(manifest["refreshes"] if manifest else []), record],
                 "metadata": shape,
+                **({"users_file": users_file} if users_file is not None else {}),
             },
             directory / _MANIFEST,
         )
         # the previous studies file stays one more generation, for readers that read the
         # previous manifest just before this commit
-        previous = {manifest["studies_file"]} if manifest else set()
-        self._sweep(directory, {studies_file, *previous, *history_files})
+        previous = {manifest["studies_file"], manifest.get("users_file")} if manifest else set()
+        kept = {studies_file, users_file, *previous, *history_files} - {None}
+        self._sweep(directory, {str(name) for name in kept})
 
     def _sweep(self, directory: Path, keep: set[str]) -> None:
         """Remove files no manifest refers to: old generations, unfinished refreshes."""
