@@ -484,7 +484,7 @@ def report_command(
     span = (window[0], window[1]) if window else last_days(days, now=now) if days else None
     studies, history = cached.studies, cached.history
     written = render(studies, out, history=history, window=span, now=now, tz=zone,
-                     refreshed_at=cached.info["last_refresh_at"])
+                     refreshed_at=cached.info["last_refresh_at"], users=cached.users)
     if span is None:
         counted = f"all {len(studies):,} cached studies"
     else:

@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> None:
                 f"{active.gone:,} gone in {active.duration_s:.1f} s"
             )
             studies, history, info = cache.load(client), cache.history(client), cache.info(client)
+            users = cache.load_users(client)
 
     now = pd.Timestamp.now(tz="UTC")  # one "now" for the report, the figures and the headlines
-    report = render(studies, out / "report.html", history=history, now=now, refreshed_at=info["last_refresh_at"])
+    report = render(studies, out / "report.html", history=history, now=now,
+                    refreshed_at=info["last_refresh_at"], users=users)
     figures = save_figures(studies, out / "figures", history=history, now=now)
     tables = report_tables(studies, history=history, now=now)
 

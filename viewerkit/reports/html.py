@@ -120,6 +120,7 @@ def _tables(
     targets: SlaTargets,
     at: pd.Timestamp,
     zone: ZoneInfo,
+    users: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     table = with_completion(cols.table(), history)
     span, freq = _volume_span(cols.created, window, zone)
@@ -129,7 +130,7 @@ def _tables(
         "backlog": backlog(table, now=at, sla=targets),
         "overdue": overdue(table, now=at, sla=targets),
         "volume": volume(table, freq=freq, window=span, now=at, tz=zone),
-        "workload": workload(table, now=at, sla=targets, window=window),
+        "workload": workload(table, now=at, sla=targets, window=window, users=users),
         "customers": customers(table, sla=targets, window=window),
         "cancellations": cancellations(table, "severity", window=window),
     }
@@ -143,9 +144,11 @@ def report_tables(
     sla: SlaLike = None,
     now: Moment = None,
     tz: TimeZoneLike = "UTC",
+    users: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every KPI table of the report, keyed ``turnaround``, ``turnaround_weekly``,
     ``backlog``, ``overdue``, ``volume``, ``workload``, ``customers``, ``cancellations``.
+    ``users`` (the Viewer user list) puts radiologists with no work on the workload too.
 
     ``tz``: the time zone whose local days and weeks ``volume`` and ``turnaround_weekly``
     count (``report_timezone``; default UTC); both flag their ``partial`` periods (the one
@@ -161,7 +164,7 @@ def report_tables(
     zone = report_timezone(tz)
     targets, at = resolve_sla(sla), resolve_now(now)
     window_ms(window)
-    return _tables(_report_columns(studies, history, targets), history, window, targets, at, zone)
+    return _tables(_report_columns(studies, history, targets), history, window, targets, at, zone, users)
 
 
 def _figures_of(tables: Mapping[str, pd.DataFrame], targets: SlaTargets) -> dict[str, Figure]:
@@ -360,6 +363,7 @@ def render(
     refreshed_at: Moment = None,
     title: str = "Severity and turnaround report",
     tz: TimeZoneLike = "UTC",
+    users: pd.DataFrame | None = None,
 ) -> Path:
     """Write the report to ``path`` as one self-contained HTML file, atomically; return the path.
 
@@ -388,7 +392,7 @@ def render(
     refreshed = moment_ms(refreshed_at, "refreshed_at")
     target = files.check_output_path(path, suffixes=HTML_SUFFIXES, what="render")
     cols = _report_columns(studies, history, targets)
-    tables = _tables(cols, history, window, targets, at, zone)
+    tables = _tables(cols, history, window, targets, at, zone, users)
     figs = _figures_of(tables, targets)
     created = cols.created[~np.isnan(cols.created)]
     in_window = created[(created >= lo) & (created < hi)]

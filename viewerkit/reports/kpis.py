@@ -741,6 +741,7 @@ def workload(
     sla: SlaLike = None,
     history: pd.DataFrame | None = None,
     window: Window = None,
+    users: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per assignee: open now by severity, completed in the window, median turnaround, breaches.
 
@@ -749,6 +750,11 @@ def workload(
     created: the window bounds completions only), ``completed`` (completed in the window),
     ``median_h``, ``breached`` (completed past target). Busiest first: most open, then most
     completed, then by name.
+
+    ``users`` (the Viewer user list: ``viewerkit.fetch_users`` or ``StudyCache.load_users``)
+    adds every listed radiologist (``clinic_role`` ``"Radiologist"``, the roster's rule)
+    without work in the table, with zeros: the people who could take work are on the
+    report too, not only those who have some.
 
     >>> import pandas as pd
     >>> now = pd.Timestamp("2026-11-02 12:00", tz="UTC")
@@ -772,8 +778,36 @@ def workload(
     out["completed"] = stats["count"]
     out["median_h"] = stats["median"]
     out["breached"] = _counts(codes, done & past_target(s.turnaround_h, targets), n)
+    if users is not None:
+        out = _with_idle_radiologists(out, users)
     out = out.sort_values(["open", "completed", "assignee"], ascending=[False, False, True], kind="stable")
     return out.reset_index(drop=True)
+
+
+def _with_idle_radiologists(out: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
+    """``out`` plus a zero row for each listed radiologist it lacks."""
+    from viewerkit.staffing import TARGET_ROLE
+
+    needed = [c for c in ("user_id", "clinic_role", "first_name", "last_name", "email") if c not in users]
+    if needed:
+        raise ValidationError.from_cases(
+            "workload", [{"field": f"users.{c}", "value": None, "reason": Reason.MISSING_COLUMN} for c in needed]
+        )
+    radiologists = users[(users["clinic_role"] == TARGET_ROLE).fillna(False).to_numpy(dtype=bool)]
+    idle = radiologists[~radiologists["user_id"].isin(out["assigned_to_user_id"].dropna())]
+    if idle.empty:
+        return out
+    names = [
+        _user_name(fn, ln, em, uid)
+        for fn, ln, em, uid in zip(idle["first_name"].astype(object), idle["last_name"].astype(object),
+                                   idle["email"].astype(object), idle["user_id"].astype(object), strict=True)
+    ]
+    zeros = pd.DataFrame({"assigned_to_user_id": text(idle["user_id"].astype(object).tolist()),
+                          "assignee": text(names)})
+    for column in out.columns[2:]:
+        zeros[column] = np.nan if column == "median_h" else 0
+        zeros[column] = zeros[column].astype(out[column].dtype)
+    return pd.concat([out, zeros], ignore_index=True)
 
 
 def customers(
