@@ -16,33 +16,22 @@ Figures are printed, never asserted.
 
 from __future__ import annotations
 
-import gc
 import math
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 
+from bench.timing import measure
 from viewerkit import Client
 from viewerkit.fetch import fetch_studies, fetch_studies_arrow, study_partitions
 from viewerkit.frame import from_pandas, to_pandas
 from viewerkit.sandbox.server import running
 
-T = TypeVar("T")
-
 BIG = 100_000
 LATENCY_STUDIES = 50_000
 LATENCY_MS = 100
 SEED = 7
-
-
-def _measure(run: Callable[[], T]) -> tuple[T, float, float]:
-    """(result, client CPU seconds, wall seconds)."""
-    gc.collect()
-    cpu, wall = time.process_time(), time.perf_counter()
-    result = run()
-    return result, time.process_time() - cpu, time.perf_counter() - wall
 
 
 def _sdk_dataframe(base_url: str, api_key: str) -> pd.DataFrame:
@@ -68,8 +57,8 @@ def bench_against_sdk() -> None:
         with Client(api_key=server.api_key, base_url=server.base_url) as client:
             # warm up imports and connections on both sides (a small filter)
             fetch_studies(client, progress=False, severity="stat", is_cancelled=True)
-            df, vk_cpu, vk_wall = _measure(lambda: fetch_studies(client, progress=False))
-        sdk_df, sdk_cpu, sdk_wall = _measure(
+            df, vk_cpu, vk_wall = measure(lambda: fetch_studies(client, progress=False))
+        sdk_df, sdk_cpu, sdk_wall = measure(
             lambda: _sdk_dataframe(server.base_url, server.api_key)
         )
     vk_mem = int(df.memory_usage(deep=True).sum())
@@ -99,10 +88,10 @@ def bench_partitioned() -> None:
         running(studies=LATENCY_STUDIES, seed=SEED, latency_ms=LATENCY_MS) as server,
         Client(api_key=server.api_key, base_url=server.base_url) as client,
     ):
-        sequential, _, seq_wall = _measure(
+        sequential, _, seq_wall = measure(
             lambda: fetch_studies_arrow(client, progress=False, partitioned=False)
         )
-        partitioned, _, par_wall = _measure(
+        partitioned, _, par_wall = measure(
             lambda: fetch_studies_arrow(client, progress=False, concurrency=8)
         )
     # pages per partition, from the fetched table (the same counts the server paged)

@@ -15,39 +15,18 @@ Figures are printed, never asserted.
 
 from __future__ import annotations
 
-import gc
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 
+from bench.timing import best, measure
 from viewerkit import Client, fetch_studies, fetch_users, roster
 from viewerkit.sandbox.server import running
-
-T = TypeVar("T")
 
 USERS = 2_000
 STUDIES = 20_000
 BIG = 1_000_000
 SEED = 7
-
-
-def _measure(run: Callable[[], T]) -> tuple[T, float, float]:
-    """(result, client CPU seconds, wall seconds)."""
-    gc.collect()
-    cpu, wall = time.process_time(), time.perf_counter()
-    result = run()
-    return result, time.process_time() - cpu, time.perf_counter() - wall
-
-
-def _best(run: Callable[[], T], repeat: int = 3) -> tuple[T, float]:
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        result, _, wall = _measure(run)
-        best = min(best, wall)
-    assert result is not None
-    return result, best
 
 
 def _sdk_users(base_url: str, api_key: str) -> pd.DataFrame:
@@ -76,18 +55,18 @@ def main() -> None:
         with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
             seen = sandbox.requests()
             start = seen[-1]["seq"] if seen else 0
-            users, cpu, wall = _measure(lambda: fetch_users(client, progress=False))
+            users, cpu, wall = measure(lambda: fetch_users(client, progress=False))
             sent = [r for r in sandbox.requests(start) if r["path"] == "/v1/viewer/users"]
             print("1. fetch_users:")
             print(f"  viewerkit  {len(users):>6,} users  {wall * 1000:7.0f} ms wall  {cpu * 1000:6.0f} ms CPU"
                   f"  {len(sent)} requests (target 20: the page count)")
-            sdk, sdk_cpu, sdk_wall = _measure(lambda: _sdk_users(sandbox.base_url, sandbox.api_key))
+            sdk, sdk_cpu, sdk_wall = measure(lambda: _sdk_users(sandbox.base_url, sandbox.api_key))
             print(f"  avara SDK  {len(sdk):>6,} users  {sdk_wall * 1000:7.0f} ms wall  {sdk_cpu * 1000:6.0f} ms CPU"
                   f"  (viewerkit: {sdk_wall / wall:.1f}x faster wall, {sdk_cpu / max(cpu, 1e-9):.1f}x less CPU)")
-            studies, _, studies_wall = _measure(lambda: fetch_studies(client, progress=False))
+            studies, _, studies_wall = measure(lambda: fetch_studies(client, progress=False))
             print(f"  (fetch_studies of {len(studies):,} studies for the roster: {studies_wall:.1f} s)")
         print("2. roster:")
-        table, took = _best(lambda: roster(users, studies))
+        table, took = best(lambda: roster(users, studies))
         listed = int(table["listed"].sum())
         print(f"  {len(studies):>9,} studies, {len(users):,} users  {took * 1000:7.0f} ms"
               f"  ({len(table):,} rows, {len(table) - listed} unlisted,"
@@ -96,5 +75,5 @@ def main() -> None:
 
     big, _ = synthetic_studies(BIG)
     big_users = _synthetic_users(big)
-    table, took = _best(lambda: roster(big_users, big, now=NOW), repeat=2)
+    table, took = best(lambda: roster(big_users, big, now=NOW), repeat=2)
     print(f"  {len(big):>9,} studies, {len(big_users):,} users  {took * 1000:7.0f} ms  ({len(table):,} rows)")
