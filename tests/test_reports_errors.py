@@ -32,6 +32,7 @@ from viewerkit.reports import (
     turnaround,
     volume,
     with_completion,
+    workload,
 )
 
 T = pd.Timestamp("2026-11-02 08:00", tz="UTC")
@@ -51,6 +52,11 @@ CASES: list[tuple[str, Callable[[], Any], list[tuple[str, Reason]]]] = [
     # columns.py: the study table itself
     ("studies-not-a-frame", lambda: turnaround([{"severity": "stat"}]),  # type: ignore[arg-type]
      [("studies", Reason.WRONG_TYPE)]),
+    # kpis.py: the user list the workload adds idle radiologists from
+    ("workload-users-without-columns",
+     lambda: workload(ONE, now=T, users=pd.DataFrame({"user_id": ["usr_" + "1" * 32]})),
+     [("users.clinic_role", Reason.MISSING_COLUMN), ("users.first_name", Reason.MISSING_COLUMN),
+      ("users.last_name", Reason.MISSING_COLUMN), ("users.email", Reason.MISSING_COLUMN)]),
     # sla.py: targets
     ("target-not-hours", lambda: SlaTargets(stat="1h"),  # type: ignore[arg-type]
      [("stat", Reason.NOT_A_DURATION)]),
