@@ -54,16 +54,17 @@ def existing_load(studies: pd.DataFrame, moving: pd.DataFrame, targets: list[str
     for row in studies.itertuples():
         if row.study_id in moved or row.study_viewer_status != "incomplete" or row.is_cancelled:
             continue
-        if row.assigned_to_user_id in load:
-            load[row.assigned_to_user_id] += weights[str(row.severity)]
+        if str(row.assigned_to_user_id) in load:
+            load[str(row.assigned_to_user_id)] += weights[str(row.severity)]
     return load
 
 
 def final_loads(plan: Plan, start: Mapping[str, float], weights: Mapping[str, float] = SEVERITY_WEIGHTS
                 ) -> dict[str, float]:
     loads = dict(start)
-    for row in plan.frame.itertuples():
-        loads[row.assigned_to] += weights[str(row.study_severity)]
+    frame = plan.frame
+    for target, severity in zip(frame["assigned_to"], frame["study_severity"].astype(str), strict=True):
+        loads[str(target)] += weights[severity]
     return loads
 
 
@@ -75,16 +76,18 @@ def improving_moves(plan: Plan, start: Mapping[str, float], caps: Mapping[str, f
     received = plan.frame["assigned_to"].value_counts().to_dict()
     top = max(loads.values())
     found = []
-    for row in plan.frame.itertuples():
-        w = weights[str(row.study_severity)]
+    frame = plan.frame
+    for study_id, target, severity in zip(frame["study_id"], frame["assigned_to"],
+                                          frame["study_severity"].astype(str), strict=True):
+        w = weights[severity]
         for other in loads:
-            if other == row.assigned_to or received.get(other, 0) >= caps.get(other, np.inf):
+            if other == target or received.get(other, 0) >= caps.get(other, np.inf):
                 continue
             after = dict(loads)
-            after[row.assigned_to] -= w
+            after[str(target)] -= w
             after[other] += w
             if max(after.values()) < top:
-                found.append((row.study_id, row.assigned_to, other))
+                found.append((str(study_id), str(target), other))
     return found
 
 
@@ -102,7 +105,7 @@ def test_no_single_move_of_a_placed_study_lowers_the_largest_load(world: dict[st
     # target_load is the target's load right after each placement: its last one is final
     final = final_loads(plan, start)
     last = plan.frame.groupby("assigned_to")["target_load"].last().to_dict()
-    assert last == {t: final[t] for t in last}
+    assert last == {t: final[str(t)] for t in last}
     # the same with caps: no improving move onto a target that still has room
     caps = dict(zip(targets, [3, 5, 20] * len(targets), strict=False))
     capped = reassign(moving, targets, workload=studies, capacity=caps)
