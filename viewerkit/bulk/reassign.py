@@ -263,7 +263,14 @@ def _existing_load(
         workload, "reassign",
         needs=("study_id", "severity", "study_viewer_status", "is_cancelled", "assigned_to_user_id"),
     )
-    staying = ~cols.frame["study_id"].isin(moving["study_id"]).to_numpy(dtype=bool)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from viewerkit.reports.columns import arrow_strings
+
+    moved = pa.array(moving["study_id"].astype(str).tolist(), type=pa.string())
+    listed = arrow_strings(cols.text("study_id")).cast(pa.string())
+    staying = ~np.asarray(pc.is_in(listed, value_set=moved).fill_null(False), dtype=bool)
     assignee = cols.text("assigned_to_user_id").astype(object)
     counted = cols.open & staying & assignee.isin(index).to_numpy(dtype=bool)
     table = np.array([weights[s] for s in ("normal", "high", "stat")])
@@ -276,59 +283,70 @@ def _existing_load(
 # --- placement -------------------------------------------------------------------------------
 
 
+def _placed(n: int, chosen: list[int], loads: list[float], opens: list[int]
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The placements as arrays of n, the studies after the last placed one unplaced."""
+    rest = n - len(chosen)
+    return (np.array(chosen + [-1] * rest, dtype=np.int64),
+            np.array(loads + [np.nan] * rest, dtype=np.float64),
+            np.array(opens + [0] * rest, dtype=np.int64))
+
+
 def _place_balanced(
     weights: np.ndarray, load: np.ndarray, count: np.ndarray, caps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each study (in placement order) to the least loaded target with room (ties: fewest
     studies, then the order given): target index per study (-1: unplaced), and the
     target's load and open count after the placement. A heap over the targets."""
-    n = len(weights)
-    chosen = np.full(n, -1, dtype=np.int64)
-    load_after = np.full(n, np.nan)
-    open_after = np.zeros(n, dtype=np.int64)
-    received = np.zeros(len(load), dtype=np.int64)
-    heap = [(float(load[t]), int(count[t]), t) for t in range(len(load)) if caps[t] > 0]
+    chosen: list[int] = []
+    loads: list[float] = []
+    opens: list[int] = []
+    left = [float(c) for c in caps.tolist()]
+    heap = [(float(load[t]), int(count[t]), t) for t in range(len(load)) if left[t] > 0]
     heapq.heapify(heap)
-    for i, w in enumerate(weights.tolist()):
+    for w in weights.tolist():
         if not heap:
             break  # every target is full: the rest stay unplaced
         current, studies, t = heapq.heappop(heap)
-        chosen[i] = t
-        received[t] += 1
-        load_after[i], open_after[i] = current + w, studies + 1
-        if received[t] < caps[t]:
-            heapq.heappush(heap, (current + w, studies + 1, t))
-    return chosen, load_after, open_after
+        current, studies = current + w, studies + 1
+        chosen.append(t)
+        loads.append(current)
+        opens.append(studies)
+        left[t] -= 1
+        if left[t] > 0:
+            heapq.heappush(heap, (current, studies, t))
+    return _placed(len(weights), chosen, loads, opens)
 
 
 def _place_round_robin(
     weights: np.ndarray, load: np.ndarray, count: np.ndarray, caps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each study to the next target in turn (the order given), skipping full ones."""
-    n = len(weights)
-    chosen = np.full(n, -1, dtype=np.int64)
-    load_after = np.full(n, np.nan)
-    open_after = np.zeros(n, dtype=np.int64)
-    running, studies = load.astype(np.float64).copy(), count.astype(np.int64).copy()
-    received = np.zeros(len(load), dtype=np.int64)
-    turn = [t for t in range(len(load)) if caps[t] > 0]
+    chosen: list[int] = []
+    loads: list[float] = []
+    opens: list[int] = []
+    running = [float(x) for x in load.tolist()]
+    studies = [int(x) for x in count.tolist()]
+    left = [float(c) for c in caps.tolist()]
+    turn = [t for t in range(len(load)) if left[t] > 0]
     at = 0
-    for i, w in enumerate(weights.tolist()):
+    for w in weights.tolist():
         if not turn:
             break
         t = turn[at]
-        chosen[i] = t
-        received[t] += 1
         running[t] += w
         studies[t] += 1
-        load_after[i], open_after[i] = running[t], studies[t]
-        if received[t] >= caps[t]:
+        left[t] -= 1
+        chosen.append(t)
+        loads.append(running[t])
+        opens.append(studies[t])
+        if left[t] <= 0:
             turn.pop(at)  # a full target leaves the turn; the next one moves up
         else:
             at += 1
         if turn:
             at %= len(turn)
-    return chosen, load_after, open_after
+    return _placed(len(weights), chosen, loads, opens)
 
 
 def reassign(
