@@ -390,6 +390,13 @@ def reassign(
     without the needed columns or with a bad severity or time, a null or repeated
     ``study_id`` (row its label), an unknown ``strategy``, a bad ``capacity`` (field
     ``capacity`` or ``capacity.<user>``) or bad ``weights``.
+
+    >>> t = pd.Timestamp("2026-11-30 08:00", tz="UTC")
+    >>> studies = pd.DataFrame({"study_id": ["stu_" + c * 32 for c in "ab"],
+    ...                         "severity": ["normal", "stat"], "created_at": [t, t]})
+    >>> plan = reassign(studies, ["usr_" + "a" * 32], capacity=1)
+    >>> plan.frame["study_severity"].tolist(), plan.unplaced["study_severity"].tolist()
+    (['stat'], ['normal'])
     """
     from viewerkit.reports.columns import StudyColumns, severity_labels, timestamps
 
