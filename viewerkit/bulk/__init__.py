@@ -20,6 +20,7 @@ from viewerkit.bulk.plan import (
     set_status,
     uncancel,
 )
+from viewerkit.bulk.reassign import reassign
 
 __all__ = [
     "Plan",
@@ -35,4 +36,5 @@ __all__ = [
     "complete",
     "cancel",
     "uncancel",
+    "reassign",
 ]
