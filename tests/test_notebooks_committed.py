@@ -17,6 +17,7 @@ def test_notebook_is_committed_without_outputs(path: Path) -> None:
     assert all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
-def test_both_worked_notebooks_are_there() -> None:
+def test_the_worked_notebooks_are_there() -> None:
     names = {p.name for p in NOTEBOOKS.glob("*.ipynb")}
-    assert {"01-fetch-and-explore.ipynb", "02-severity-turnaround-report.ipynb"} <= names
+    assert {"01-fetch-and-explore.ipynb", "02-severity-turnaround-report.ipynb",
+            "03-bulk-reassignment.ipynb"} <= names
