@@ -259,8 +259,12 @@ def test_create_retrieve_update_and_cancel_round_trip(writable: Sandbox) -> None
         assert c.uncancel_study(study_id).changed is True
         not_cancelled = c.uncancel_study(study_id)
         assert (not_cancelled.success, not_cancelled.changed) == (True, False)
-    operations = [row["operation"] for row in writable.audit(study_id)]
-    assert operations == ["create", "update", "cancel", "uncancel"]
+    operations = [(row["operation"], row["outcome"]) for row in writable.audit(study_id)]
+    assert operations == [
+        ("create", "changed"), ("update", "changed"),
+        ("cancel", "changed"), ("cancel", "noop"),  # the second cancel, by UID, changed nothing
+        ("uncancel", "changed"), ("uncancel", "noop"),
+    ]
 
 
 def test_create_with_an_existing_uid_on_the_first_try_is_a_conflict(writable: Sandbox) -> None:
@@ -272,7 +276,7 @@ def test_create_with_an_existing_uid_on_the_first_try_is_a_conflict(writable: Sa
                 study_description="dup",
                 study_instance_uid=existing["studyInstanceUid"],
             )
-    assert writable.audit() == []
+    assert writable.audit(outcome="changed") == []
 
 
 def test_errors_name_the_call_and_the_study(client: Client) -> None:

@@ -81,7 +81,7 @@ def test_retried_writes_apply_exactly_once(make_sandbox: Any) -> None:
     # the creates whose answers were lost were resent, met 409 and resolved by their UID
     assert 409 in [r["status"] for r in log if (r["method"], r["path"]) == ("POST", STUDIES)]
     assert any(r["path"].startswith(f"{STUDIES}/by-uid/") for r in log)
-    audit = server.audit()
+    audit = server.audit(outcome="changed")  # the resends met a noop or a 409: no change
     ops = Counter((row["study_id"], row["operation"]) for row in audit)
     for study in studies[:10]:
         assert ops[(study["studyId"], "update")] == 1
@@ -110,7 +110,11 @@ def test_create_whose_answer_was_lost_resolves_to_the_existing_study(
         ("GET", f"{STUDIES}/by-uid/1.2.3", 200),  # and resolves to it
     ]
     assert server.requests()[0]["handled"] == 201
-    assert [row["operation"] for row in server.audit()] == ["create"]
+    assert [row["operation"] for row in server.audit(outcome="changed")] == ["create"]
+    fault = {"when": "after", "how": how, "source": "fail_next"}
+    assert [(r["outcome"], r["status"], r["fault"]) for r in server.audit()][:2] == [
+        ("changed", 201, fault), ("refused", 409, None)
+    ]
 
 
 @pytest.mark.parametrize("how", ["500", "503", "drop"])
@@ -139,7 +143,9 @@ def test_create_409_after_a_429_is_a_conflict_not_the_other_study(make_sandbox: 
         with pytest.raises(Conflict, match=rf"^create_study {taken}: 409"):
             c.create_study(severity="stat", study_description="CT", study_instance_uid=taken)
     assert answers(server, since=seen) == [("POST", STUDIES, 429), ("POST", STUDIES, 409)]
-    assert server.audit() == []
+    assert server.audit(outcome="changed") == []
+    # the 429 was not handled: only the 409 is in the audit
+    assert [(r["outcome"], r["status"]) for r in server.audit()] == [("refused", 409)]
 
 
 def test_429_with_retry_after_is_waited_out_and_retried(make_sandbox: Any) -> None:

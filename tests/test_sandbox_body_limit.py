@@ -73,7 +73,8 @@ def test_a_body_over_1_mib_answers_413_and_stores_nothing(
     else:
         response = http.post("/v1/viewer/studies", content=body)
     assert_413(response)
-    assert server.audit() == []
+    assert server.audit(outcome="changed") == []
+    assert [(r["operation"], r["outcome"], r["status"]) for r in server.audit()] == [("create", "refused", 413)]
     assert [(r["method"], r["status"]) for r in server.requests()] == [("POST", 413)]
     # the connection (or a new one) serves the next request as usual
     assert http.get(f"/v1/viewer/studies/by-uid/{UID}").status_code == 404
@@ -106,7 +107,7 @@ def test_every_route_refuses_a_body_over_1_mib(http: httpx.Client, server: Sandb
         body = orjson.dumps(payload)
         response = http.request(method, path, content=chunks(body) if chunked else body)
         assert_413(response)
-    assert server.audit() == []
+    assert server.audit(outcome="changed") == []
     assert server.faults() == before
     after = httpx.get(server.base_url + "/v1/viewer/studies",
                       headers={"Authorization": f"Bearer {server.api_key}"}).json()["studies"]

@@ -267,7 +267,7 @@ def test_create_with_an_existing_uid_is_a_conflict_the_sdk_does_not_retry(fresh:
         client.viewer.studies.create(severity="high", study_description="XR Hand", study_instance_uid=uid)
     assert info.value.response.headers["x-should-retry"] == "false"
     assert info.value.response.json()["error"]["param"] == "studyInstanceUid"
-    creates = [row for row in fresh.audit() if row["operation"] == "create"]
+    creates = [row for row in fresh.audit(outcome="changed") if row["operation"] == "create"]
     assert len(creates) == 1
 
 
@@ -302,13 +302,14 @@ def test_update_changes_only_given_fields_and_moves_updated_at_only_on_change(fr
     cleared = client.viewer.studies.update(study.study_id, metadata=None)
     assert cleared.metadata is None
     assert client.viewer.studies.retrieve(study.study_id).model_dump() == cleared.model_dump()
-    operations = [(r["operation"], r["fields"]) for r in fresh.audit(study.study_id)]
+    operations = [(r["operation"], r["outcome"], r["changed_fields"]) for r in fresh.audit(study.study_id)]
     assert operations[1:] == [
-        ("update", {"severity": "stat", "studyViewerStatus": "complete"}),
-        ("update", {"metadata": {"site": "South"}}),
-        ("update", {"assignedTo": users[1]}),
-        ("update", {"assignedTo": None}),
-        ("update", {"metadata": None}),
+        ("update", "noop", []),
+        ("update", "changed", ["severity", "studyViewerStatus"]),
+        ("update", "changed", ["metadata"]),
+        ("update", "changed", ["assignedTo"]),
+        ("update", "changed", ["assignedTo"]),
+        ("update", "changed", ["metadata"]),
     ]
 
 
@@ -334,7 +335,8 @@ def test_cancel_and_uncancel_by_either_identifier(fresh: Sandbox, by: str) -> No
     assert restored.updated_at is not None and restored.updated_at > cancelled.updated_at
     not_cancelled = client.viewer.studies.uncancel(**ident)
     assert (not_cancelled.success, not_cancelled.message) == (False, "study is not cancelled")
-    assert [r["operation"] for r in fresh.audit(study.study_id)] == ["create", "cancel", "uncancel"]
+    assert [r["operation"] for r in fresh.audit(study.study_id, outcome="changed")] == ["create", "cancel", "uncancel"]
+    assert [r["outcome"] for r in fresh.audit(study.study_id)] == ["changed", "changed", "noop", "changed", "noop"]
 
 
 def test_cancel_with_both_identifiers_of_different_studies_or_neither_is_a_400(fresh: Sandbox) -> None:

@@ -14,8 +14,10 @@ restart on the same ``--db``.
 Sandbox-only routes, outside the API and never subject to faults:
 ``GET /_sandbox/health`` (no auth), ``GET|POST /_sandbox/faults``,
 ``POST|DELETE /_sandbox/faults/fail-next`` (arm / clear deterministic faults),
-``GET /_sandbox/audit`` (applied mutations) and ``GET /_sandbox/requests?since=N`` (every API
-request received: see ``viewerkit.sandbox.faults.RequestLog``).
+``GET /_sandbox/audit?study_id=&outcome=&source=&since=`` (one entry per write request
+handled, whatever its outcome: see ``WriteAudit`` and ``Store.audit``) and
+``GET /_sandbox/requests?since=N`` (every API request received: see
+``viewerkit.sandbox.faults.RequestLog``).
 
 The roster (``GET /v1/viewer/users``, ``GET /v1/viewer/users/{userId}``) is read-only. Where
 the contract is silent: users are listed by ``userId`` ascending (keyset cursors, bound to
@@ -50,7 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from viewerkit.errors import Reason
 from viewerkit.sandbox.faults import FaultMiddleware, Faults, RequestLog
-from viewerkit.sandbox.store import Keyset, Store
+from viewerkit.sandbox.store import AUDIT_OUTCOMES, AUDIT_SOURCES, AuditNote, Keyset, Store
 from viewerkit.schema import (
     CREATE_FIELDS,
     FIELDS,
@@ -70,7 +72,7 @@ from viewerkit.schema import (
     reference_failures,
 )
 
-__all__ = ["create_app", "SandboxError", "DEFAULT_PAGE_LIMIT", "MAX_BODY_BYTES"]
+__all__ = ["create_app", "SandboxError", "WriteAudit", "DEFAULT_PAGE_LIMIT", "MAX_BODY_BYTES"]
 
 #: Page size when the request gives no ``limit``.
 DEFAULT_PAGE_LIMIT = 25
@@ -173,6 +175,97 @@ class BodyLimit:
         text = f"request body is larger than {self.limit} bytes ({self.limit / 1024 / 1024:g} MiB)"
         await _error_response(413, text)(scope, receive, send)
 
+
+
+# the scope key under which WriteAudit hands a write route its AuditNote
+_NOTE = "viewerkit.audit_note"
+
+_STUDIES_PATH = "/v1/viewer/studies"
+_POST_WRITES = {
+    _STUDIES_PATH: "create",
+    _STUDIES_PATH + "/cancel": "cancel",
+    _STUDIES_PATH + "/uncancel": "uncancel",
+}
+
+
+def write_operation(method: str, path: str) -> str | None:
+    """The store write a request asks for (``create``, ``update``, ``cancel``,
+    ``uncancel``), or None. A reroute URL is not one: it changes nothing in the store.
+
+    >>> write_operation("PATCH", "/v1/viewer/studies/stu_1"), write_operation("POST", "/v1/viewer/studies/reroute-url")
+    ('update', None)
+    """
+    if method == "POST":
+        return _POST_WRITES.get(path)
+    if method == "PATCH" and path.startswith(_STUDIES_PATH + "/"):
+        rest = path[len(_STUDIES_PATH) + 1 :]
+        return "update" if rest and "/" not in rest else None
+    return None
+
+
+def _valid(field: str, value: object) -> bool:
+    return isinstance(value, str) and not FIELDS[field].check(value)
+
+
+class WriteAudit:
+    """Pure ASGI middleware: exactly one write-audit entry (``Store.audit``) per write
+    request (``write_operation``) that the API handles.
+
+    It hands the route an ``AuditNote`` (under ``scope[_NOTE]``) carrying the request's
+    method, path, request-log seq and fault (which ``FaultMiddleware`` puts in the scope);
+    the route adds the study and fields it reads, and the Store records ``changed`` or
+    ``noop`` in the transaction of the write. When the answer is a 4xx instead (refused:
+    authentication, validation, not found, conflict, a body over the limit) it records a
+    ``refused`` entry, and a 5xx of the sandbox's own (a bug; never a fault knob) an
+    ``error`` entry, before the answer leaves. Requests a fault failed before handling, or
+    the rate limit refused, never reach it: they have no entry.
+    """
+
+    def __init__(self, app: Any, store: Store) -> None:
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        operation = None
+        if scope["type"] == "http":
+            operation = write_operation(str(scope.get("method", "")), str(scope.get("path", "")))
+        if operation is None:
+            await self.app(scope, receive, send)
+            return
+        path = str(scope["path"])
+        note = AuditNote(
+            source="api",
+            method=str(scope["method"]),
+            path=path,
+            status=201 if operation == "create" else 200,
+            request=scope.get("viewerkit.request"),
+            fault=scope.get("viewerkit.fault"),
+        )
+        if operation == "update" and _valid("study_id", path.rsplit("/", 1)[1]):
+            note.study_id = path.rsplit("/", 1)[1]
+
+        async def record_unrecorded(status: int) -> None:
+            if not note.recorded:
+                note.status = status
+                outcome = "refused" if status < 500 else "error"
+                await run_in_threadpool(self.store.record_refused, operation, note, outcome)
+
+        async def watching(message: Any) -> None:
+            if message["type"] == "http.response.start" and int(message["status"]) >= 400:
+                await record_unrecorded(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app({**scope, _NOTE: note}, receive, watching)
+        except Exception:
+            # answered 500 by the server's outer layer
+            await record_unrecorded(500)
+            raise
+
+
+def _note(request: Request) -> AuditNote:
+    note: AuditNote | None = request.scope.get(_NOTE)
+    return note if note is not None else AuditNote(source="api")
 
 
 async def _body(request: Request, allowed: Sequence[str]) -> dict[str, Any]:
@@ -444,8 +537,10 @@ def create_app(
     app.state.store = store
     app.state.faults = faults
     app.state.request_log = request_log
-    # inside the fault middleware: a refused body is in the request log, after any fault
+    # inside the fault middleware: a refused body is in the request log, after any fault;
+    # the write audit sees it too, and what a fault struck
     app.add_middleware(BodyLimit)
+    app.add_middleware(WriteAudit, store=store)
     app.add_middleware(FaultMiddleware, faults=faults, log=request_log)
 
     @app.exception_handler(SandboxError)
@@ -493,10 +588,14 @@ def create_app(
             raise SandboxError(404, f"no study {study_id}", "studyId")
         return study
 
-    def identify(body: Mapping[str, Any]) -> str:
-        """The study ID a cancel / uncancel / reroute body names (400 / 404 otherwise)."""
+    def identify(body: Mapping[str, Any], note: AuditNote | None = None) -> str:
+        """The study ID a cancel / uncancel / reroute body names (400 / 404 otherwise),
+        noted in ``note`` (with the UID when that identified it) as far as it is known."""
         study_id = body.get("studyId")
         uid = body.get("studyInstanceUid")
+        if note is not None:
+            note.study_id = study_id if _valid("study_id", study_id) else None
+            note.study_instance_uid = uid if _valid("study_instance_uid", uid) else None
         _check_reference(study_id, uid)
         if uid is not None:
             by_uid = store.study_id_for_uid(uid)
@@ -504,6 +603,8 @@ def create_app(
                 raise SandboxError(404, f"no study with studyInstanceUid {uid}", "studyInstanceUid")
             if study_id is not None and by_uid != study_id:
                 raise _bad("studyInstanceUid", "studyId and studyInstanceUid name different studies")
+            if note is not None:
+                note.study_id = by_uid
             return by_uid
         assert isinstance(study_id, str)
         study_or_404(study_id)
@@ -527,8 +628,12 @@ def create_app(
         ),
     )
     async def create_study(request: Request) -> Response:
+        note = _note(request)
         key_id = authenticate(request)
         body = await _body(request, CREATE_FIELDS)
+        note.fields = tuple(body)
+        if _valid("study_instance_uid", body.get("studyInstanceUid")):
+            note.study_instance_uid = body["studyInstanceUid"]
 
         def work() -> dict[str, Any]:
             for field in ("severity", "studyDescription", "studyInstanceUid"):
@@ -548,8 +653,10 @@ def create_app(
                 express_customer_id=customer,
                 metadata=metadata,
                 created_by_api_key=key_id,
+                note=note,
             )
             if study_id is None:
+                note.study_id = store.study_id_for_uid(uid)  # the study this create collided with
                 raise SandboxError(
                     409, f"a study with studyInstanceUid {uid} already exists", "studyInstanceUid"
                 )
@@ -619,9 +726,11 @@ def create_app(
         ),
     )
     async def update_study(studyId: str, request: Request) -> Response:  # noqa: N803
+        note = _note(request)
         authenticate(request)
         study_id = _check_study_id(studyId)
         body = await _body(request, UPDATE_FIELDS)
+        note.fields = tuple(body)
 
         def work() -> dict[str, Any]:
             changes: dict[str, Any] = {}
@@ -635,7 +744,7 @@ def create_app(
                 changes["study_description"] = _check_description(body["studyDescription"])
             if "studyViewerStatus" in body:
                 changes["study_viewer_status"] = _check_status(body["studyViewerStatus"])
-            if store.update_study(study_id, changes) is None:
+            if store.update_study(study_id, changes, note=note) is None:
                 raise SandboxError(404, f"no study {study_id}", "studyId")
             return study_or_404(study_id)
 
@@ -648,12 +757,13 @@ def create_app(
         already in the state asked for (the contract's no-op answers)."""
 
         async def route(request: Request) -> Response:
+            note = _note(request)
             authenticate(request)
             body = await _body(request, IDENTIFY_FIELDS)
 
             def work() -> dict[str, Any]:
-                study_id = identify(body)
-                changed = store.set_cancelled(study_id, cancelled)
+                study_id = identify(body, note)
+                changed = store.set_cancelled(study_id, cancelled, note=note)
                 if changed is None:
                     raise SandboxError(404, f"no study {study_id}", "studyId")
                 return {"success": True} if changed else same_state
@@ -783,7 +893,17 @@ def create_app(
     @app.get("/_sandbox/audit", include_in_schema=False)
     def audit(request: Request) -> Response:
         authenticate(request)
-        return _json(store.audit(request.query_params.get("study_id")))
+        params = _single_params(request, ("study_id", "outcome", "source", "since"))
+        since = params.get("since", "0")
+        if not (since.isascii() and since.isdigit()):
+            raise _bad("since", "since must be a whole number: the seq of an earlier audit entry")
+        for name, allowed in (("outcome", AUDIT_OUTCOMES), ("source", AUDIT_SOURCES)):
+            if params.get(name, allowed[0]) not in allowed:
+                raise _bad(name, f"{name} must be one of {', '.join(allowed)}")
+        entries = store.audit(
+            params.get("study_id"), outcome=params.get("outcome"), source=params.get("source"), since=int(since)
+        )
+        return _json(entries)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -369,7 +369,9 @@ async def _fail(send: Send, how: str) -> None:
 
 class FaultMiddleware:
     """ASGI middleware applying ``Faults`` to requests under ``/v1`` and recording each one
-    in ``log`` (a new ``RequestLog`` when not given)."""
+    in ``log`` (a new ``RequestLog`` when not given). A request it passes on carries its
+    ``seq`` and fault (None or ``{"when", "how", "source"}``) in the scope, under
+    ``viewerkit.request`` and ``viewerkit.fault``, for the app's write audit."""
 
     def __init__(self, app: ASGIApp, faults: Faults, log: RequestLog | None = None) -> None:
         self.app = app
@@ -408,6 +410,12 @@ class FaultMiddleware:
         strike = faults.draw_failure(entry["method"], path)
         if faults.latency_ms > 0:
             await asyncio.sleep(faults.latency_ms / 1000.0)
+        # what the app's write audit records of this request: its seq here and its fault
+        scope = {
+            **scope,
+            "viewerkit.request": entry["seq"],
+            "viewerkit.fault": None if strike is None else strike._asdict(),
+        }
         if strike is None:
             await self._handle(scope, receive, send, entry)
             return

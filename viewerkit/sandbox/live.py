@@ -3,8 +3,9 @@
 ``start_live(store, rate_per_s)`` starts a daemon thread that keeps the world moving at about
 ``rate_per_s`` operations a second: new studies arrive (40 %), radiologists complete open
 ones (35 %), studies are reassigned (15 %), cancelled (5 %) or change severity (5 %). Every
-change goes through the same ``Store`` methods the API uses, so the audit table and the
-``updatedAt`` rules hold exactly as for API traffic. ``LiveWorld.stop()`` stops and joins it.
+change goes through the same ``Store`` methods the API uses, so the write audit and the
+``updatedAt`` rules hold exactly as for API traffic; its audit entries have
+``source="live"``. ``LiveWorld.stop()`` stops and joins it.
 
 >>> import os, tempfile
 >>> from datetime import datetime, timezone
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import orjson
 
+from viewerkit.sandbox.store import AuditNote
 from viewerkit.sandbox.synth import (
     STUDY_CATALOG,
     UID_ROOT,
@@ -202,21 +204,23 @@ class LiveWorld:
             changes: dict[str, Any] = {"study_viewer_status": "complete"}
             if assigned_to is None and users:
                 changes["assigned_to"] = users[int(rng.integers(len(users)))]
-            changed = store.update_study(study_id, changes)
+            changed = store.update_study(study_id, changes, note=AuditNote(source="live"))
             self._forget(study_id)
         elif kind == "reassign":
             others = [u for u in users if u != assigned_to]
             if not others:
                 return None
             target = others[int(rng.integers(len(others)))] if rng.random() < 0.9 else None
-            changed = store.update_study(study_id, {"assigned_to": target})
+            changed = store.update_study(study_id, {"assigned_to": target}, note=AuditNote(source="live"))
             self._forget(study_id)
         elif kind == "cancel":
-            changed = store.set_cancelled(study_id, True)
+            changed = store.set_cancelled(study_id, True, note=AuditNote(source="live"))
             self._forget(study_id)
         else:
             choices = [s for s in _SEVERITIES if s != severity]
-            changed = store.update_study(study_id, {"severity": choices[int(rng.integers(2))]})
+            changed = store.update_study(
+                study_id, {"severity": choices[int(rng.integers(2))]}, note=AuditNote(source="live")
+            )
             self._forget(study_id)
         return kind if changed else None
 
@@ -242,7 +246,7 @@ class LiveWorld:
             "created_by_api_key": keys[int(rng.integers(len(keys)))] if by_key else None,
             "created_by_user": None if by_key or not users else users[int(rng.integers(len(users)))],
         }
-        return self._store.create_study(**fields) is not None
+        return self._store.create_study(**fields, note=AuditNote(source="live")) is not None
 
 
 def start_live(store: Store, rate_per_s: float, seed: int = 0) -> LiveWorld:

@@ -385,11 +385,70 @@ class Sandbox:
         rows: list[dict[str, Any]] = response.json()
         return rows
 
-    def audit(self, study_id: str | None = None) -> list[dict[str, Any]]:
-        """Every applied mutation (``study_id``, ``operation``, ``fields``, ``at``), oldest first."""
-        params = {} if study_id is None else {"study_id": study_id}
+    def audit(
+        self,
+        study_id: str | None = None,
+        *,
+        outcome: str | None = None,
+        source: str | None = None,
+        since: int = 0,
+    ) -> list[dict[str, Any]]:
+        """The write audit, oldest first: ONE entry per write request the server handled
+        (create, update, cancel, uncancel), whatever its outcome, so a doubled request shows
+        as two entries. Optionally only those of one ``study_id``, one ``outcome``, one
+        ``source``, or after the entry numbered ``since``.
+
+        Each entry is a dict:
+
+        - ``seq``: 1, 2, ... in the order recorded (kept in the database: the audit
+          survives a restart on the same ``db_path``, and numbering goes on).
+        - ``at``: when the server handled it, by its clock: ISO 8601 UTC with milliseconds
+          (``2026-11-27T16:30:43.197Z``). For a ``changed`` entry it is the study's new
+          ``updatedAt`` (``createdAt`` for a create).
+        - ``source``: ``"api"`` (a request), ``"live"`` (live mode's own traffic) or
+          ``"store"`` (a direct call of the Store); None for an entry moved from a database
+          made before this audit.
+        - ``operation``: ``"create"``, ``"update"``, ``"cancel"`` or ``"uncancel"``; with
+          ``method`` and ``path`` of the request (None unless ``api``). A reroute URL is no
+          write (it stores nothing) and has no entry.
+        - ``study_id``: the study the request named or identified (for a create, the new
+          study; for a create refused 409, the study holding its UID), else None.
+          ``study_instance_uid``: the UID the request gave (create; cancel / uncancel by
+          UID), else None.
+        - ``fields``: sorted wire names of the study fields the request gave (``[]`` for
+          cancel / uncancel); ``changed_fields``: those it changed (``["isCancelled"]`` for
+          a cancel / uncancel that changed). Names only: no value, key or URL is recorded.
+        - ``outcome``: ``"changed"`` (the study changed), ``"noop"`` (handled, every value
+          already so: e.g. a second cancel), ``"refused"`` (a 4xx: authentication,
+          validation, not found, conflict, a body over 1 MiB) or ``"error"`` (a 500 of the
+          sandbox's own: an exception in the server, such as a client gone before its
+          body arrived; never a fault knob, nothing changed).
+        - ``status``: the status the API answered (also when a fault then lost it).
+        - ``fault``: None, or the fault that struck it (``{"when": "after", "how": "drop",
+          "source": "fail_next"}``): handled, committed, its answer lost.
+        - ``request``: the ``seq`` of this request in :meth:`requests` of the server run
+          that handled it (None unless ``api``).
+
+        Consistent with :meth:`requests`: every write request there with a ``handled``
+        status has exactly one entry here; a request failed ``when="before"`` or refused
+        by the rate limit (429) was not handled and has none. Example::
+
+            sandbox.fail_next(1, method="PATCH", path="/v1/viewer/studies/*", when="after", how="drop")
+            client.update_study(study_id, severity="stat")  # dropped, retried by the client
+            [(e["outcome"], e["fault"] and e["fault"]["how"]) for e in sandbox.audit(study_id)]
+            # [("changed", "drop"), ("noop", None)]
+        """
+        params: dict[str, Any] = {} if study_id is None else {"study_id": study_id}
+        if outcome is not None:
+            params["outcome"] = outcome
+        if source is not None:
+            params["source"] = source
+        if since:
+            params["since"] = since
         with self._http() as http:
             response = http.get("/_sandbox/audit", params=params)
+        if response.status_code == 400:
+            raise ValueError(response.json()["error"]["message"])
         response.raise_for_status()
         rows: list[dict[str, Any]] = response.json()
         return rows

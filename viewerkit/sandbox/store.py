@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,7 +30,16 @@ import orjson
 
 from viewerkit.schema import StudyFilters
 
-__all__ = ["Store", "Keyset", "format_timestamp", "now_timestamp", "new_study_id"]
+__all__ = [
+    "Store",
+    "Keyset",
+    "AuditNote",
+    "AUDIT_OUTCOMES",
+    "AUDIT_SOURCES",
+    "format_timestamp",
+    "now_timestamp",
+    "new_study_id",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sandbox_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -70,15 +79,57 @@ CREATE INDEX IF NOT EXISTS studies_triage
     ON studies (severity, study_viewer_status, is_cancelled, created_at, study_id);
 CREATE INDEX IF NOT EXISTS studies_open
     ON studies (study_viewer_status, is_cancelled, created_at, study_id);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_id TEXT NOT NULL,
+-- one entry per write request (see Store.audit); appended to, never changed
+CREATE TABLE IF NOT EXISTS write_audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    source TEXT,
     operation TEXT NOT NULL,
+    method TEXT,
+    path TEXT,
+    study_id TEXT,
+    study_instance_uid TEXT,
     fields TEXT NOT NULL,
-    at TEXT NOT NULL
+    changed_fields TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    status INTEGER,
+    fault TEXT,
+    request INTEGER
 );
-CREATE INDEX IF NOT EXISTS audit_study ON audit (study_id, id);
+CREATE INDEX IF NOT EXISTS write_audit_study ON write_audit (study_id, seq);
 """
+
+_AUDIT_COLUMNS = (
+    "seq",
+    "at",
+    "source",
+    "operation",
+    "method",
+    "path",
+    "study_id",
+    "study_instance_uid",
+    "fields",
+    "changed_fields",
+    "outcome",
+    "status",
+    "fault",
+    "request",
+)
+
+#: The outcomes of a write request in the audit (see ``Store.audit``).
+AUDIT_OUTCOMES = ("changed", "noop", "refused", "error")
+
+#: Where an audited write came from: the API, live mode, or a direct call of a Store method.
+AUDIT_SOURCES = ("api", "live", "store")
+
+# the wire names of the columns an update sets
+_UPDATE_WIRE = {
+    "assigned_to": "assignedTo",
+    "metadata": "metadata",
+    "severity": "severity",
+    "study_description": "studyDescription",
+    "study_viewer_status": "studyViewerStatus",
+}
 
 _STUDY_INDEXES = (
     "studies_order",
@@ -179,6 +230,35 @@ class Keyset:
     study_id: str
 
 
+@dataclass
+class AuditNote:
+    """What the audit records of one write request besides its outcome and time.
+
+    The API fills one in as it reads a write request (``source="api"``, its ``method``,
+    ``path``, ``request`` seq in the request log, the ``fault`` that struck it, the
+    ``status`` it answers when the write goes through, and the study and ``fields`` it named)
+    and hands it to the Store method, which records the ``changed`` or ``noop`` entry in the
+    same transaction as the change and sets ``recorded``. Live mode passes
+    ``AuditNote(source="live")``; a Store write method called without a note records
+    ``source="store"``.
+
+    >>> AuditNote(source="live").recorded
+    False
+    """
+
+    source: str = "store"
+    method: str | None = None
+    path: str | None = None
+    study_id: str | None = None
+    study_instance_uid: str | None = None
+    #: wire names of the study fields the request gave (None: taken from the call)
+    fields: tuple[str, ...] | None = None
+    status: int | None = None
+    request: int | None = None
+    fault: dict[str, str] | None = None
+    recorded: bool = field(default=False, compare=False)
+
+
 def _contains_ci(haystack: str | None, needle: str) -> bool:
     # Unicode-aware lower(), unlike SQLite's ASCII-only LIKE
     return haystack is not None and needle in haystack.lower()
@@ -255,6 +335,7 @@ class Store:
         conn = self._conn()
         conn.executescript(_SCHEMA)
         self._add_roster_columns(conn)
+        self._migrate_audit(conn)
         with self._write() as cur:
             cur.execute(
                 "INSERT OR IGNORE INTO sandbox_meta (key, value) VALUES ('secret', ?)",
@@ -279,6 +360,35 @@ class Store:
         with self._write() as cur:
             for name, kind in missing():  # again under the write lock: another process may have
                 cur.execute(f"ALTER TABLE users ADD COLUMN {name} {kind}")
+
+    def _migrate_audit(self, conn: sqlite3.Connection) -> None:
+        """Move the entries of a database made before the write audit (a table ``audit`` of
+        applied changes, with their values) into ``write_audit``: each one a ``changed``
+        entry of unknown source with the field names only."""
+        old = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'"
+        if conn.execute(old).fetchone() is None:
+            return
+        with self._write() as cur:
+            if cur.execute(old).fetchone() is None:  # another process moved it meanwhile
+                return
+            rows = cur.execute("SELECT study_id, operation, fields, at FROM audit ORDER BY id").fetchall()
+            entries = []
+            for study_id, operation, fields_text, at in rows:
+                given = orjson.loads(fields_text)
+                names = sorted(given)
+                changed = names if operation in ("create", "update") else ["isCancelled"]
+                uid = given.get("studyInstanceUid") if operation == "create" else None
+                entries.append(
+                    (at, None, operation, None, None, study_id, uid,
+                     orjson.dumps(names).decode(), orjson.dumps(changed).decode(),
+                     "changed", None, None, None)
+                )
+            cur.executemany(
+                f"INSERT INTO write_audit ({', '.join(_AUDIT_COLUMNS[1:])})"
+                f" VALUES ({', '.join('?' * (len(_AUDIT_COLUMNS) - 1))})",
+                entries,
+            )
+            cur.execute("DROP TABLE audit")
 
     # -- references ------------------------------------------------------------------------
 
@@ -687,27 +797,105 @@ class Store:
         last = studies[-1]
         return studies, Keyset(last["createdAt"], last["studyId"])
 
-    def audit(self, study_id: str | None = None) -> list[dict[str, Any]]:
-        """Every applied mutation, oldest first (optionally of one study)."""
-        sql = "SELECT study_id, operation, fields, at FROM audit"
-        args: tuple[Any, ...] = ()
+    def audit(
+        self,
+        study_id: str | None = None,
+        *,
+        outcome: str | None = None,
+        source: str | None = None,
+        since: int = 0,
+    ) -> list[dict[str, Any]]:
+        """The write audit, oldest first: one entry per write request (optionally only those
+        of one study, of one ``outcome``, of one ``source``, or after the entry ``since``).
+
+        Each entry: ``seq`` (1, 2, ... in the order recorded; never reused, kept across
+        restarts), ``at`` (the server's clock, ISO 8601 UTC with milliseconds; for a
+        ``changed`` entry the study's new ``updatedAt``), ``source`` (``api``, ``live``,
+        ``store``; None for an entry moved from an older database), ``operation``
+        (``create``, ``update``, ``cancel``, ``uncancel``), ``method`` and ``path`` (None
+        unless ``api``), ``study_id`` and ``study_instance_uid`` (as the request named or
+        identified them, else None), ``fields`` (sorted wire names of the study fields the
+        request gave; ``[]`` for cancel / uncancel), ``changed_fields`` (those it changed:
+        for cancel / uncancel ``["isCancelled"]`` when it changed), ``outcome`` (see
+        ``AUDIT_OUTCOMES``), ``status`` (the API's answer, also when a fault then lost it),
+        ``fault`` (None or ``{"when", "how", "source"}``) and ``request`` (the seq in the
+        request log of the server run that handled it). Values are never recorded.
+
+        >>> import tempfile, os
+        >>> store = Store(os.path.join(tempfile.mkdtemp(), "a.db"))
+        >>> store.audit(outcome="changed")
+        []
+        """
+        where: list[str] = []
+        args: list[Any] = []
         if study_id is not None:
-            sql += " WHERE study_id = ?"
-            args = (study_id,)
-        rows = self._conn().execute(sql + " ORDER BY id", args).fetchall()
-        return [
-            {"study_id": r[0], "operation": r[1], "fields": orjson.loads(r[2]), "at": r[3]}
-            for r in rows
-        ]
+            where.append("study_id = ?")
+            args.append(study_id)
+        if outcome is not None:
+            where.append("outcome = ?")
+            args.append(outcome)
+        if source is not None:
+            where.append("source = ?")
+            args.append(source)
+        if since:
+            where.append("seq > ?")
+            args.append(int(since))
+        sql = f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM write_audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._conn().execute(sql + " ORDER BY seq", args).fetchall()
+        entries = []
+        for row in rows:
+            entry = dict(zip(_AUDIT_COLUMNS, row, strict=True))
+            entry["fields"] = orjson.loads(entry["fields"])
+            entry["changed_fields"] = orjson.loads(entry["changed_fields"])
+            if entry["fault"] is not None:
+                entry["fault"] = orjson.loads(entry["fault"])
+            entries.append(entry)
+        return entries
 
     # -- writes ----------------------------------------------------------------------------
 
     @staticmethod
-    def _audit(cur: sqlite3.Cursor, study_id: str, operation: str, fields: Mapping[str, Any], at: str) -> None:
+    def _audit(
+        cur: sqlite3.Cursor,
+        note: AuditNote,
+        operation: str,
+        outcome: str,
+        *,
+        at: str,
+        study_id: str | None,
+        fields: Sequence[str],
+        changed: Sequence[str] = (),
+    ) -> None:
+        """Append one entry (in the caller's transaction)."""
+        given = sorted(note.fields if note.fields is not None else fields)
         cur.execute(
-            "INSERT INTO audit (study_id, operation, fields, at) VALUES (?, ?, ?, ?)",
-            (study_id, operation, orjson.dumps(dict(fields)).decode(), at),
+            f"INSERT INTO write_audit ({', '.join(_AUDIT_COLUMNS[1:])})"
+            f" VALUES ({', '.join('?' * (len(_AUDIT_COLUMNS) - 1))})",
+            (
+                at,
+                note.source,
+                operation,
+                note.method,
+                note.path,
+                study_id if study_id is not None else note.study_id,
+                note.study_instance_uid,
+                orjson.dumps(given).decode(),
+                orjson.dumps(sorted(changed)).decode(),
+                outcome,
+                note.status,
+                None if note.fault is None else orjson.dumps(note.fault).decode(),
+                note.request,
+            ),
         )
+        note.recorded = True
+
+    def record_refused(self, operation: str, note: AuditNote, outcome: str = "refused") -> None:
+        """Append the entry of a write request the API refused (``note.status``: its 4xx),
+        or, with ``outcome="error"``, answered with a 5xx of its own."""
+        with self._write() as cur:
+            self._audit(cur, note, operation, outcome, at=now_timestamp(), study_id=None, fields=())
 
     @staticmethod
     def _next_update(cur: sqlite3.Cursor, study_id: str) -> str:
@@ -731,11 +919,25 @@ class Store:
         created_by_user: str | None = None,
         study_viewer_status: str = "incomplete",
         created_at: str | None = None,
+        note: AuditNote | None = None,
     ) -> str | None:
-        """Insert a study; its new ID, or None when the Study Instance UID already exists."""
+        """Insert a study; its new ID, or None when the Study Instance UID already exists
+        (nothing recorded then: the caller records the refusal). A ``changed`` audit entry
+        (``note``: see ``AuditNote``) is written with the study."""
+        note = note if note is not None else AuditNote()
         study_id = new_study_id()
         at = created_at or now_timestamp()
         meta = None if metadata is None else orjson.dumps(dict(metadata)).decode()
+        given = {
+            "studyInstanceUid": study_instance_uid,
+            "studyDescription": study_description,
+            "severity": severity,
+            "assignedTo": assigned_to,
+            "expressCustomerId": express_customer_id,
+            "metadata": metadata,
+        }
+        fields = [name for name, value in given.items() if value is not None]
+        note.study_instance_uid = study_instance_uid
         try:
             with self._write() as cur:
                 cur.execute(
@@ -758,32 +960,27 @@ class Store:
                         meta,
                     ),
                 )
-                fields = {
-                    "studyInstanceUid": study_instance_uid,
-                    "studyDescription": study_description,
-                    "severity": severity,
-                    "assignedTo": assigned_to,
-                    "expressCustomerId": express_customer_id,
-                    "metadata": None if metadata is None else dict(metadata),
-                }
-                self._audit(cur, study_id, "create", fields, at)
+                recorded = list(note.fields) if note.fields is not None else fields
+                self._audit(
+                    cur, note, "create", "changed", at=at, study_id=study_id, fields=fields, changed=recorded
+                )
         except sqlite3.IntegrityError:
+            note.recorded = False
             return None
         return study_id
 
-    def update_study(self, study_id: str, changes: Mapping[str, Any]) -> bool | None:
+    def update_study(
+        self, study_id: str, changes: Mapping[str, Any], *, note: AuditNote | None = None
+    ) -> bool | None:
         """Apply ``changes`` (column name -> value; ``metadata`` a dict or None).
 
         True when something changed, False when every value was already so, None when the
-        study does not exist. ``updated_at`` moves only when something changed.
+        study does not exist. ``updated_at`` moves only when something changed. A
+        ``changed`` or ``noop`` audit entry (``note``: see ``AuditNote``) is written in the
+        same transaction; none when the study does not exist.
         """
-        wire = {
-            "assigned_to": "assignedTo",
-            "metadata": "metadata",
-            "severity": "severity",
-            "study_description": "studyDescription",
-            "study_viewer_status": "studyViewerStatus",
-        }
+        note = note if note is not None else AuditNote()
+        asked = [_UPDATE_WIRE[k] for k in changes]
         with self._write() as cur:
             row = cur.execute(
                 "SELECT assigned_to, metadata, severity, study_description, study_viewer_status"
@@ -792,10 +989,11 @@ class Store:
             ).fetchone()
             if row is None:
                 return None
-            current = dict(zip(wire, row, strict=True))
+            current = dict(zip(_UPDATE_WIRE, row, strict=True))
             current["metadata"] = None if row[1] is None else orjson.loads(row[1])
             changed = {k: v for k, v in changes.items() if current[k] != v}
             if not changed:
+                self._audit(cur, note, "update", "noop", at=now_timestamp(), study_id=study_id, fields=asked)
                 return False
             at = self._next_update(cur, study_id)
             sets = [f"{k} = ?" for k in changed] + ["updated_at = ?"]
@@ -807,12 +1005,21 @@ class Store:
                 f"UPDATE studies SET {', '.join(sets)} WHERE study_id = ?",
                 (*values, at, study_id),
             )
-            self._audit(cur, study_id, "update", {wire[k]: v for k, v in changed.items()}, at)
+            self._audit(
+                cur, note, "update", "changed", at=at, study_id=study_id, fields=asked,
+                changed=[_UPDATE_WIRE[k] for k in changed],
+            )
             return True
 
-    def set_cancelled(self, study_id: str, cancelled: bool) -> bool | None:
+    def set_cancelled(
+        self, study_id: str, cancelled: bool, *, note: AuditNote | None = None
+    ) -> bool | None:
         """Cancel (or uncancel) a study: True if it changed, False if it already was so,
-        None when the study does not exist."""
+        None when the study does not exist. A ``changed`` or ``noop`` audit entry
+        (``note``: see ``AuditNote``) is written in the same transaction; none when the
+        study does not exist."""
+        note = note if note is not None else AuditNote()
+        operation = "cancel" if cancelled else "uncancel"
         with self._write() as cur:
             row = cur.execute(
                 "SELECT is_cancelled FROM studies WHERE study_id = ?", (study_id,)
@@ -820,6 +1027,7 @@ class Store:
             if row is None:
                 return None
             if bool(row[0]) == cancelled:
+                self._audit(cur, note, operation, "noop", at=now_timestamp(), study_id=study_id, fields=())
                 return False
             at = self._next_update(cur, study_id)
             cur.execute(
@@ -827,7 +1035,9 @@ class Store:
                 " WHERE study_id = ?",
                 (int(cancelled), at if cancelled else None, at, study_id),
             )
-            self._audit(cur, study_id, "cancel" if cancelled else "uncancel", {}, at)
+            self._audit(
+                cur, note, operation, "changed", at=at, study_id=study_id, fields=(), changed=["isCancelled"]
+            )
             return True
 
     def study_ids(self, limit: int | None = None) -> list[str]:
