@@ -6,6 +6,7 @@ import _thread
 import datetime as dt
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -278,10 +279,16 @@ def test_bad_filter_values_raise_validation_error_before_any_request(
             fetch_studies(c, progress=False)
 
 
-def _new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
-    """Threads started since ``before`` and still running (tqdm's own monitor aside: it
-    lives as long as the process, whatever the fetch does)."""
-    return [t for t in threading.enumerate() if t not in before and t.name != "tqdm_monitor"]
+def _new_threads(before: set[threading.Thread], grace_s: float = 5.0) -> list[threading.Thread]:
+    """Threads started since ``before`` and still running after ``grace_s`` seconds of
+    joining them (tqdm's own monitor aside: it lives as long as the process). A worker that
+    ends a moment after the interrupt reaches the main thread (a loaded machine delivers
+    it late) is not left running; one still alive after the grace is."""
+    left = [t for t in threading.enumerate() if t not in before and t.name != "tqdm_monitor"]
+    deadline = time.monotonic() + grace_s
+    for thread in left:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t for t in left if t.is_alive()]
 
 
 def test_ctrl_c_stops_the_fetch_and_no_page_reaches_the_sandbox_after_it(
