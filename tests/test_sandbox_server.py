@@ -115,6 +115,37 @@ def test_cli_serve_prints_the_base_url_and_key_and_serves(tmp_path: Path) -> Non
             process.stdout.close()
 
 
+def test_cli_serve_prints_export_lines_a_shell_runs_as_they_are(tmp_path: Path) -> None:
+    # the README says to run the two lines serve prints: a bare NAME=value would set a shell
+    # variable the viewerkit commands never see, and a key with a space would break the line
+    key = "sk-cli test's key"
+    env = {**os.environ, API_KEY_ENV: key}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "viewerkit.cli", "sandbox", "serve", "--studies", "5",
+         "--port", "0", "--db", str(tmp_path / "export.db")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        base_url = process.stdout.readline().strip().rsplit(" ", 1)[-1]
+        lines = [process.stdout.readline().strip() for _ in range(3)]
+        exports = [line for line in lines if line.startswith("export ")]
+        assert [line.split("=", 1)[0] for line in exports] == ["export AVARA_BASE_URL", "export AVARA_API_KEY"]
+        shown = subprocess.run(
+            ["sh", "-c", "; ".join(exports) + '; sh -c \'printf "%s\\n%s" "$AVARA_BASE_URL" "$AVARA_API_KEY"\''],
+            capture_output=True, text=True, check=True, env={"PATH": os.environ.get("PATH", "")},
+        ).stdout
+        assert shown.split("\n") == [base_url, key]  # exported: a child process sees both
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 def test_cli_serve_documents_every_knob() -> None:
     from click.testing import CliRunner
 

@@ -240,6 +240,11 @@ def refresh_command(
 ) -> None:
     """Bring the study cache up to date and record what changed.
 
+    The server and key are AVARA_BASE_URL / AVARA_API_KEY's; each pair is its own API
+    namespace in the cache. The first refresh of a namespace (a new server or key, or an
+    empty cache) is a full one whatever --mode says: after a key rotation, see
+    `viewerkit cache adopt` to keep the history instead.
+
     Example:
 
     \b
@@ -286,8 +291,9 @@ def cache_info_command(cache_path: str | None, namespace: str | None) -> None:
     """Show what the cache holds: server, key fingerprint, studies, last refresh, files.
 
     A cache holding several API namespaces (servers or keys) lists each one; --namespace
-    (or $VIEWERKIT_NAMESPACE) shows one in full, as does AVARA_API_KEY / AVARA_BASE_URL
-    when the key is set.
+    (or $VIEWERKIT_NAMESPACE) shows one in full. When AVARA_API_KEY is set (and neither
+    is given), it shows that key's namespace only, with "studies: 0" if that key never
+    refreshed this cache; unset the key to list them all.
 
     Example:
 
@@ -420,8 +426,8 @@ def report_command(
 ) -> None:
     """Write the severity and turnaround report of the cached studies as one HTML file.
 
-    Uses the namespace of AVARA_API_KEY / AVARA_BASE_URL when the key is set, else the
-    cache's only namespace. Run `viewerkit refresh` first to bring the cache up to date, or
+    Reads the namespace --namespace names, else $VIEWERKIT_NAMESPACE's, else the one of
+    AVARA_API_KEY / AVARA_BASE_URL when the key is set, else the cache's only one. Run `viewerkit refresh` first to bring the cache up to date, or
     give --refresh to do both in one command (it needs AVARA_API_KEY, and waits up to
     --lock-timeout for a refresh already running). Days and weeks are local to --tz; the
     current day or week is marked partial.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import socket
 import sqlite3
@@ -163,9 +164,11 @@ def serve(
         sock.close()
         raise
     if not quiet:
+        # the two lines the other commands read their server and key from, as shell commands
+        # to paste as they are (a bare NAME=value would not reach the commands it runs)
         click.echo(f"Avara Viewer sandbox on {base_url}")
-        click.echo(f"  AVARA_BASE_URL={base_url}")
-        click.echo(f"  AVARA_API_KEY={key}")
+        click.echo(f"  export AVARA_BASE_URL={shlex.quote(base_url)}")
+        click.echo(f"  export AVARA_API_KEY={shlex.quote(key)}")
         click.echo(f"  database: {db_path}  (Ctrl-C to stop)")
     # the access log is off: reroute URLs carry secret tokens in their query strings
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
