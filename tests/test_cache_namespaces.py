@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from viewerkit import CacheError, Client, StudyCache
+from viewerkit import CacheError, Client, StudyCache, ValidationError
 from viewerkit.cache import NAMESPACE_VARIABLE, namespace_of
 from viewerkit.cli import main
 from viewerkit.sandbox import running
@@ -62,7 +62,7 @@ def test_a_namespace_is_chosen_by_id_prefix_base_url_or_the_environment(
     with _client(one) as client:
         assert len(StudyCache.at(cache.path).load(client)) == 30
     for bad in ("nope", "http://127.0.0.1:1", "abc"):
-        with pytest.raises(CacheError, match="holds no namespace"):
+        with pytest.raises(ValidationError, match="holds no namespace"):
             StudyCache(cache.path, namespace=bad).load()
 
 
@@ -150,7 +150,7 @@ def test_an_adoption_interrupted_after_its_rename_is_completed_by_running_it_aga
     with Client(api_key=one.api_key + "x", base_url=one.base_url) as client:
         target = cache.path / namespace_of(client.base_url, client.key_fingerprint)
         os.replace(cache.path / ids[one.base_url], target)  # the rename, then a "crash"
-        with pytest.raises(CacheError, match=f"{target.name}: unreadable"):
+        with pytest.raises(ValidationError, match=f"{target.name}: unreadable"):
             StudyCache(cache.path, namespace=target.name).load()
         info = cache.adopt(client, ids[one.base_url], check=False)
     assert info["studies"] == 30 and info["key_fingerprint"] == client.key_fingerprint

@@ -237,3 +237,20 @@ def test_csv_times_in_a_time_zone_carry_their_offset_and_read_back(tmp_path: Pat
     assert [row["created_at"] for row in cells(written)] == [
         "2026-10-25 02:30:00.250+02:00", "2026-10-25 02:30:00.000+01:00", "2026-03-02 00:59:59.999+01:00"]
     pd.testing.assert_frame_equal(read_studies(written), to_pandas(table), check_exact=True)
+
+
+def test_a_file_that_is_not_a_study_export_is_refused_naming_its_columns(tmp_path: Path) -> None:
+    """(issue 11 walk) a CSV of other data read back as an all-null study table; a study
+    export with a column added by hand dropped it silently."""
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(ValidationError) as caught:
+        read_studies(other)
+    assert caught.value.failure_cases[["field", "reason"]].values.tolist() == [
+        ["study_id", Reason.MISSING_COLUMN], ["study_instance_uid", Reason.MISSING_COLUMN],
+        ["a", Reason.NOT_A_CHOICE], ["b", Reason.NOT_A_CHOICE]]
+    edited = tmp_path / "edited.csv"
+    edited.write_text(f"study_id,study_instance_uid,note\nstu_{'a' * 32},1.2,call back\n", encoding="utf-8")
+    with pytest.raises(ValidationError) as caught:
+        read_studies(edited)
+    assert caught.value.failure_cases[["field", "reason"]].values.tolist() == [["note", Reason.NOT_A_CHOICE]]

@@ -347,13 +347,15 @@ class StudyCache:
     def choose(self, namespace: str) -> str:
         """The ID of the namespace that ``namespace`` names: an ID, a unique prefix of one
         (4 characters or more), or a base URL exactly one namespace has. Raises
-        ``CacheError`` listing the namespaces when none or several match.
+        ``ValidationError`` (field ``namespace``) listing the namespaces when none or
+        several match.
 
         >>> import tempfile
         >>> StudyCache(tempfile.mkdtemp()).choose("3f2a")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        viewerkit.errors.CacheError: ... holds no namespace '3f2a' ...
+        viewerkit.errors.ValidationError: namespace: 1 problem
+          field namespace: ... holds no namespace '3f2a' ...
         """
         everything = self.namespaces()
         found = [n for n in everything if "error" not in n]
@@ -367,10 +369,33 @@ class StudyCache:
             return str(matches[0]["namespace"])
         kind = "no" if not matches else f"{len(matches)} matches for the"
         listing = self._listing(everything) or "nothing yet: run `viewerkit refresh` first"
-        raise CacheError(
-            f"{self.path} holds {kind} namespace {given!r} (give an ID, a unique prefix of 4 "
-            f"characters or more, or a base URL); it holds: {listing}"
+        raise ValidationError.one(
+            "namespace", "namespace", given, Reason.NOT_A_CHOICE,
+            detail=f"{self.path} holds {kind} namespace {given!r} (give an ID, a unique prefix "
+            f"of 4 characters or more, or a base URL); it holds: {listing}",
         )
+
+    def missing_namespace_advice(self, client: Client | None) -> str:
+        """What to tell an analyst whose namespace (``client``'s, else the chosen or only
+        one) was never refreshed here: run a refresh, or, when this folder holds another
+        namespace of the same server (a rotated key), adopt it, or choose one it holds."""
+        where = f"{self.path}"
+        if client is None:
+            return (f"no refreshed studies in {where}: run `viewerkit refresh` first (same "
+                    "--cache and AVARA_BASE_URL / AVARA_API_KEY)")
+        found = [n for n in self.namespaces() if "error" not in n]
+        same_server = [n for n in found if n["base_url"] == client.base_url]
+        head = (f"{where} holds no studies of {client.base_url} with the key "
+                f"{client.key_fingerprint} (AVARA_API_KEY / AVARA_BASE_URL)")
+        if same_server:
+            ids = ", ".join(n["namespace"] for n in same_server)
+            return (f"{head}; it holds this server's studies under another key ({ids}): if "
+                    f"the key was rotated, `viewerkit cache adopt --from {same_server[0]['namespace']}` "
+                    "moves them to the new key with their history; a refresh would start a new history")
+        if found:
+            return (f"{head}; it holds: {self._listing(found)}; read one with --namespace ID "
+                    "(or VIEWERKIT_NAMESPACE), or run `viewerkit refresh` for this key")
+        return f"{head}: run `viewerkit refresh` first"
 
     def _directory(self, client: Client | None) -> Path | None:
         """The namespace directory to read: the client's, the chosen one, or the only one."""
@@ -548,10 +573,7 @@ class StudyCache:
         """
         info = self.info(client)
         if info["last_refresh_at"] is None:
-            raise CacheError(
-                f"no refreshed studies in {info['path']} for this API namespace: run "
-                "`viewerkit refresh` first (same --cache and AVARA_BASE_URL / AVARA_API_KEY)"
-            )
+            raise CacheError(self.missing_namespace_advice(client))
         return CacheSnapshot(
             self.load(client, compact=compact), self.history(client), info, self.load_users(client)
         )
@@ -801,6 +823,13 @@ class StudyCache:
             )
         if metadata is not None:
             frame.check_metadata_shape(metadata)
+        if not self.path.is_dir() and not self.path.absolute().parent.is_dir():
+            # a cache folder is made on its first refresh, never the folders above it: a
+            # mistyped --cache would otherwise start a new cache somewhere unexpected
+            raise ValidationError.one(
+                "refresh", "path", str(self.path), Reason.NO_SUCH_FOLDER,
+                detail="the folder above the cache folder does not exist (a mistyped path?)",
+            )
         started = time.perf_counter()
         directory = self.path / namespace_of(client.base_url, client.key_fingerprint)
         directory.mkdir(parents=True, exist_ok=True)

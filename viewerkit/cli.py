@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from viewerkit.errors import ViewerkitError
+from viewerkit.errors import CacheError, Reason, ValidationError, ViewerkitError
 from viewerkit.schema import SEVERITIES, VIEWER_STATUSES
 
 if TYPE_CHECKING:
@@ -33,8 +34,9 @@ class _Failure(click.ClickException):
     """A library error as one line on stderr (its detail lines joined by "; ", e.g. which
     field was bad) and its exit status."""
 
-    def __init__(self, exc: BaseException) -> None:
+    def __init__(self, exc: BaseException, hint: str | None = None) -> None:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        lines += [hint] if hint else []
         super().__init__("; ".join(lines) or type(exc).__name__)
 
 
@@ -52,14 +54,19 @@ class _Group(click.Group):
     ``OSError`` (a path that cannot be written or read) 1."""
 
     def invoke(self, ctx: click.Context) -> object:
-        from viewerkit.errors import ApiError, CacheError, LockTimeout
+        from viewerkit.errors import ApiError, AuthenticationError, CacheError, LockTimeout
 
         try:
             return super().invoke(ctx)
+        except AuthenticationError as exc:
+            hint = "check AVARA_API_KEY (and AVARA_BASE_URL: a key belongs to one server)"
+            raise _ApiFailure(exc, hint) from exc
         except ApiError as exc:
             raise _ApiFailure(exc) from exc
         except (CacheError, LockTimeout) as exc:
             raise _CacheFailure(exc) from exc
+        except BrokenPipeError:
+            raise  # the reader of our output went away (| head): click ends quietly
         except (ViewerkitError, OSError) as exc:
             raise _Failure(exc) from exc
 
@@ -126,6 +133,11 @@ def _concurrency_option(what: str) -> Callable[[Callable[..., Any]], Callable[..
     )
 
 
+def _bars(progress: bool | None) -> bool:
+    """Progress bars as asked, else only on a terminal (never carriage returns in a log)."""
+    return sys.stderr.isatty() if progress is None else progress
+
+
 _NO_KEY = (
     "no API key: set the environment variable AVARA_API_KEY (and AVARA_BASE_URL for a server "
     "other than the hosted API), e.g. the two `export` lines `viewerkit sandbox serve` prints"
@@ -170,7 +182,8 @@ def _api_client(rate_limit: float | None = None, concurrency: int = 8) -> Client
                    "written as they are, for programs (keep).")
 @_concurrency_option("fetching")
 @_rate_limit_option
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar (default: only when stderr is a terminal, not in logs).")
 def fetch_command(
     severity: tuple[str, ...],
     study_viewer_status: tuple[str, ...],
@@ -183,7 +196,7 @@ def fetch_command(
     formulas: str,
     concurrency: int,
     rate_limit: float | None,
-    progress: bool,
+    progress: bool | None,
 ) -> None:
     """Fetch every study matching the filters; write it to --out, else print a summary.
 
@@ -208,11 +221,13 @@ def fetch_command(
         study_description=study_description,
         study_viewer_status=list(study_viewer_status),
     )
-    check_time_zone(tz)  # these before the fetch, which may take minutes
+    check_time_zone(tz, what="--tz")  # these before the fetch, which may take minutes
+    if tz != "UTC" and (out is None or out.lower().endswith(".parquet")):
+        raise click.UsageError("--tz sets the times of a .csv or .xlsx --out; Parquet keeps UTC instants")
     if out is not None:
         check_output_path(out)
     with _api_client(rate_limit, concurrency) as client:
-        table = fetch_studies_arrow(client, filters, concurrency=concurrency, progress=progress)
+        table = fetch_studies_arrow(client, filters, concurrency=concurrency, progress=_bars(progress))
     if out is None:
         click.echo(f"{table.num_rows} studies (use --out FILE.parquet to keep them)")
         return
@@ -229,14 +244,15 @@ def fetch_command(
 @_rate_limit_option
 @click.option("--lock-timeout", type=click.FloatRange(min=0), default=300, show_default=True,
               metavar="SECONDS", help="How long to wait for another refresh of the same cache.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show progress bars (default: only when stderr is a terminal, not in logs).")
 def refresh_command(
     cache_path: str | None,
     mode: str,
     concurrency: int,
     rate_limit: float | None,
     lock_timeout: float,
-    progress: bool,
+    progress: bool | None,
 ) -> None:
     """Bring the study cache up to date and record what changed.
 
@@ -254,7 +270,7 @@ def refresh_command(
 
     with _api_client(rate_limit, concurrency) as client:
         summary = StudyCache.at(cache_path).refresh(
-            client, mode="active" if mode == "active" else "full", progress=progress,
+            client, mode="active" if mode == "active" else "full", progress=_bars(progress),
             concurrency=concurrency, lock_timeout=lock_timeout,
         )
     click.echo(
@@ -318,6 +334,9 @@ def cache_info_command(cache_path: str | None, namespace: str | None) -> None:
             click.echo("Choose one with --namespace ID (or VIEWERKIT_NAMESPACE=ID).")
             return
         info = cache.info(reader)
+        if reader is not None and info["last_refresh_at"] is None:
+            # the environment's key has no namespace here: say what the folder holds
+            raise CacheError(cache.missing_namespace_advice(reader))
     for key in ("path", "base_url", "key_fingerprint", "studies", "last_refresh_at",
                 "last_refresh_mode", "refreshes", "metadata"):
         click.echo(f"{key}: {info[key] if info[key] is not None else '-'}")
@@ -401,7 +420,7 @@ def cache_remove_command(cache_path: str | None, namespace: str, yes: bool) -> N
 @click.option("--refresh", "refresh_mode", type=click.Choice(["active", "full"]), default=None,
               help="Refresh the cache first (as `viewerkit refresh --mode`), then report: one "
                    "command for a scheduled job.")
-@click.option("--lock-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=300, show_default=True,
               metavar="SECONDS", help="With --refresh: how long to wait for another refresh of the cache to finish.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bars of --refresh (default: only when stderr is a terminal).")
@@ -471,11 +490,14 @@ def report_command(
     if window:
         window_ms((window[0], window[1]))
     check_output_path(out, suffixes=HTML_SUFFIXES, what="report")
+    if figures_dir and not Path(figures_dir).is_dir() and not Path(figures_dir).absolute().parent.is_dir():
+        raise ValidationError.one("report", "--figures", figures_dir, Reason.NO_SUCH_FOLDER,
+                                  detail="its parent folder does not exist (only the last one is made)")
     if refresh_mode is not None:
         with _api_client(rate_limit, concurrency) as client:
             summary = StudyCache.at(cache_path).refresh(
                 client, mode="active" if refresh_mode == "active" else "full",
-                progress=sys.stderr.isatty() if progress is None else progress,
+                progress=_bars(progress),
                 lock_timeout=lock_timeout, concurrency=concurrency,
             )
             cached = StudyCache.at(cache_path).read(client)

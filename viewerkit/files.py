@@ -40,6 +40,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -788,8 +789,9 @@ def read_studies(path: StrPath, *, formulas: FormulaPolicy = "neutralise") -> pd
     off the text cells it added it to, ``"keep"`` reads every cell as it is. So
     ``read_studies(write_studies(df, p, formulas=f), formulas=f)`` equals ``df`` (its
     study-table columns). A cell that is not its column's type is a ``ValidationError``
-    naming row (0 = the first row under the header) and field; a missing file is
-    ``FileNotFoundError``.
+    naming row (0 = the first row under the header) and field; so is a file without the
+    ``study_id`` / ``study_instance_uid`` columns (not a study export) or with a column the
+    study table does not have (each named); a missing file is ``FileNotFoundError``.
 
     From Excel (the sheet ``studies``, else the first): a time column's name says the time
     zone of its local times (``created_at (Europe/Berlin)``; no zone: UTC) and each becomes
@@ -829,12 +831,37 @@ def read_studies(path: StrPath, *, formulas: FormulaPolicy = "neutralise") -> pd
         table = _read_xlsx_cells(target)
     else:
         table = _read_csv_cells(target, restore=formulas == "neutralise")
+    _check_export_columns(table.column_names, target)
     try:
         return to_pandas(conform(table))
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise ValidationError.one(
             "read_studies", "path", os.fspath(path), Reason.WRONG_TYPE, detail=str(exc)
         ) from None
+
+
+def _check_export_columns(names: list[str], path: Path) -> None:
+    """A study export has the study table's ID columns, and no column the study table does
+    not know (a ``meta.<key>`` or ``metadata`` column is known): else it is not a study
+    export, or one edited past reading back; a ``ValidationError`` naming each column."""
+    from viewerkit.schema import META_PREFIX, METADATA_COLUMN, STUDY_SCHEMA
+
+    # an Excel time column's name carries its zone: "created_at (Europe/Berlin)"
+    bare = [re.sub(r" \(.*\)$", "", name) for name in names]
+    cases: list[dict[str, Any]] = [
+        {"field": name, "value": None, "reason": Reason.MISSING_COLUMN,
+         "detail": f"{path.name} is not a study export (no {name} column)"}
+        for name in ("study_id", "study_instance_uid") if name not in bare
+    ]
+    cases += [
+        {"field": name, "value": None, "reason": Reason.NOT_A_CHOICE,
+         "detail": "not a column of the study table (viewerkit.STUDY_SCHEMA, meta.<key>)"}
+        for name, plain in zip(names, bare, strict=True)
+        if STUDY_SCHEMA.get_field_index(plain) < 0 and not plain.startswith(META_PREFIX)
+        and plain != METADATA_COLUMN
+    ]
+    if cases:
+        raise ValidationError.from_cases("read_studies", cases)
 
 
 def _read_csv_cells(path: Path, *, restore: bool) -> pa.Table:

@@ -242,7 +242,7 @@ def fetch_users_arrow(
     from tqdm.auto import tqdm
 
     parts: list[pa.StructArray] = []
-    with tqdm(desc="users", unit="users", disable=not progress, leave=False) as bar:
+    with tqdm(desc="reading users", unit=" users", disable=not progress, leave=False) as bar:
         for part in _pages(client, given, int(limit), bool(include_phone)):
             parts.append(part)
             bar.update(len(part))

@@ -222,12 +222,18 @@ def save_figures(
     creating the folder if needed.
 
     Returns the paths written, in report order. A ``folder`` that is a file is refused
-    (``ValidationError``, field ``folder``, ``Reason.NOT_A_FOLDER``) before any work.
+    (``ValidationError``, field ``folder``, ``Reason.NOT_A_FOLDER``) before any work, as is
+    one whose parent folder does not exist (``Reason.NO_SUCH_FOLDER``: only the last folder
+    is created).
     """
     report_timezone(tz)
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise ValidationError.one("save_figures", "folder", os.fspath(folder), Reason.NOT_A_FOLDER)
+    if not out.exists() and not out.absolute().parent.is_dir():
+        # the folder itself is made, never the folders above it (a mistyped path)
+        raise ValidationError.one("save_figures", "folder", os.fspath(folder), Reason.NO_SUCH_FOLDER,
+                                  detail="its parent folder does not exist")
     written = []
     for name, fig in report_figures(studies, history=history, window=window, sla=sla, now=now, tz=tz).items():
         buffer = io.BytesIO()
