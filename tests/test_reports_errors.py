@@ -138,6 +138,9 @@ CASES: list[tuple[str, Callable[[], Any], list[tuple[str, Reason]]]] = [
     ("render-to-a-folder", lambda: render(ONE, _out().parent, now=T),
      [("path", Reason.WRONG_SUFFIX), ("path", Reason.IS_A_FOLDER)]),
     ("save-figures-to-a-file", lambda: save_figures(ONE, __file__, now=T), [("folder", Reason.NOT_A_FOLDER)]),
+    ("save-figures-under-a-missing-folder",
+     lambda: save_figures(ONE, _out().parent / "missing" / "figures", now=T),
+     [("folder", Reason.NO_SUCH_FOLDER)]),
     ("report-figures-sla", lambda: report_figures(ONE, now=T, sla={"stat": 0}), [("stat", Reason.NOT_POSITIVE)]),
     ("save-figures-studies", lambda: save_figures("studies.parquet", _out().parent, now=T),  # type: ignore[arg-type]
      [("studies", Reason.WRONG_TYPE)]),

@@ -308,7 +308,7 @@ def fetch_studies(
     Traceback (most recent call last):
     ...
     viewerkit.errors.ValidationError: bad study list filters: 1 problem
-      field assigned_to: must be usr_ + 32 lowercase hex, or None for none (got 'bob')
+      field assigned_to: must be usr_ + 32 lowercase hex, or None (null on the command line) for none (got 'bob')
     """
     return to_pandas(
         fetch_studies_arrow(

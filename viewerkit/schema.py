@@ -236,8 +236,9 @@ FIELDS: Final[Mapping[str, Field]] = _fields(
 #: The list query's filters, in the order the sandbox checks them; ``None`` for the two
 #: nullable ones selects "none" (the wire's literal ``null``).
 LIST_FILTERS: Final[Mapping[str, Field]] = _fields(
-    dataclasses.replace(FIELDS["assigned_to"], null_detail="or None for none"),
-    dataclasses.replace(FIELDS["express_customer_id"], null_detail="or None for none"),
+    # the CLI's text form spells None as the word null (StudyFilters.from_text)
+    dataclasses.replace(FIELDS["assigned_to"], null_detail="or None (null on the command line) for none"),
+    dataclasses.replace(FIELDS["express_customer_id"], null_detail="or None (null on the command line) for none"),
     Field("is_cancelled", "isCancelled", RULES["boolean"]),
     FIELDS["severity"],
     FIELDS["study_viewer_status"],

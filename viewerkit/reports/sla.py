@@ -349,8 +349,7 @@ def window_ms(window: Window) -> tuple[float, float]:
     lo = -np.inf if start is None else start
     hi = np.inf if end is None else end
     if lo >= hi:
-        raise ValidationError.one(_WINDOW_ERROR, "window", window, Reason.BAD_WINDOW,
-                                  detail="its start must be before its end")
+        raise ValidationError.one(_WINDOW_ERROR, "window", window, Reason.BAD_WINDOW)
     return lo, hi
 
 
