@@ -469,12 +469,17 @@ def test_sdk_users_list_filters_match_filtering_every_user(sandbox: Sandbox) -> 
 def test_sdk_users_retrieve_finds_listed_and_revoked_users(sandbox: Sandbox, everything: list[dict[str, Any]]) -> None:
     from test_sandbox_users import list_users_raw
 
-    listed = {u["userId"] for u in list_users_raw(sandbox)}
+    users = list_users_raw(sandbox)
+    listed = {u["userId"] for u in users}
     named = {s[side]["userId"] for s in everything for side in ("assignedTo", "createdByUser") if s[side]}
     revoked = sorted(named - listed)
     assert revoked
     client = sdk(sandbox)
-    for user_id in [sorted(listed)[0], *revoked]:
+    # every user a study names is a radiologist; the list holds other roles too
+    for wanted in sorted(users, key=lambda u: u["userId"])[:5]:
+        user = client.viewer.users.retrieve(wanted["userId"])
+        assert (user.user_id, user.clinic_role) == (wanted["userId"], wanted["clinicRole"])
+    for user_id in revoked:
         user = client.viewer.users.retrieve(user_id)
         assert user.user_id == user_id and user.clinic_role == "Radiologist"
 
