@@ -845,7 +845,15 @@ def _inverse(row: JournalRow) -> tuple[dict[str, Any], dict[str, Any]] | None:
         return None
     cells: dict[str, Any] = {"study_id": row.study_id}
     expected: dict[str, Any] = {}
+    keys = {s: v for s, v in row.change.items() if s.startswith(_META_SLOT)}
+    if keys and row.before.get("metadata") is None and any(v is not None for v in keys.values()):
+        # keys set on a null map: removing them would leave {}, not the null it was; the
+        # whole map goes back to null if it is still just what we made it
+        cells["metadata"] = CLEAR
+        expected["metadata"] = {s[len(_META_SLOT):]: v for s, v in keys.items() if v is not None}
     for slot, want in row.change.items():
+        if slot in keys and "metadata" in cells:
+            continue
         was = _slot_value(row.before, slot)
         if slot == "metadata":
             before_map = row.before.get("metadata")
