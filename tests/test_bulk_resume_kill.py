@@ -21,7 +21,7 @@ import pandas as pd
 
 from tests.raw_api import list_all_raw
 from viewerkit import Client
-from viewerkit.bulk import Plan, resume
+from viewerkit.bulk import resume
 from viewerkit.bulk.journal import Journal
 from viewerkit.sandbox.server import Sandbox
 
