@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import pytest
+from raw_api import list_all_raw
 
-from tests.raw_api import list_all_raw
 from viewerkit import Client, fetch_users
 from viewerkit.bulk import DELETE, EMPTY, UNASSIGN, Plan, runs, undo
 from viewerkit.errors import ValidationError
@@ -125,7 +125,8 @@ def test_thousand_mixed_changes_under_failures_and_a_rate_limit_end_in_the_plan_
     assert counts["noop"] == sum(1 for n in needed.values() if not n)
     assert result.frame["note"].tolist() == [f"row {i}" for i in range(1_000)]  # input columns kept
     after = _state(sandbox)
-    wrong = [r["study_id"] for r in plan.frame.to_dict("records") if not _holds(after[r["study_id"]], r)]
+    records: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in plan.frame.to_dict("records")]
+    wrong = [r["study_id"] for r in records if not _holds(after[r["study_id"]], r)]
     assert wrong == []
     made = changed_entries(sandbox, audit_start)
     per_study = Counter[str]()
@@ -221,7 +222,7 @@ def test_undo_after_a_partial_run_restores_our_studies_and_leaves_later_edits_al
         applied = result.frame.index[result.frame["status"] == "applied"].tolist()
         assert len(applied) >= 5
         # later edits by a colleague: one of our planned fields, one other field, one other study
-        theirs = next(v for v in ("normal", "high") if v != initial[ids[2]]["severity"])
+        theirs: Literal["normal", "high"] = "normal" if initial[ids[2]]["severity"] != "normal" else "high"
         colleague.update_study(ids[2], severity=theirs)
         colleague.update_study(ids[3], study_description="colleague's words")
         other = list(initial)[20]

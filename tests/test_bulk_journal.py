@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 import pandas as pd
+from raw_api import list_all_raw
 
-from tests.raw_api import list_all_raw
 from viewerkit import Client
 from viewerkit.bulk import Plan, resume, runs, undo
 from viewerkit.bulk.apply import preview_plan
@@ -79,7 +79,7 @@ def test_the_journal_records_who_why_the_row_the_change_and_the_before_image(
     assert all(r[4] == "applied" for r in rows)
     assert unconfirmed == 0 and sorted(steps) == [("cancel", "changed"), ("update", "changed"), ("update", "changed")]
     listed = runs(journal)
-    assert listed.loc[0, "counts"]["applied"] == 3 and listed.loc[0, "reason"] == "ward move"
+    assert listed["counts"].iloc[0]["applied"] == 3 and listed["reason"].iloc[0] == "ward move"
 
 
 def test_a_row_sent_without_a_recorded_answer_is_read_back_on_resume_and_not_sent_again(

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from raw_api import list_all_raw
 
-from tests.raw_api import list_all_raw
 from viewerkit import Client
 from viewerkit.bulk import resume
 from viewerkit.bulk.journal import Journal
