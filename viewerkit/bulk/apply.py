@@ -929,5 +929,9 @@ def runs(journal: str | os.PathLike[str]) -> pd.DataFrame:
                 "rows": n, "counts": counts, "kind": info.kind, "undo_of": info.undo_of,
                 "finished_at": info.finished_at,
             })
-    return pd.DataFrame.from_records(records, columns=["run_id", "started_at", "user", "reason", "rows", "counts",
-                                                      "kind", "undo_of", "finished_at"])
+    columns = ["run_id", "started_at", "user", "reason", "rows", "counts", "kind", "undo_of", "finished_at"]
+    # object columns: an absent reason is None, not NaN
+    return pd.DataFrame({
+        name: pd.Series([r[name] for r in records], dtype="int64" if name == "rows" else object)
+        for name in columns
+    })
