@@ -799,18 +799,33 @@ def bulk_reassign_command(
     """
     import importlib
 
+    from viewerkit.errors import ApiStatusError
     from viewerkit.fetch import fetch_studies
     from viewerkit.users import fetch_users
 
     targets = [name.strip() for value in to_users for name in value.split(",") if name.strip()]
     shown = _bulk_progress(progress)
     with _api_client(rate_limit, concurrency) as client:
-        user_id = from_user
+        roster = None
+        try:
+            roster = fetch_users(client, progress=False)  # resolves the emails of --to
+        except ApiStatusError as exc:
+            if exc.status_code not in (401, 403, 404):  # a key that cannot list users
+                raise
+        user_id: str | None = from_user
         if "@" in from_user:
-            found = fetch_users(client, email=from_user, progress=False)
-            if found.empty:
-                raise click.ClickException(f"--from: no user with the email {from_user!r}")
-            user_id = str(found["user_id"].iloc[0])
+            user_id = None
+            if roster is not None:
+                listed = roster[roster["email"].str.lower() == from_user.lower()]
+                user_id = str(listed["user_id"].iloc[0]) if len(listed) else None
+            if user_id is None:  # not listed (access revoked?): the email on their open studies
+                open_ = fetch_studies(client, is_cancelled=False, study_viewer_status="incomplete",
+                                      progress=shown)
+                theirs = open_[open_["assigned_to_email"].str.lower() == from_user.lower()]
+                if theirs.empty:
+                    click.echo(f"{from_user} has no open studies: nothing to reassign")
+                    return
+                user_id = str(theirs["assigned_to_user_id"].iloc[0])
         studies = fetch_studies(client, assigned_to=user_id, is_cancelled=False,
                                 study_viewer_status="incomplete", progress=shown)
         if studies.empty:
@@ -819,7 +834,7 @@ def bulk_reassign_command(
         # viewerkit/bulk/reassign.py (the builder; imported by name so that this module
         # type-checks before it is merged)
         reassign = importlib.import_module("viewerkit.bulk.reassign").reassign
-        plan = reassign(studies, to=targets, workload=studies)
+        plan = reassign(studies, to=targets, workload=studies, users=roster)
         preview = plan.preview(client, concurrency=concurrency, progress=shown)
         _preview_and_apply(preview, apply=apply_, yes=yes, journal=journal, reason=reason,
                            concurrency=concurrency, progress=shown, out=out)
