@@ -325,6 +325,8 @@ class _Row:
     sent: bool = False
     error: str | None = None
     kind: str = field(default="noop")
+    #: ``live`` was read after the run's start (a resume): the before-image to journal
+    reread: bool = False
 
 
 def _plain_cell(value: Any) -> Any:
@@ -589,7 +591,10 @@ def _send_row(client: Client, journal: Journal, run_id: str, row: _Row, force: b
     if to_send.get("isCancelled") is True:
         steps.append("cancel")
     for step in steps:
-        request = journal.sending(run_id, row.position, step, before=None if row.sent else live)
+        # the before-image is the state the first request is sent on: the journal has it
+        # from the start of the run, except for a row a resume read again
+        request = journal.sending(run_id, row.position, step,
+                                  before=live if row.reread and not row.sent else None)
         row.sent = True
         try:
             if step == "update":
@@ -617,8 +622,9 @@ def _send_row(client: Client, journal: Journal, run_id: str, row: _Row, force: b
             if stop_requested():
                 return "skipped"  # interrupted: the journal keeps "sent, outcome unknown"
             return _read_back(client, journal, run_id, row, request, str(exc))
-        journal.confirm(request, "changed")
-    journal.settle(run_id, row.position, "applied", after=after)
+        if step != steps[-1]:
+            journal.confirm(request, "changed")
+    journal.settle(run_id, row.position, "applied", after=after, request=request, outcome="changed")
     return "applied"
 
 
@@ -831,7 +837,7 @@ def resume(
         rows = [
             _Row(r.position, r.label, r.cells, r.study_id, r.change, r.expected,
                  live.get(r.study_id) if r.study_id else None, sent=r.sent,
-                 error=None if r.study_id else "no such study")
+                 error=None if r.study_id else "no such study", reread=True)
             for r in todo
         ]
         _send_rows(client, j, info.run_id, rows, concurrency=concurrency, force=info.force, progress=progress)

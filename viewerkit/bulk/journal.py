@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS rows (
     PRIMARY KEY (run_id, position)
 );
 CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,        -- random: see Journal.sending
     run_id TEXT NOT NULL,
     position INTEGER NOT NULL,
     step TEXT NOT NULL,            -- uncancel | update | cancel | read
@@ -150,6 +150,15 @@ class JournalRow:
     unconfirmed: int = 0
 
 
+@dataclass
+class _Pending:
+    """Statements waiting for the next group commit."""
+
+    statements: list[tuple[str, tuple[Any, ...]]]
+    done: bool = False
+    error: BaseException | None = None
+
+
 class Journal:
     """A journal file (created with its folder if missing). Safe to share between the
     threads of one run: each write is one transaction, committed (and synced) before it
@@ -161,7 +170,9 @@ class Journal:
         if self.path.is_dir():
             raise ValidationError.one("bulk journal", "journal", os.fspath(path), Reason.IS_A_FOLDER)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the connection, and the one transaction being committed
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Pending] = []
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -182,15 +193,34 @@ class Journal:
         self.close()
 
     def _write(self, statements: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+        """Commit ``statements`` as part of the next transaction, and return once it is
+        committed (synced). Group commit: the threads of a run that write at the same time
+        share one transaction, one sync; each returns only when its own statements are on
+        disk."""
+        entry = _Pending(list(statements))
+        with self._queue_lock:
+            self._queue.append(entry)
         with self._lock:
+            if entry.done:
+                if entry.error is not None:
+                    raise entry.error
+                return
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+            error: BaseException | None = None
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
-            except BaseException:
+                for pending in batch:
+                    for sql, args in pending.statements:
+                        self._db.execute(sql, args)
+                self._db.execute("COMMIT")
+            except BaseException as exc:
                 self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                error = exc
+            for pending in batch:
+                pending.error, pending.done = error, True
+        if entry.error is not None:
+            raise entry.error
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -285,23 +315,14 @@ class Journal:
         """Record, durably, that ``step`` of a row is about to be sent; its request number.
         The row's before-image is (re)written with it: the state the request was sent on."""
         at = now_text()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cursor = self._db.execute(
-                    "INSERT INTO requests (run_id, position, step, sent_at) VALUES (?, ?, ?, ?)",
-                    (run_id, position, step, at),
-                )
-                request = int(cursor.lastrowid or 0)
-                self._db.execute(
-                    "UPDATE rows SET status = 'sending', sent = 1, updated_at = ?,"
-                    " before = coalesce(?, before) WHERE run_id = ? AND position = ?",
-                    (at, _dumps(before) if before is not None else None, run_id, position),
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        request = secrets.randbits(62)  # not the table's rowid: the write may share a transaction
+        self._write([
+            ("INSERT INTO requests (id, run_id, position, step, sent_at) VALUES (?, ?, ?, ?, ?)",
+             (request, run_id, position, step, at)),
+            ("UPDATE rows SET status = 'sending', sent = 1, updated_at = ?, before = coalesce(?, before)"
+             " WHERE run_id = ? AND position = ?",
+             (at, _dumps(before) if before is not None else None, run_id, position)),
+        ])
         return request
 
     def confirm(self, request: int, outcome: str) -> None:
