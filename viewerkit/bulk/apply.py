@@ -490,6 +490,14 @@ def preview_plan(
     resolved = plan
     cases: list[dict[str, Any]] = []
     labels = list(frame.index)
+    seen: dict[str, Any] = {}
+    for label, wire in zip(labels, wires, strict=True):
+        if wire is not None:
+            if wire["studyId"] in seen:  # one row by ID, another by UID
+                cases.append({"row": label, "field": "study_instance_uid", "value": wire["studyInstanceUid"],
+                              "reason": Reason.DUPLICATE,
+                              "detail": f"study {wire['studyId']} is also row {seen[wire['studyId']]}"})
+            seen.setdefault(wire["studyId"], label)
     assigned = _cells(frame["assigned_to"]) if "assigned_to" in frame.columns else []
     if check_users and any(v is not None and v != UNASSIGN for v in assigned):
         roster, is_roster = _users_of(client, users)
