@@ -15,7 +15,8 @@ from raw_api import list_all_raw
 
 from viewerkit import Client, fetch_users
 from viewerkit.bulk import DELETE, EMPTY, UNASSIGN, Plan, runs, undo
-from viewerkit.errors import ValidationError
+from viewerkit.bulk.apply import preview_plan
+from viewerkit.errors import AuthenticationError, ValidationError
 from viewerkit.sandbox.server import Sandbox
 
 WRITES = ("PATCH", "POST")
@@ -319,3 +320,20 @@ def test_emails_resolve_through_the_user_list_and_the_preview_shows_before_and_a
     out = result.to_csv(tmp_path / "result.csv")
     assert "applied" in out.read_text()
     assert len(result.failed_plan()) == 0
+
+
+def test_a_refused_key_stops_the_run_and_nothing_more_is_sent(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path,
+) -> None:
+    sandbox = make_sandbox(studies=20, seed=19)
+    ids = list(_state(sandbox))[:10]
+    journal = tmp_path / "j.sqlite"
+    with _client(sandbox) as client, Client(api_key="sk-revoked", base_url=sandbox.base_url) as revoked:
+        preview = preview_plan(Plan({"study_id": ids, "study_description": ["re-read"] * 10}), client,
+                               progress=False, recheck=False)
+        preview._client = revoked  # the key is revoked between the preview and the apply
+        seq = sandbox.requests()[-1]["seq"]
+        with pytest.raises(AuthenticationError):
+            preview.apply(journal=journal, concurrency=1, progress=False)
+    assert len([r for r in sandbox.requests(since=seq) if r["method"] in WRITES]) == 1
+    assert runs(journal)["counts"].iloc[0] == {"applied": 0, "noop": 0, "conflict": 0, "failed": 1, "skipped": 9}

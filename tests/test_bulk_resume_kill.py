@@ -142,3 +142,37 @@ def test_resume_after_repeated_sigkill_applies_each_change_once(
     assert counts["noop"] == len(rows) - len(changed_studies)
     applied = set(result.frame.loc[result.frame["status"] == "applied", "study_id"])
     assert applied == changed_studies
+
+
+def test_ctrl_c_lets_the_requests_in_flight_finish_and_resume_completes_the_run(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path,
+) -> None:
+    sandbox = make_sandbox(studies=130, seed=42, latency_ms=30)
+    before = {s["studyId"]: s for s in list_all_raw(sandbox)}
+    rows = _plan_rows(list(before.values())[:120])
+    plan_csv, journal = tmp_path / "plan.csv", tmp_path / "j.sqlite"
+    pd.DataFrame(rows).to_csv(plan_csv, index=False)
+    script = tmp_path / "apply_or_resume.py"
+    script.write_text(APPLY_OR_RESUME)
+    env = dict(os.environ, AVARA_API_KEY=sandbox.api_key, AVARA_BASE_URL=sandbox.base_url,
+               PYTHONPATH=str(ROOT))
+    audit_start = len(sandbox.audit())
+    process = subprocess.Popen([sys.executable, str(script), str(plan_csv), str(journal)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while process.poll() is None and _requests_sent(journal) < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode != 0 and b"KeyboardInterrupt" in err
+    with Journal(journal) as j:
+        (run_id,) = j.run_ids()
+        statuses = Counter(r.status for r in j.rows(run_id))
+        assert j.run(run_id).finished_at is None  # interrupted
+    assert statuses["pending"] > 0 and statuses["sending"] <= 8  # at most the requests in flight
+    with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
+        result = resume(client, journal, progress=False)
+    assert result.counts()["applied"] + result.counts()["noop"] == len(rows)
+    after = {s["studyId"]: s for s in list_all_raw(sandbox)}
+    assert [r["study_id"] for r in rows if not _holds(after[r["study_id"]], r)] == []
+    assert max(changed_entries(sandbox, audit_start).values()) == 1
