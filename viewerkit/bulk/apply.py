@@ -906,6 +906,15 @@ def undo(
     built from their before-images, previewed and applied as a new journaled run (kind
     ``undo``). A study whose planned fields someone changed since our write is a
     ``conflict``, not overwritten (unless ``force``). Rows are labelled as in the run undone.
+
+    >>> import tempfile, os
+    >>> from viewerkit import Client
+    >>> with Client(api_key="sk-x", base_url="http://127.0.0.1:9") as client:
+    ...     undo(client, os.path.join(tempfile.mkdtemp(), "j.sqlite"), "run_x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    viewerkit.errors.ValidationError: bulk journal: 1 problem
+      field run: is not one of the allowed values, no such run in .../j.sqlite (got 'run_x')
     """
     with Journal(journal) as j:
         info = j.run(run)
