@@ -379,7 +379,7 @@ class Preview:
         and ``after`` (dicts of the planned fields, by plan name), ``updated_at`` (the
         before-image's, UTC) and ``error``."""
         frame = self.plan.frame
-        frame["study_id"] = [r.study_id for r in self._rows]
+        frame["study_id"] = pd.Series([r.study_id for r in self._rows], index=frame.index, dtype=object)
         frame["change"] = [r.kind for r in self._rows]
         frame["before"] = pd.Series([_values(r.live, list(r.change)) for r in self._rows],
                                     index=frame.index, dtype=object)
@@ -392,7 +392,7 @@ class Preview:
                       index=frame.index, dtype=object),
             utc=True,
         )
-        frame["error"] = [r.error for r in self._rows]
+        frame["error"] = pd.Series([r.error for r in self._rows], index=frame.index, dtype=object)
         return frame
 
     def counts(self) -> dict[str, int]:
@@ -784,7 +784,8 @@ def _result(journal: Journal, run_id: str) -> BulkResult:
             "status": status, "error": error,
             "before": _values(row.before, slots), "after": _values(row.after, slots),
         })
-    frame = pd.DataFrame.from_records(records, columns=[*info.columns, "status", "error", "before", "after"])
+    # object columns: an empty cell stays None (pandas 3 would make a str column of NaN)
+    frame = pd.DataFrame(records, columns=[*info.columns, "status", "error", "before", "after"], dtype=object)
     frame.index = pd.Index([r.label for r in rows])
     return BulkResult(frame, run_id, info.columns, journal.path)
 
