@@ -77,7 +77,10 @@ def test_every_command_that_calls_the_api_takes_a_rate_limit_and_a_concurrency(
 def test_the_exit_statuses_are_listed_in_the_main_help_and_the_reports() -> None:
     from viewerkit.cli import EXIT_STATUSES
 
+    bulk_only = {5, 6}  # rows failed / conflicts: only the `viewerkit bulk` commands end so
     for path in ((), ("report",)):
         shown = CliRunner().invoke(main, [*path, "--help"], terminal_width=120).output
         for code in EXIT_STATUSES:
+            if path and code in bulk_only:
+                continue
             assert re.search(rf"^\s+{code}\s+\S", shown, re.M), (path, code)

@@ -27,6 +27,8 @@ EXIT_STATUSES = {
     2: "usage: an unknown option, a value an option refuses",
     3: "the API failed: no connection, the key refused (401), a server error",
     4: "the cache: locked by another refresh past --lock-timeout, damaged, or never refreshed",
+    5: "bulk: some rows failed (the others were applied or no-ops)",
+    6: "bulk: some rows were conflicts, none failed",
 }
 
 
@@ -86,6 +88,8 @@ def main() -> None:
       2  usage: an unknown option, a value an option refuses
       3  the API failed: no connection, the key refused (401), a server error
       4  the cache: locked by another refresh past --lock-timeout, damaged, or never refreshed
+      5  bulk: some rows failed (the others were applied or no-ops)
+      6  bulk: some rows were conflicts, none failed
     """
 
 
@@ -524,6 +528,344 @@ def report_command(
         pngs = save_figures(studies, figures_dir, history=history, window=span, now=now, tz=zone)
         if not quiet:
             click.echo(f"{len(pngs)} figures written to {figures_dir}")
+
+
+# --- bulk: viewerkit/bulk ---------------------------------------------------------------------
+
+#: Where `viewerkit bulk` keeps its journal unless --journal says otherwise (one file, many runs).
+DEFAULT_JOURNAL = "data/journals/bulk.sqlite"
+
+_journal_option = click.option(
+    "--journal",
+    metavar="PATH",
+    default=DEFAULT_JOURNAL,
+    show_default=True,
+    help="The SQLite journal of the run (created if missing; one file holds many runs): "
+    "resume and undo read it.",
+)
+_yes_option = click.option("--yes", is_flag=True, help="Do not ask for confirmation before sending.")
+_reason_option = click.option("--reason", metavar="TEXT", default=None,
+                              help="Why this run is made, kept in the journal with the OS user.")
+_out_option = click.option("--out", type=click.Path(dir_okay=False), default=None,
+                           help="Also write the per-row result (or preview) as CSV to this file.")
+_bulk_progress_option = click.option("--progress/--no-progress", default=None,
+                                     help="Show progress bars (default: when stderr is a terminal).")
+
+
+def _bulk_progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _show_counts(what: str, counts: dict[str, int]) -> None:
+    shown = ", ".join(f"{name} {n:,}" for name, n in counts.items() if n) or "no rows"
+    click.echo(f"{what}: {shown}")
+
+
+def _bulk_exit(result: Any, out: str | None) -> None:
+    """Print a run's counts and its problem rows; exit 5 (failed) or 6 (conflicts) or 0."""
+    if out:
+        result.to_csv(out)
+    counts = result.counts()
+    _show_counts(f"run {result.run_id} (journal {result.journal})", counts)
+    problems = result.frame[result.frame["status"].isin(["failed", "conflict", "skipped"])]
+    for label, row in problems.head(20).iterrows():
+        click.echo(f"  row {label}: {row['status']}: {row['error']}", err=True)
+    if len(problems) > 20:
+        click.echo(f"  ... {len(problems) - 20:,} more (see --out, or resume / the journal)", err=True)
+    if counts["failed"]:
+        raise SystemExit(5)
+    if counts["conflict"]:
+        raise SystemExit(6)
+
+
+def _preview_and_apply(
+    preview: Any, *, apply: bool, yes: bool, journal: str, reason: str | None, concurrency: int,
+    progress: bool, out: str | None,
+) -> None:
+    """Show a preview's counts; with ``apply``, confirm (unless ``yes``) and apply it."""
+    counts = preview.counts()
+    _show_counts(f"preview of {len(preview):,} rows", counts)
+    if not apply:
+        if out:
+            from viewerkit.files import write_text
+
+            write_text(preview.to_frame().to_csv(index_label="row"), out)
+        return
+    if not any(kind not in ("noop", "missing") for kind in counts):
+        click.echo("nothing to send")
+    if not yes:
+        click.confirm(f"Apply to {preview._client.base_url}?", abort=True)
+    result = preview.apply(journal=journal, concurrency=concurrency, reason=reason, progress=progress)
+    _bulk_exit(result, out)
+
+
+@main.group("bulk")
+def bulk_group() -> None:
+    """Bulk changes from a plan (a CSV of studies and fields to set): preview, apply with a
+    journal, resume, undo; cancel a list of studies; reassign an off-shift radiologist's
+    open studies by load. See data/README.md for the plan columns and markers.
+
+    Runs are journaled in data/journals/bulk.sqlite unless --journal says otherwise.
+
+    Example:
+
+    \b
+        viewerkit bulk preview data/severity-bump.csv
+        viewerkit bulk apply data/severity-bump.csv --reason "ED escalation"
+    """
+
+
+@bulk_group.command("preview")
+@click.argument("plan_path", metavar="PLAN.csv", type=click.Path(dir_okay=False))
+@_out_option
+@_concurrency_option("reading the studies")
+@_rate_limit_option
+@_bulk_progress_option
+def bulk_preview_command(
+    plan_path: str, out: str | None, concurrency: int, rate_limit: float | None, progress: bool | None,
+) -> None:
+    """Show what a plan would change against the live studies (counts by change type),
+    sending nothing. Rows are named by their line in the CSV file.
+
+    Example:
+
+    \b
+        viewerkit bulk preview data/severity-bump.csv --out preview.csv
+    """
+    from viewerkit.bulk import Plan
+
+    plan = Plan.from_csv(plan_path)
+    with _api_client(rate_limit, concurrency) as client:
+        preview = plan.preview(client, concurrency=concurrency, progress=_bulk_progress(progress))
+        _preview_and_apply(preview, apply=False, yes=False, journal=DEFAULT_JOURNAL, reason=None,
+                           concurrency=concurrency, progress=False, out=out)
+    frame = preview.to_frame()
+    changing = frame[~frame["change"].isin(["noop"])]
+    for label, row in changing.head(20).iterrows():
+        click.echo(f"  row {label} {row['study_id'] or ''}: {row['change']}  {row['before']} -> {row['after']}")
+    if len(changing) > 20:
+        click.echo(f"  ... {len(changing) - 20:,} more (see --out)")
+
+
+@bulk_group.command("apply")
+@click.argument("plan_path", metavar="PLAN.csv", type=click.Path(dir_okay=False))
+@_journal_option
+@_yes_option
+@_reason_option
+@_out_option
+@_concurrency_option("applying")
+@_rate_limit_option
+@_bulk_progress_option
+def bulk_apply_command(
+    plan_path: str, journal: str, yes: bool, reason: str | None, out: str | None, concurrency: int,
+    rate_limit: float | None, progress: bool | None,
+) -> None:
+    """Apply a plan: preview it (counts shown), ask for confirmation unless --yes, then send
+    it, each request journaled before it is sent. A planned field changed on the server
+    since the preview read it is a conflict, not overwritten.
+
+    Exit status: 0 every row applied or already so, 5 some rows failed, 6 some conflicts
+    (none failed); 1-3 as for every command.
+
+    Example:
+
+    \b
+        viewerkit bulk apply data/severity-bump.csv --journal data/journals/ed.sqlite --yes
+    """
+    from viewerkit.bulk import Plan
+
+    plan = Plan.from_csv(plan_path)
+    shown = _bulk_progress(progress)
+    with _api_client(rate_limit, concurrency) as client:
+        preview = plan.preview(client, concurrency=concurrency, progress=shown)
+        _preview_and_apply(preview, apply=True, yes=yes, journal=journal, reason=reason,
+                           concurrency=concurrency, progress=shown, out=out)
+
+
+@bulk_group.command("resume")
+@click.argument("journal", metavar="JOURNAL", type=click.Path(dir_okay=False), default=DEFAULT_JOURNAL)
+@click.option("--run", "run_id", metavar="ID", default=None, help="The run to finish (default: the journal's latest).")
+@_out_option
+@_concurrency_option("applying")
+@_rate_limit_option
+@_bulk_progress_option
+def bulk_resume_command(
+    journal: str, run_id: str | None, out: str | None, concurrency: int, rate_limit: float | None,
+    progress: bool | None,
+) -> None:
+    """Finish an interrupted run: rows sent without a recorded answer are read back first
+    (already done counts as applied; nothing is sent twice). JOURNAL defaults to
+    data/journals/bulk.sqlite. Exit status as for apply.
+
+    Example:
+
+    \b
+        viewerkit bulk resume data/journals/ed.sqlite --run run_20261130T081940_b5059a
+    """
+    from viewerkit.bulk import resume
+
+    with _api_client(rate_limit, concurrency) as client:
+        result = resume(client, journal, run_id, concurrency=concurrency, progress=_bulk_progress(progress))
+    _bulk_exit(result, out)
+
+
+@bulk_group.command("undo")
+@click.argument("journal", metavar="JOURNAL", type=click.Path(dir_okay=False), default=DEFAULT_JOURNAL)
+@click.option("--run", "run_id", metavar="ID", default=None, help="The run to undo (default: the journal's latest).")
+@_yes_option
+@click.option("--force", is_flag=True, help="Also restore studies someone changed since our write (default: conflicts).")
+@_out_option
+@_concurrency_option("applying")
+@_rate_limit_option
+@_bulk_progress_option
+def bulk_undo_command(
+    journal: str, run_id: str | None, yes: bool, force: bool, out: str | None, concurrency: int,
+    rate_limit: float | None, progress: bool | None,
+) -> None:
+    """Undo a run: restore the before-images of the studies it changed, as a new journaled
+    run; a study changed by someone else since is a conflict, left as it is. JOURNAL
+    defaults to data/journals/bulk.sqlite. Exit status as for apply.
+
+    Example:
+
+    \b
+        viewerkit bulk undo data/journals/ed.sqlite --run run_20261130T081940_b5059a --yes
+    """
+    from viewerkit.bulk import Journal, undo
+
+    with Journal(journal) as j:
+        info = j.run(run_id)
+        counts = j.status_counts().get(info.run_id, {})
+    if not yes:
+        click.confirm(
+            f"Undo run {info.run_id} ({counts.get('applied', 0):,} studies applied, by {info.user}"
+            f"{', ' + info.reason if info.reason else ''})?", abort=True,
+        )
+    with _api_client(rate_limit, concurrency) as client:
+        result = undo(client, journal, info.run_id, force=force, concurrency=concurrency,
+                      progress=_bulk_progress(progress))
+    _bulk_exit(result, out)
+
+
+def _study_names(path: str) -> list[str]:
+    """Study IDs and UIDs from a file: a CSV with a study_id or study_instance_uid column, or
+    one per line (blank lines and # comments skipped)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if lines and ("study_id" in lines[0].split(",") or "study_instance_uid" in lines[0].split(",")):
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        column = "study_id" if "study_id" in frame.columns else "study_instance_uid"
+        return [v for v in frame[column].tolist() if v]
+    return lines
+
+
+@bulk_group.command("cancel")
+@click.option("--ids", "ids_path", required=True, type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="The studies to cancel: one study ID or UID per line, or a CSV with a study_id "
+              "(or study_instance_uid) column.")
+@click.option("--apply", "apply_", is_flag=True, help="Send it (default: only preview).")
+@_journal_option
+@_yes_option
+@_reason_option
+@_out_option
+@_concurrency_option("applying")
+@_rate_limit_option
+@_bulk_progress_option
+def bulk_cancel_command(
+    ids_path: str, apply_: bool, journal: str, yes: bool, reason: str | None, out: str | None,
+    concurrency: int, rate_limit: float | None, progress: bool | None,
+) -> None:
+    """Cancel a list of studies (a customer's withdrawn batch): previews by default,
+    sends with --apply. Studies already cancelled are no-ops. Exit status as for apply.
+
+    Example:
+
+    \b
+        viewerkit bulk cancel --ids data/cancel-list.csv --apply --reason "batch withdrawn"
+    """
+    from viewerkit.bulk import cancel
+
+    plan = cancel(_study_names(ids_path))
+    shown = _bulk_progress(progress)
+    with _api_client(rate_limit, concurrency) as client:
+        preview = plan.preview(client, concurrency=concurrency, progress=shown)
+        _preview_and_apply(preview, apply=apply_, yes=yes, journal=journal, reason=reason,
+                           concurrency=concurrency, progress=shown, out=out)
+
+
+@bulk_group.command("reassign")
+@click.option("--from", "from_user", required=True, metavar="USER",
+              help="The radiologist going off shift (user ID or email): their open studies move.")
+@click.option("--to", "to_users", required=True, multiple=True, metavar="USER",
+              help="A radiologist to take studies (user ID or email); repeat --to for each, or "
+              "separate them with commas.")
+@click.option("--apply", "apply_", is_flag=True, help="Send it (default: only preview).")
+@_journal_option
+@_yes_option
+@_reason_option
+@_out_option
+@_concurrency_option("reading and applying")
+@_rate_limit_option
+@_bulk_progress_option
+def bulk_reassign_command(
+    from_user: str, to_users: tuple[str, ...], apply_: bool, journal: str, yes: bool, reason: str | None,
+    out: str | None, concurrency: int, rate_limit: float | None, progress: bool | None,
+) -> None:
+    """Reassign a radiologist's open studies (incomplete, not cancelled) over others by
+    their load, stat first: previews by default, sends with --apply. Exit status as for
+    apply.
+
+    Example:
+
+    \b
+        viewerkit bulk reassign --from dr.lee@example.org --to dr.ng@example.org \\
+            --to dr.roy@example.org --apply --reason "off shift"
+    """
+    import importlib
+
+    from viewerkit.errors import ApiStatusError
+    from viewerkit.fetch import fetch_studies
+    from viewerkit.users import fetch_users
+
+    targets = [name.strip() for value in to_users for name in value.split(",") if name.strip()]
+    shown = _bulk_progress(progress)
+    with _api_client(rate_limit, concurrency) as client:
+        roster = None
+        try:
+            roster = fetch_users(client, progress=False)  # resolves the emails of --to
+        except ApiStatusError as exc:
+            if exc.status_code not in (401, 403, 404):  # a key that cannot list users
+                raise
+        user_id: str | None = from_user
+        if "@" in from_user:
+            user_id = None
+            if roster is not None:
+                listed = roster[roster["email"].str.lower() == from_user.lower()]
+                user_id = str(listed["user_id"].iloc[0]) if len(listed) else None
+            if user_id is None:  # not listed (access revoked?): the email on their open studies
+                open_ = fetch_studies(client, is_cancelled=False, study_viewer_status="incomplete",
+                                      progress=shown)
+                theirs = open_[open_["assigned_to_email"].str.lower() == from_user.lower()]
+                if theirs.empty:
+                    click.echo(f"{from_user} has no open studies: nothing to reassign")
+                    return
+                user_id = str(theirs["assigned_to_user_id"].iloc[0])
+        studies = fetch_studies(client, assigned_to=user_id, is_cancelled=False,
+                                study_viewer_status="incomplete", progress=shown)
+        if studies.empty:
+            click.echo(f"{from_user} has no open studies: nothing to reassign")
+            return
+        # viewerkit/bulk/reassign.py (the builder; imported by name so that this module
+        # type-checks before it is merged)
+        reassign = importlib.import_module("viewerkit.bulk.reassign").reassign
+        plan = reassign(studies, to=targets, workload=studies, users=roster)
+        preview = plan.preview(client, concurrency=concurrency, progress=shown)
+        _preview_and_apply(preview, apply=apply_, yes=yes, journal=journal, reason=reason,
+                           concurrency=concurrency, progress=shown, out=out)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pandas as pd
@@ -44,6 +44,10 @@ import pandas as pd
 from viewerkit.errors import Reason, ValidationError
 from viewerkit.rules import META_PREFIX, Failure
 from viewerkit.schema import MAX_METADATA_KEY_LENGTH, MAX_METADATA_PAIRS, RULES
+
+if TYPE_CHECKING:
+    from viewerkit.bulk.apply import BulkResult, Preview
+    from viewerkit.client import Client
 
 __all__ = [
     "Plan",
@@ -311,6 +315,55 @@ class Plan:
         if cases:
             raise ValidationError.from_cases(_WHAT, cases)
         return self
+
+    # -- sending -------------------------------------------------------------------------
+
+    def preview(
+        self,
+        client: Client,
+        *,
+        users: pd.DataFrame | None = None,
+        concurrency: int = 8,
+        progress: bool = True,
+        tz: str | None = None,
+    ) -> Preview:
+        """What applying the plan would do, against the live state read now: the
+        before-image of each study (by the cheapest path), ``assigned_to`` emails resolved
+        through ``users`` (the Viewer user list; None: fetched, and where the key cannot list
+        users, the users seen in these studies), and per row the before and after value of
+        every planned field and its change type (``noop`` when already so). Refuses the plan
+        (``ValidationError``, every problem at once, row and field named) before anything
+        is sent: the offline checks, users unknown to the roster, metadata over its limits
+        after merging with the live map. ``tz``: the time zone the notebook table shows
+        times in (default UTC). See ``viewerkit.bulk.apply``.
+        """
+        from viewerkit.bulk.apply import preview_plan
+
+        return preview_plan(self, client, users=users, concurrency=concurrency, progress=progress, tz=tz)
+
+    def apply(
+        self,
+        client: Client,
+        *,
+        journal: str | os.PathLike[str],
+        users: pd.DataFrame | None = None,
+        concurrency: int = 8,
+        force: bool = False,
+        reason: str | None = None,
+        progress: bool = True,
+    ) -> BulkResult:
+        """Read the before-images (as :meth:`preview`), then send the changes,
+        ``concurrency`` at a time on the shared runner, each request journaled in the SQLite
+        file ``journal`` before it is sent and confirmed after. A planned field changed on
+        the server since its before-image was read is a ``conflict`` unless ``force``;
+        ``reason`` is kept in the journal. Returns the :class:`~viewerkit.bulk.apply.BulkResult`.
+        A refused key (401/403) stops the run and raises; Ctrl-C lets the requests in flight
+        finish and raises; either way :func:`viewerkit.bulk.resume` finishes the run.
+        """
+        from viewerkit.bulk.apply import apply_plan
+
+        return apply_plan(self, client, journal=journal, users=users, concurrency=concurrency, force=force,
+                          reason=reason, progress=progress)
 
     def with_user_ids(self, users: pd.DataFrame) -> Plan:
         """The plan with every ``assigned_to`` email replaced by its user ID from ``users``
