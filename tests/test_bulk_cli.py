@@ -1,9 +1,6 @@
 """`viewerkit bulk ...` against real sandbox servers: each command a thin shell over the
 library call, its exit status (0 done, 5 rows failed, 6 conflicts), the default journal
-under data/journals/, and nothing sent without --apply / confirmation.
-
-`viewerkit bulk reassign` calls the reassign builder (viewerkit/bulk/reassign.py, issue 9's
-other part): its test skips where that module is absent."""
+under data/journals/, and nothing sent without --apply / confirmation."""
 
 from __future__ import annotations
 
@@ -152,7 +149,6 @@ def test_a_bad_plan_exits_1_naming_row_and_field(server: Sandbox, tmp_path: Path
 def test_reassign_moves_the_open_studies_of_from_over_to(
     make_sandbox: Callable[..., Sandbox], tmp_path: Path,
 ) -> None:
-    pytest.importorskip("viewerkit.bulk.reassign", reason="the reassign builder (issue 9's other part)")
     server = make_sandbox(studies=600, seed=52)
     with Client(api_key=server.api_key, base_url=server.base_url) as client:
         listed = fetch_users(client, progress=False)

@@ -825,8 +825,9 @@ def bulk_reassign_command(
         viewerkit bulk reassign --from dr.lee@example.org --to dr.ng@example.org \\
             --to dr.roy@example.org --apply --reason "off shift"
     """
-    import importlib
+    import pandas as pd
 
+    from viewerkit.bulk.reassign import reassign
     from viewerkit.errors import ApiStatusError
     from viewerkit.fetch import fetch_studies
     from viewerkit.users import fetch_users
@@ -840,29 +841,22 @@ def bulk_reassign_command(
         except ApiStatusError as exc:
             if exc.status_code not in (401, 403, 404):  # a key that cannot list users
                 raise
-        user_id: str | None = from_user
+        # every open study: those of --from move, and all of them are the targets' load
+        open_ = fetch_studies(client, is_cancelled=False, study_viewer_status="incomplete", progress=shown)
         if "@" in from_user:
-            user_id = None
-            if roster is not None:
-                listed = roster[roster["email"].str.lower() == from_user.lower()]
-                user_id = str(listed["user_id"].iloc[0]) if len(listed) else None
-            if user_id is None:  # not listed (access revoked?): the email on their open studies
-                open_ = fetch_studies(client, is_cancelled=False, study_viewer_status="incomplete",
-                                      progress=shown)
-                theirs = open_[open_["assigned_to_email"].str.lower() == from_user.lower()]
-                if theirs.empty:
-                    click.echo(f"{from_user} has no open studies: nothing to reassign")
-                    return
-                user_id = str(theirs["assigned_to_user_id"].iloc[0])
-        studies = fetch_studies(client, assigned_to=user_id, is_cancelled=False,
-                                study_viewer_status="incomplete", progress=shown)
-        if studies.empty:
+            # by the user list, else (not listed: access revoked?) the email on their studies
+            by_email = roster if roster is not None else pd.DataFrame({"email": [], "user_id": []})
+            listed = by_email[by_email["email"].str.lower() == from_user.lower()]
+            theirs = open_[
+                open_["assigned_to_user_id"].isin(listed["user_id"])
+                | (open_["assigned_to_email"].str.lower() == from_user.lower()).fillna(False)
+            ]
+        else:
+            theirs = open_[(open_["assigned_to_user_id"] == from_user).fillna(False)]
+        if theirs.empty:
             click.echo(f"{from_user} has no open studies: nothing to reassign")
             return
-        # viewerkit/bulk/reassign.py (the builder; imported by name so that this module
-        # type-checks before it is merged)
-        reassign = importlib.import_module("viewerkit.bulk.reassign").reassign
-        plan = reassign(studies, to=targets, workload=studies, users=roster)
+        plan = reassign(theirs, to=targets, workload=open_, users=roster)
         preview = plan.preview(client, concurrency=concurrency, progress=shown)
         _preview_and_apply(preview, apply=apply_, yes=yes, journal=journal, reason=reason,
                            concurrency=concurrency, progress=shown, out=out)
