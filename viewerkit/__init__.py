@@ -24,6 +24,8 @@ _EXPORTS = {
     "retrieve_studies_arrow": "viewerkit.fetch",
     "diff_studies": "viewerkit.frame",
     "ManyMetadataKeysWarning": "viewerkit.frame",
+    "TriageBoard": "viewerkit.triage.board",
+    "TriageQueue": "viewerkit.triage.queue",
     "metadata_table": "viewerkit.frame",
     "write_studies": "viewerkit.files",
     "read_studies": "viewerkit.files",
@@ -156,6 +158,12 @@ if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     )
     from viewerkit.staffing import (
         severity_weights as severity_weights,
+    )
+    from viewerkit.triage.board import (
+        TriageBoard as TriageBoard,
+    )
+    from viewerkit.triage.queue import (
+        TriageQueue as TriageQueue,
     )
     from viewerkit.users import (
         USER_SCHEMA as USER_SCHEMA,

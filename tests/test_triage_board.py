@@ -1,0 +1,122 @@
+"""The triage board's widgets driven headlessly as an analyst would (set filters, tick rows,
+click Preview, Confirm, Undo, Refresh) against a real sandbox; after each action the sandbox's
+state and audit are checked. (The board in a browser through Voila is not tested yet.)"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from viewerkit import Client, StudyCache
+from viewerkit.sandbox.server import Sandbox
+from viewerkit.triage.board import TriageBoard
+
+
+@pytest.fixture
+def server(make_sandbox: Any) -> Sandbox:
+    """A sandbox with a worklist: its synthetic world is mostly read, so 15 new studies
+    (stat, high and normal) arrive open."""
+    sandbox: Sandbox = make_sandbox(studies=400, seed=21)
+    with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
+        for n in range(15):
+            client.create_study(severity=("stat", "high", "normal")[n % 3], study_description=f"CT HEAD {n}",
+                                study_instance_uid=f"1.2.840.555.{n + 1}")
+    return sandbox
+
+
+def _wait(board: TriageBoard) -> None:
+    thread = getattr(board, "_action_thread", None)
+    if thread is not None:
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+
+
+def _checks(board: TriageBoard) -> list[Any]:
+    return [row.children[0] for row in board.rows.children if hasattr(row, "children") and row.children]
+
+
+def test_filter_tick_preview_confirm_and_undo_against_the_sandbox(server: Sandbox, tmp_path: Path) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        cache = StudyCache(tmp_path / "cache")
+        cache.refresh(client, progress=False)
+        board = TriageBoard(client, cache, page_size=10)
+        try:
+            assert "matching" in board.counts.value and len(board.rows.children) == 10
+            board.severity.value = ("stat", "high")
+            shown = board.queue.page_table()
+            assert set(shown["severity"]) <= {"stat", "high"}
+            boxes = _checks(board)
+            boxes[0].value = True
+            boxes[1].value = True
+            chosen = board.queue.selected_ids()
+            assert len(chosen) == 2 and "2 selected" in board.counts.value
+            board.action.value = "severity"
+            board.severity_value.value = "normal"
+            board.preview_button.click()
+            assert "Preview" in board.preview_area.value and not board.confirm_button.disabled
+            writes = len(server.audit(outcome="changed"))  # the 15 creates
+            assert writes == 15
+            board.confirm_button.click()
+            _wait(board)
+            assert "Result" in board.result_area.value and "applied 2" in board.result_area.value
+            changed = server.audit(outcome="changed")[writes:]  # the preview sent nothing
+            assert sorted(e["study_id"] for e in changed) == sorted(chosen)
+            assert all(client.retrieve_study(s)["severity"] == "normal" for s in chosen)
+            assert not board.undo_button.disabled
+            board.undo_button.click()
+            assert "Undone" in board.result_area.value
+            assert len(server.audit(outcome="changed")) == writes + 4  # two writes, two undone
+            assert {client.retrieve_study(s)["severity"] for s in chosen} <= {"stat", "high"}
+            journals = list((tmp_path / "cache" / "journals").glob("*.sqlite"))
+            assert journals and server.api_key.encode() not in journals[0].read_bytes()
+        finally:
+            board.close()
+
+
+def test_errors_show_in_the_board_and_leave_it_usable(server: Sandbox) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        board = TriageBoard(client, page_size=5)  # no cache: it fetches the open studies
+        try:
+            board.action.value = "complete"
+            board.preview_button.click()  # nothing selected
+            assert "select studies first" in board.message.value
+            board.open_button.click()
+            assert "exactly one study" in board.message.value
+            flaky = Client(api_key=server.api_key, base_url=server.base_url, max_retries=0)
+            server.fail_next(1, method="GET", how="503")  # the refresh's read fails ...
+            board.client = flaky
+            board.refresh_button.click()
+            assert "503" in board.message.value and "Traceback" not in board.message.value
+            bad = Client(api_key="sk-wrong", base_url=server.base_url, max_retries=0)
+            board.client = bad  # ... a key the server refuses ...
+            board.refresh_button.click()
+            assert "401" in board.message.value and "sk-wrong" not in board.message.value
+            flaky.close()
+            board.client = client  # ... and the board goes on
+            board.refresh_button.click()
+            assert "refreshed" in board.message.value
+            _checks(board)[0].value = True
+            board.open_button.click()
+            assert "<a href=" in board.link.value and "token" in board.link.value
+            bad.close()
+        finally:
+            board.close()
+
+
+def test_the_sla_column_counts_down_without_refetching(server: Sandbox) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        board = TriageBoard(client, page_size=5)
+        try:
+            seen = len(server.requests())
+            first = board.rows.children[0].children[1].value
+            time.sleep(1.1)
+            board.render()
+            assert len(server.requests()) == seen  # rendering reads nothing from the server
+            assert board.rows.children[0].children[1].value  # still a row
+            assert isinstance(board.refreshed_at, pd.Timestamp) and first
+        finally:
+            board.close()

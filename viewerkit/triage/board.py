@@ -1,0 +1,467 @@
+"""The triage board: ipywidgets 8 standard widgets over a :class:`~viewerkit.triage.queue.TriageQueue`.
+
+The widgets hold no logic of their own: every filter, sort, page, selection and action is a
+call on the queue model or the bulk engine, and the board re-renders from the model. Only
+standard widgets and HTML rendered here are used (no custom front-end module, no CDN), so
+the board works in JupyterLab 4, Notebook 7, VS Code and Voila with nothing to install.
+Every widget an analyst uses carries a CSS class (``vk-...``) so a browser test finds it.
+
+Errors (network, 401, validation, conflicts) are shown in the board's message line, never
+as a traceback, and leave the board usable. A reroute link (Open in viewer) is shown for
+:data:`LINK_SECONDS` and then removed; it is never printed, logged or stored.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pandas as pd
+
+from viewerkit.errors import ViewerkitError
+from viewerkit.schema import SEVERITIES
+from viewerkit.triage.queue import SLA_STATES, SORTS, TriageQueue
+
+if TYPE_CHECKING:
+    from viewerkit.cache import StudyCache
+    from viewerkit.client import Client
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TriageBoard", "LINK_SECONDS", "SEVERITY_COLOURS", "DEFAULT_JOURNAL"]
+
+#: How long an "Open in viewer" link stays on the board, seconds.
+LINK_SECONDS: Final = 60.0
+#: Background colour of each severity's cell.
+SEVERITY_COLOURS: Final = {"stat": "#f8d7da", "high": "#fff3cd", "normal": "#e2e3e5"}
+_STATE_COLOURS: Final = {"overdue": "#b02a37", "due soon": "#997404", "on time": "#146c43", "": "#6c757d"}
+#: Where actions are journaled without a cache.
+DEFAULT_JOURNAL: Final = Path("data/journals/triage.sqlite")
+#: The actions the board offers on a selection.
+ACTIONS: Final = ("assign", "balance", "unassign", "severity", "complete", "incomplete", "cancel", "uncancel")
+
+
+class TriageBoard:
+    """The live worklist in a notebook cell: ``TriageBoard(client, cache)`` then display it
+    (it is the last expression of the cell, or ``display(board)``).
+
+    ``client``: the API client; ``cache``: a ``StudyCache`` (its active refresh feeds the
+    board; journals go in its root folder), or None to fetch the open studies directly;
+    ``sla``: the targets (``reports.SLA`` by default); ``page_size``: rows per page;
+    ``tz``: the time zone times are shown in; ``journal``: where actions are journaled
+    (default: ``<cache>/journals/triage.sqlite``, else :data:`DEFAULT_JOURNAL`);
+    ``refresh_every``: seconds between automatic active refreshes (None: only on click).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        cache: StudyCache | None = None,
+        *,
+        sla: Any = None,
+        page_size: int = 50,
+        tz: str = "UTC",
+        journal: str | Path | None = None,
+        refresh_every: float | None = None,
+        users: pd.DataFrame | None = None,
+    ) -> None:
+        import ipywidgets as widgets
+
+        self.client = client
+        self.cache = cache
+        self.journal = Path(journal) if journal is not None else (
+            cache.path / "journals" / "triage.sqlite" if cache is not None else DEFAULT_JOURNAL
+        )
+        self.users = users
+        self.last_result: Any = None
+        self.pending: Any = None  # the previewed action, waiting for its confirm click
+        self.refreshed_at: pd.Timestamp | None = None
+        self._lock = threading.RLock()
+        self._timer: threading.Timer | None = None
+        self._link_timer: threading.Timer | None = None
+        self.queue = TriageQueue(self._read_studies(), sla=sla, page_size=page_size, tz=tz)
+        self._widgets = widgets
+        self._build()
+        self.render()
+        if refresh_every:
+            self.auto_refresh(refresh_every)
+
+    # -- data ------------------------------------------------------------------------------
+
+    def _read_studies(self) -> pd.DataFrame:
+        if self.cache is not None:
+            studies = self.cache.load(self.client)
+            if self.users is None:
+                self.users = self.cache.load_users(self.client)
+        else:
+            from viewerkit.fetch import fetch_studies
+
+            studies = fetch_studies(
+                self.client, is_cancelled=False, study_viewer_status="incomplete", progress=False
+            )
+        self.refreshed_at = pd.Timestamp.now(tz="UTC")
+        return studies
+
+    def refresh(self, *, full: bool = False) -> None:
+        """Refresh the studies (the cache's active refresh, or a full one), keeping filters,
+        sort and selection; an error is shown in the board."""
+        def run() -> None:
+            if self.cache is not None:
+                self.cache.refresh(self.client, mode="full" if full else "active", progress=False)
+            studies = self._read_studies()
+            with self._lock:
+                self.queue.refresh(studies)
+        self._guarded(run, done="refreshed")
+
+    def auto_refresh(self, seconds: float | None) -> None:
+        """Refresh every ``seconds`` in the background (None: stop)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not seconds:
+            return
+
+        def tick() -> None:
+            self.refresh()
+            self.auto_refresh(seconds)
+
+        self._timer = threading.Timer(seconds, tick)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def close(self) -> None:
+        """Stop the timers (auto refresh, link expiry)."""
+        self.auto_refresh(None)
+        if self._link_timer is not None:
+            self._link_timer.cancel()
+
+    # -- widgets ---------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        w = self._widgets
+        q = self.queue
+        names = q.studies.get("assigned_to_email")
+        assignee_options = [("(unassigned)", "")]
+        if "assigned_to_user_id" in q.studies:
+            pairs = q.studies[["assigned_to_user_id"]].dropna().drop_duplicates()
+            labels = q.studies.loc[pairs.index, "assigned_to_email"] if names is not None else pairs["assigned_to_user_id"]
+            assignee_options += sorted(zip(labels.astype(str), pairs["assigned_to_user_id"].astype(str), strict=True))
+        self.severity = w.SelectMultiple(options=list(reversed(SEVERITIES)), rows=3, description="Severity")
+        self.status = w.SelectMultiple(options=["incomplete", "complete"], value=("incomplete",), rows=2,
+                                       description="Status")
+        self.cancelled = w.Dropdown(options=[("not cancelled", False), ("cancelled", True), ("any", None)],
+                                    value=False, description="Cancelled")
+        self.assignee = w.SelectMultiple(options=assignee_options, rows=4, description="Assignee")
+        self.sla_state = w.SelectMultiple(options=list(SLA_STATES), rows=3, description="SLA")
+        self.search = w.Text(placeholder="description contains", description="Search")
+        self.sort = w.Dropdown(options=[(f"{k}: {v}", k) for k, v in SORTS.items()], value="deadline",
+                               description="Sort")
+        for widget, name in ((self.severity, "severity"), (self.status, "status"), (self.cancelled, "cancelled"),
+                             (self.assignee, "assignee"), (self.sla_state, "sla"), (self.search, "search"),
+                             (self.sort, "sort")):
+            widget.add_class(f"vk-filter-{name}")
+            widget.observe(self._on_filter, names="value")
+        self.counts = w.HTML().add_class("vk-counts")
+        self.rows = w.VBox().add_class("vk-rows")
+        self.prev_page = w.Button(description="◀ Previous").add_class("vk-prev")
+        self.next_page = w.Button(description="Next ▶").add_class("vk-next")
+        self.page_label = w.Label().add_class("vk-page")
+        self.prev_page.on_click(lambda _: self._turn(-1))
+        self.next_page.on_click(lambda _: self._turn(+1))
+        self.select_page = w.Button(description="Select page").add_class("vk-select-page")
+        self.select_all = w.Button(description="Select all matching").add_class("vk-select-all")
+        self.clear = w.Button(description="Clear selection").add_class("vk-clear")
+        self.select_page.on_click(lambda _: self._select(lambda: self.queue.select_page()))
+        self.select_all.on_click(lambda _: self._select(lambda: self.queue.select_all_matching()))
+        self.clear.on_click(lambda _: self._select(self.queue.clear_selection))
+        self.action = w.Dropdown(options=list(ACTIONS), value="assign", description="Action").add_class("vk-action")
+        self.target = w.Dropdown(options=self._assignable(), description="To").add_class("vk-target")
+        self.targets = w.SelectMultiple(options=self._assignable(), rows=4, description="Across").add_class(
+            "vk-targets")
+        self.severity_value = w.Dropdown(options=list(reversed(SEVERITIES)), description="Severity").add_class(
+            "vk-severity-value")
+        self.preview_button = w.Button(description="Preview", button_style="info").add_class("vk-preview")
+        self.confirm_button = w.Button(description="Confirm", button_style="warning", disabled=True).add_class(
+            "vk-confirm")
+        self.undo_button = w.Button(description="Undo", disabled=True).add_class("vk-undo")
+        self.open_button = w.Button(description="Open in viewer").add_class("vk-open")
+        self.refresh_button = w.Button(description="Refresh").add_class("vk-refresh")
+        self.preview_button.on_click(lambda _: self.preview_action())
+        self.confirm_button.on_click(lambda _: self.confirm())
+        self.undo_button.on_click(lambda _: self.undo())
+        self.open_button.on_click(lambda _: self.open_in_viewer())
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.action.observe(lambda _: self._show_action_inputs(), names="value")
+        self.preview_area = w.HTML().add_class("vk-preview-area")
+        self.result_area = w.HTML().add_class("vk-result")
+        self.link = w.HTML().add_class("vk-link")
+        self.message = w.HTML().add_class("vk-message")
+        self.refreshed_label = w.Label().add_class("vk-refreshed")
+        self.progress = w.IntProgress(min=0, max=1, value=0, layout={"visibility": "hidden"}).add_class(
+            "vk-progress")
+        filters = w.HBox([w.VBox([self.severity, self.status]), w.VBox([self.cancelled, self.sla_state]),
+                          w.VBox([self.assignee]), w.VBox([self.search, self.sort])])
+        paging = w.HBox([self.prev_page, self.page_label, self.next_page, self.select_page, self.select_all,
+                         self.clear])
+        self.action_inputs = w.HBox()
+        actions = w.VBox([
+            w.HBox([self.action, self.action_inputs, self.preview_button, self.confirm_button, self.undo_button]),
+            self.progress, self.preview_area, self.result_area,
+        ])
+        tools = w.HBox([self.open_button, self.link, self.refresh_button, self.refreshed_label])
+        self.widget = w.VBox([filters, self.counts, self.rows, paging, actions, tools, self.message]).add_class(
+            "vk-board")
+        self._show_action_inputs()
+
+    def _assignable(self) -> list[tuple[str, str]]:
+        """Who can be assigned: the roster's radiologists (listed, can manage studies) with
+        their open load by severity; without a user list, the assignees seen."""
+        from viewerkit.staffing import roster
+
+        try:
+            if self.users is not None and len(self.users):
+                team = roster(self.users, self.queue.studies)
+                team = team[team["reassignment_target"]]
+                records: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in team.sort_values("open_load").to_dict("records")]
+                return [
+                    (f"{_person(r)} — open {r['open_stat']:.0f} stat / {r['open_high']:.0f} high / "
+                     f"{r['open_normal']:.0f} normal", str(r["user_id"]))
+                    for r in records
+                ]
+        except ViewerkitError as exc:
+            log.warning("roster unavailable: %s", exc)
+        seen = self.queue.studies[["assigned_to_user_id", "assigned_to_email"]].dropna().drop_duplicates()
+        return sorted(zip(seen["assigned_to_email"].astype(str), seen["assigned_to_user_id"].astype(str),
+                          strict=True))
+
+    def _show_action_inputs(self) -> None:
+        chosen = self.action.value
+        self.action_inputs.children = (
+            [self.target] if chosen == "assign" else [self.targets] if chosen == "balance"
+            else [self.severity_value] if chosen == "severity" else []
+        )
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def render(self) -> None:
+        """Re-render counts, the visible page and the paging from the model (SLA states are
+        recomputed for now, without refetching)."""
+        w = self._widgets
+        with self._lock:
+            now = pd.Timestamp.now(tz="UTC")
+            counts = self.queue.counts(now)
+            page = self.queue.page_table(now)
+            pages = self.queue.pages(now)
+        self.counts.value = (
+            f"<b>{counts['matching']:,}</b> matching: "
+            + " · ".join(f"<span style='background:{SEVERITY_COLOURS[s]};padding:0 4px'>{s} {counts[s]:,}</span>"
+                         for s in reversed(SEVERITIES))
+            + f" — <b style='color:{_STATE_COLOURS['overdue']}'>{counts['overdue']:,} overdue</b>, "
+            f"{counts['due_within_hour']:,} due within the hour — <b>{counts['selected']:,} selected</b>"
+        )
+        rows = []
+        for record in page.itertuples(index=False):
+            box = w.Checkbox(value=bool(record.selected), indent=False, layout={"width": "28px"})
+            box.add_class("vk-row-check")
+            box.observe(self._on_tick(str(record.study_id)), names="value")
+            rows.append(w.HBox([box, w.HTML(self._row_html(record))]).add_class("vk-row"))
+        self.rows.children = rows or [w.HTML("<i>No study matches these filters.</i>")]
+        self.page_label.value = f"page {self.queue.page + 1} of {pages}"
+        self.prev_page.disabled = self.queue.page == 0
+        self.next_page.disabled = self.queue.page >= pages - 1
+        if self.refreshed_at is not None:
+            shown = self.refreshed_at.tz_convert(self.queue.zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+            self.refreshed_label.value = f"last refresh {shown}"
+
+    def _row_html(self, r: Any) -> str:
+        def cell(text: object, width: int, style: str = "") -> str:
+            value = "" if text is None or (isinstance(text, float) and text != text) else str(text)
+            return (f"<span style='display:inline-block;width:{width}px;overflow:hidden;white-space:nowrap;"
+                    f"text-overflow:ellipsis;{style}'>{html.escape(value)}</span>")
+
+        created = r.created_at.strftime("%m-%d %H:%M") if pd.notna(r.created_at) else ""
+        return (
+            cell(r.severity, 56, f"background:{SEVERITY_COLOURS.get(r.severity, '')};text-align:center")
+            + cell(f"{r.sla_state}: {r.left}" if r.sla_state else r.status, 190,
+                   f"color:{_STATE_COLOURS.get(r.sla_state, '#6c757d')};font-weight:600;padding-left:6px")
+            + cell(r.assignee, 170) + cell(r.customer, 140) + cell(created, 90)
+            + cell(f"{r.age_h:.1f} h", 64) + cell(r.description, 220)
+            + cell(r.study_id, 120, "color:#6c757d;font-size:smaller")
+        )
+
+    def _on_tick(self, study_id: str) -> Callable[[dict[str, Any]], None]:
+        def tick(change: dict[str, Any]) -> None:
+            with self._lock:
+                self.queue.select([study_id], on=bool(change["new"]))
+            self._render_counts_only()
+        return tick
+
+    def _render_counts_only(self) -> None:
+        counts = self.queue.counts()
+        text = self.counts.value
+        head = text.rsplit("<b>", 1)[0]
+        self.counts.value = f"{head}<b>{counts['selected']:,} selected</b>"
+
+    def _on_filter(self, _: dict[str, Any]) -> None:
+        def apply() -> None:
+            with self._lock:
+                self.queue.set_filters(
+                    severity=list(self.severity.value), status=list(self.status.value),
+                    cancelled=self.cancelled.value,
+                    assignee=[v or None for v in self.assignee.value],
+                    sla=list(self.sla_state.value), search=self.search.value,
+                )
+                self.queue.set_sort(self.sort.value)
+        self._guarded(apply)
+
+    def _turn(self, by: int) -> None:
+        with self._lock:
+            self.queue.go_to(self.queue.page + by)
+        self.render()
+
+    def _select(self, call: Callable[[], object]) -> None:
+        with self._lock:
+            call()
+        self.render()
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def plan(self) -> Any:
+        """The bulk plan of the chosen action on the selection."""
+        action = self.action.value
+        if action == "balance":
+            from viewerkit import bulk
+
+            chosen = self.queue.selected_studies()
+            return bulk.reassign(chosen, list(self.targets.value), workload=self.queue.studies,
+                                 users=self.users)
+        value = self.target.value if action == "assign" else self.severity_value.value if action == "severity" else None
+        return self.queue.plan(action, value)
+
+    def preview_action(self) -> None:
+        """Preview the chosen action on the selection: counts and the rows that would change;
+        the Confirm button then applies it."""
+        def run() -> None:
+            plan = self.plan()
+            preview = plan.preview(self.client, users=self.users, progress=False)
+            self.pending = preview
+            counts = ", ".join(f"{k} {v:,}" for k, v in preview.counts().items())
+            self.preview_area.value = f"<b>Preview</b>: {html.escape(counts)}" + _html_of(preview)
+            self.confirm_button.disabled = False
+        self._guarded(run, render=False)
+
+    def confirm(self) -> None:
+        """Apply the previewed action (in a thread: the board stays usable), journaled;
+        then show the result and enable Undo."""
+        preview, self.pending = self.pending, None
+        self.confirm_button.disabled = True
+        if preview is None:
+            self._say("Preview an action first.")
+            return
+
+        def run() -> None:
+            self.progress.layout.visibility = "visible"
+            try:
+                result = preview.apply(journal=self.journal, progress=False)
+            finally:
+                self.progress.layout.visibility = "hidden"
+            self.last_result = result
+            self.result_area.value = _result_html(result)
+            self.undo_button.disabled = False
+            self.preview_area.value = ""
+            self.refresh()
+
+        thread = threading.Thread(target=lambda: self._guarded(run, render=False), daemon=True)
+        thread.start()
+        self._action_thread = thread
+
+    def undo(self) -> None:
+        """Revert the last action through the bulk engine's undo (a new journaled run)."""
+        result = self.last_result
+        if result is None:
+            self._say("Nothing to undo.")
+            return
+
+        def run() -> None:
+            from viewerkit import bulk
+
+            undone = bulk.undo(self.client, self.journal, run=result.run_id, progress=False)
+            self.last_result = None
+            self.undo_button.disabled = True
+            self.result_area.value = "<b>Undone</b>: " + _result_html(undone)
+            self.refresh()
+
+        self._guarded(run, render=False)
+
+    def open_in_viewer(self) -> None:
+        """A viewer link for the one selected study, shown for :data:`LINK_SECONDS`."""
+        def run() -> None:
+            chosen = self.queue.selected_ids()
+            if len(chosen) != 1:
+                self._say("Select exactly one study to open it in the viewer.")
+                return
+            link = self.client.reroute_url(chosen[0])
+            # the link goes into the widget only, never to a log, print or the journal
+            self.link.value = f"<a href='{html.escape(link.reveal(), quote=True)}' target='_blank'>open {html.escape(chosen[0][:12])}…</a>"
+            if self._link_timer is not None:
+                self._link_timer.cancel()
+            self._link_timer = threading.Timer(LINK_SECONDS, self._forget_link)
+            self._link_timer.daemon = True
+            self._link_timer.start()
+        self._guarded(run, render=False)
+
+    def _forget_link(self) -> None:
+        self.link.value = ""
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _guarded(self, call: Callable[[], None], *, done: str | None = None, render: bool = True) -> None:
+        """Run a board action; a viewerkit error is shown as one line, never a traceback."""
+        try:
+            call()
+        except ViewerkitError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            self._say("; ".join(lines) or type(exc).__name__, error=True)
+            return
+        except OSError as exc:
+            self._say(f"{type(exc).__name__}: {exc.strerror or exc}", error=True)
+            return
+        if done:
+            self._say(done)
+        if render:
+            self.render()
+
+    def _say(self, text: str, *, error: bool = False) -> None:
+        colour = "#b02a37" if error else "#146c43"
+        self.message.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
+
+    # -- display ---------------------------------------------------------------------------
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def _person(row: dict[str, Any]) -> str:
+    """A user's display name: first and last name, else the email, else the ID."""
+    parts = [row.get(k) for k in ("first_name", "last_name")]
+    full = " ".join(p for p in parts if isinstance(p, str) and p)
+    email = row.get("email")
+    return full or (email if isinstance(email, str) and email else str(row.get("user_id")))
+
+
+def _html_of(value: Any) -> str:
+    shown = getattr(value, "_repr_html_", None)
+    return shown() if callable(shown) else ""
+
+
+def _result_html(result: Any) -> str:
+    counts = ", ".join(f"{k} {v:,}" for k, v in result.counts().items())
+    failed = result.frame[result.frame["status"] == "failed"] if "status" in result.frame else None
+    listing = ""
+    if failed is not None and len(failed):
+        listing = "<br>failed: " + ", ".join(html.escape(str(i)) for i in failed["study_id"].head(20))
+    return f"<b>Result</b>: {html.escape(counts)}{listing}"
