@@ -120,3 +120,30 @@ def test_the_sla_column_counts_down_without_refetching(server: Sandbox) -> None:
             assert isinstance(board.refreshed_at, pd.Timestamp) and first
         finally:
             board.close()
+
+
+def test_a_radiologist_marked_away_is_not_offered_and_every_board_on_the_cache_agrees(
+    server: Sandbox, tmp_path: Path
+) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        cache = StudyCache(tmp_path / "cache")
+        cache.refresh(client, progress=False)
+        board = TriageBoard(client, cache)
+        try:
+            offered = [user for _, user in board.target.options]
+            assert len(offered) >= 2
+            leaving = offered[0]
+            board.away.value = (leaving,)
+            assert leaving not in [user for _, user in board.target.options]
+            assert leaving not in [user for _, user in board.targets.options]
+            other = TriageBoard(client, cache)
+            try:
+                assert other.away.value == (leaving,)
+                assert leaving not in [user for _, user in other.target.options]
+            finally:
+                other.close()
+            board.away.value = ()
+            assert leaving in [user for _, user in board.target.options]
+        finally:
+            board.close()
+    assert (tmp_path / "cache" / "availability.json").is_file()

@@ -83,6 +83,10 @@ class TriageBoard:
         self._lock = threading.RLock()
         self._timer: threading.Timer | None = None
         self._link_timer: threading.Timer | None = None
+        from viewerkit.triage.availability import AVAILABILITY_FILE, Availability
+
+        # who is away for now, kept beside the cache so every board on it agrees
+        self.availability = Availability(cache.path / AVAILABILITY_FILE if cache is not None else None)
         self.queue = TriageQueue(self._read_studies(), sla=sla, page_size=page_size, tz=tz)
         self._widgets = widgets
         self._build()
@@ -178,6 +182,10 @@ class TriageBoard:
         self.select_page.on_click(lambda _: self._select(lambda: self.queue.select_page()))
         self.select_all.on_click(lambda _: self._select(lambda: self.queue.select_all_matching()))
         self.clear.on_click(lambda _: self._select(self.queue.clear_selection))
+        self.away = w.SelectMultiple(options=self._assignable(everyone=True), rows=4,
+                                     description="Away now").add_class("vk-away")
+        self.away.value = tuple(v for _, v in self.away.options if v in self.availability.unavailable())
+        self.away.observe(self._on_away, names="value")
         self.action = w.Dropdown(options=list(ACTIONS), value="assign", description="Action").add_class("vk-action")
         self.target = w.Dropdown(options=self._assignable(), description="To").add_class("vk-target")
         self.targets = w.SelectMultiple(options=self._assignable(), rows=4, description="Across").add_class(
@@ -212,16 +220,21 @@ class TriageBoard:
             w.HBox([self.action, self.action_inputs, self.preview_button, self.confirm_button, self.undo_button]),
             self.progress, self.preview_area, self.result_area,
         ])
-        tools = w.HBox([self.open_button, self.link, self.refresh_button, self.refreshed_label])
+        tools = w.HBox([self.open_button, self.link, self.refresh_button, self.refreshed_label, self.away])
         self.widget = w.VBox([filters, self.counts, self.rows, paging, actions, tools, self.message]).add_class(
             "vk-board")
         self._show_action_inputs()
 
-    def _assignable(self) -> list[tuple[str, str]]:
+    def _assignable(self, *, everyone: bool = False) -> list[tuple[str, str]]:
         """Who can be assigned: the roster's radiologists (listed, can manage studies) with
-        their open load by severity; without a user list, the assignees seen."""
+        their open load by severity, minus those marked away (``everyone``: with them);
+        without a user list, the assignees seen."""
         from viewerkit.staffing import roster
 
+        away = set() if everyone else self.availability.unavailable()
+        return [(label, user) for label, user in self._candidates(roster) if user not in away]
+
+    def _candidates(self, roster: Any) -> list[tuple[str, str]]:
         try:
             if self.users is not None and len(self.users):
                 team = roster(self.users, self.queue.studies)
@@ -237,6 +250,18 @@ class TriageBoard:
         seen = self.queue.studies[["assigned_to_user_id", "assigned_to_email"]].dropna().drop_duplicates()
         return sorted(zip(seen["assigned_to_email"].astype(str), seen["assigned_to_user_id"].astype(str),
                           strict=True))
+
+    def _on_away(self, change: dict[str, Any]) -> None:
+        def apply() -> None:
+            old, new = set(change["old"]), set(change["new"])
+            for user in new - old:
+                self.availability.set_available(user, False)
+            for user in old - new:
+                self.availability.set_available(user, True)
+            options = self._assignable()
+            self.target.options = options
+            self.targets.options = options
+        self._guarded(apply, render=False)
 
     def _show_action_inputs(self) -> None:
         chosen = self.action.value
