@@ -54,7 +54,9 @@ class TriageBoard:
     ``sla``: the targets (``reports.SLA`` by default); ``page_size``: rows per page;
     ``tz``: the time zone times are shown in; ``journal``: where actions are journaled
     (default: ``<cache>/journals/triage.sqlite``, else :data:`DEFAULT_JOURNAL`);
-    ``refresh_every``: seconds between automatic active refreshes (None: only on click).
+    ``refresh_every``: seconds between automatic active refreshes (None: only on click);
+    ``users``: the Viewer user list (default: the cache's); ``link_seconds``: how long an
+    Open-in-viewer link stays on the board (a notebook saved later holds no link).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class TriageBoard:
         journal: str | Path | None = None,
         refresh_every: float | None = None,
         users: pd.DataFrame | None = None,
+        link_seconds: float = LINK_SECONDS,
     ) -> None:
         import ipywidgets as widgets
 
@@ -77,6 +80,7 @@ class TriageBoard:
             cache.path / "journals" / "triage.sqlite" if cache is not None else DEFAULT_JOURNAL
         )
         self.users = users
+        self.link_seconds = link_seconds
         self.last_result: Any = None
         self.pending: Any = None  # the previewed action, waiting for its confirm click
         self.refreshed_at: pd.Timestamp | None = None
@@ -434,7 +438,7 @@ class TriageBoard:
             self.link.value = f"<a href='{html.escape(link.reveal(), quote=True)}' target='_blank'>open {html.escape(chosen[0][:12])}…</a>"
             if self._link_timer is not None:
                 self._link_timer.cancel()
-            self._link_timer = threading.Timer(LINK_SECONDS, self._forget_link)
+            self._link_timer = threading.Timer(self.link_seconds, self._forget_link)
             self._link_timer.daemon = True
             self._link_timer.start()
         self._guarded(run, render=False)
