@@ -147,3 +147,26 @@ def test_a_radiologist_marked_away_is_not_offered_and_every_board_on_the_cache_a
         finally:
             board.close()
     assert (tmp_path / "cache" / "availability.json").is_file()
+
+
+def test_customer_and_age_filters_auto_refresh_and_the_countdown_tick(server: Sandbox) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        board = TriageBoard(client, page_size=50, tick_every=0.2)
+        try:
+            board.min_age.value = 24 * 365  # a year: the sandbox world is 90 days old
+            assert "No study matches" in board.rows.children[0].value
+            board.min_age.value = 0
+            board.customer.value = ("",)  # no customer: the 15 new studies among them
+            shown = board.queue.page_table()
+            assert len(shown) >= 15 and set(shown["customer"]) == {"(no customer)"}
+            board.auto.value = 60
+            assert board._timer is not None and board._timer.is_alive()
+            board.auto.value = 0
+            assert board._timer is None
+            before = board.rows.children[0]
+            deadline = time.monotonic() + 5
+            while board.rows.children[0] is before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert board.rows.children[0] is not before  # re-rendered by the tick, no refetch
+        finally:
+            board.close()

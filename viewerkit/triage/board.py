@@ -56,7 +56,8 @@ class TriageBoard:
     (default: ``<cache>/journals/triage.sqlite``, else :data:`DEFAULT_JOURNAL`);
     ``refresh_every``: seconds between automatic active refreshes (None: only on click);
     ``users``: the Viewer user list (default: the cache's); ``link_seconds``: how long an
-    Open-in-viewer link stays on the board (a notebook saved later holds no link).
+    Open-in-viewer link stays on the board (a notebook saved later holds no link);
+    ``tick_every``: seconds between re-renders that move the SLA countdowns (None: off).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class TriageBoard:
         refresh_every: float | None = None,
         users: pd.DataFrame | None = None,
         link_seconds: float = LINK_SECONDS,
+        tick_every: float | None = 30.0,
     ) -> None:
         import ipywidgets as widgets
 
@@ -95,7 +97,11 @@ class TriageBoard:
         self._widgets = widgets
         self._build()
         self.render()
+        self._tick_every = tick_every
+        self._ticker: threading.Timer | None = None
+        self._tick()
         if refresh_every:
+            self.auto.value = refresh_every if refresh_every in (60, 300, 900) else self.auto.value
             self.auto_refresh(refresh_every)
 
     # -- data ------------------------------------------------------------------------------
@@ -141,8 +147,24 @@ class TriageBoard:
         self._timer.daemon = True
         self._timer.start()
 
+    def _tick(self) -> None:
+        """Re-render every ``tick_every`` seconds: the SLA countdowns move without a refetch."""
+        if not self._tick_every:
+            return
+
+        def tick() -> None:
+            self._guarded(lambda: None)  # render, errors shown in the board
+            self._tick()
+
+        self._ticker = threading.Timer(self._tick_every, tick)
+        self._ticker.daemon = True
+        self._ticker.start()
+
     def close(self) -> None:
-        """Stop the timers (auto refresh, link expiry)."""
+        """Stop the timers (countdown, auto refresh, link expiry)."""
+        self._tick_every = None
+        if self._ticker is not None:
+            self._ticker.cancel()
         self.auto_refresh(None)
         if self._link_timer is not None:
             self._link_timer.cancel()
@@ -165,12 +187,23 @@ class TriageBoard:
                                     value=False, description="Cancelled")
         self.assignee = w.SelectMultiple(options=assignee_options, rows=4, description="Assignee")
         self.sla_state = w.SelectMultiple(options=list(SLA_STATES), rows=3, description="SLA")
+        customer_options = [("(no customer)", "")]
+        if "express_customer_id" in q.studies:
+            known = q.studies[["express_customer_id"]].dropna().drop_duplicates()
+            names = (q.studies.loc[known.index, "express_customer_name"].fillna(known["express_customer_id"])
+                     if "express_customer_name" in q.studies else known["express_customer_id"])
+            customer_options += sorted(zip(names.astype(str), known["express_customer_id"].astype(str),
+                                           strict=True))
+        self.customer = w.SelectMultiple(options=customer_options, rows=4, description="Customer")
+        self.min_age = w.BoundedFloatText(value=0, min=0, max=24 * 365, description="Age ≥ h")
+        self.max_age = w.BoundedFloatText(value=0, min=0, max=24 * 365, description="Age ≤ h")
         self.search = w.Text(placeholder="description contains", description="Search")
         self.sort = w.Dropdown(options=[(f"{k}: {v}", k) for k, v in SORTS.items()], value="deadline",
                                description="Sort")
         for widget, name in ((self.severity, "severity"), (self.status, "status"), (self.cancelled, "cancelled"),
                              (self.assignee, "assignee"), (self.sla_state, "sla"), (self.search, "search"),
-                             (self.sort, "sort")):
+                             (self.sort, "sort"), (self.customer, "customer"), (self.min_age, "min-age"),
+                             (self.max_age, "max-age")):
             widget.add_class(f"vk-filter-{name}")
             widget.observe(self._on_filter, names="value")
         self.counts = w.HTML().add_class("vk-counts")
@@ -207,6 +240,9 @@ class TriageBoard:
         self.undo_button.on_click(lambda _: self.undo())
         self.open_button.on_click(lambda _: self.open_in_viewer())
         self.refresh_button.on_click(lambda _: self.refresh())
+        self.auto = w.Dropdown(options=[("auto refresh off", 0), ("every minute", 60), ("every 5 min", 300),
+                                        ("every 15 min", 900)], value=0, description="").add_class("vk-auto")
+        self.auto.observe(lambda change: self.auto_refresh(change["new"] or None), names="value")
         self.action.observe(lambda _: self._show_action_inputs(), names="value")
         self.preview_area = w.HTML().add_class("vk-preview-area")
         self.result_area = w.HTML().add_class("vk-result")
@@ -216,7 +252,8 @@ class TriageBoard:
         self.progress = w.IntProgress(min=0, max=1, value=0, layout={"visibility": "hidden"}).add_class(
             "vk-progress")
         filters = w.HBox([w.VBox([self.severity, self.status]), w.VBox([self.cancelled, self.sla_state]),
-                          w.VBox([self.assignee]), w.VBox([self.search, self.sort])])
+                          w.VBox([self.assignee, self.customer]),
+                          w.VBox([self.search, self.sort, self.min_age, self.max_age])])
         paging = w.HBox([self.prev_page, self.page_label, self.next_page, self.select_page, self.select_all,
                          self.clear])
         self.action_inputs = w.HBox()
@@ -224,7 +261,8 @@ class TriageBoard:
             w.HBox([self.action, self.action_inputs, self.preview_button, self.confirm_button, self.undo_button]),
             self.progress, self.preview_area, self.result_area,
         ])
-        tools = w.HBox([self.open_button, self.link, self.refresh_button, self.refreshed_label, self.away])
+        tools = w.HBox([self.open_button, self.link, self.refresh_button, self.auto, self.refreshed_label,
+                        self.away])
         self.widget = w.VBox([filters, self.counts, self.rows, paging, actions, tools, self.message]).add_class(
             "vk-board")
         self._show_action_inputs()
@@ -343,6 +381,8 @@ class TriageBoard:
                     cancelled=self.cancelled.value,
                     assignee=[v or None for v in self.assignee.value],
                     sla=list(self.sla_state.value), search=self.search.value,
+                    customer=[v or None for v in self.customer.value],
+                    min_age_h=float(self.min_age.value) or None, max_age_h=float(self.max_age.value) or None,
                 )
                 self.queue.set_sort(self.sort.value)
         self._guarded(apply)
