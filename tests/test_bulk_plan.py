@@ -144,3 +144,12 @@ def test_the_builders_name_studies_by_id_uid_or_table() -> None:
     with pytest.raises(ValidationError) as caught:
         set_severity([A], "urgent").validate()
     assert caught.value.failure_cases["field"].tolist() == ["severity"]
+
+
+def test_emails_resolve_leniently_against_only_the_users_the_studies_name() -> None:
+    seen = pd.DataFrame({"user_id": [USER, "usr_" + "3" * 32], "email": ["dr.lee@example.org", None]})
+    plan = Plan({"study_id": [A, B, C], "assigned_to": ["DR.LEE@example.org", "new@example.org", UNASSIGN]})
+    assert plan.with_user_ids(seen, strict=False).frame["assigned_to"].tolist() == [
+        USER, "new@example.org", UNASSIGN]  # the unknown email is left for the server to refuse
+    with pytest.raises(ValidationError):
+        plan.with_user_ids(seen)

@@ -893,17 +893,9 @@ class StudyCache:
 
     def _read_users(self, client: Client, progress: bool) -> pa.Table | None:
         """The user list, or None when the API does not let this key list users."""
-        from viewerkit.errors import ApiStatusError
-        from viewerkit.users import fetch_users_arrow
+        from viewerkit.users import fetch_users_arrow_or_none
 
-        try:
-            return fetch_users_arrow(client, progress=progress)
-        except ApiStatusError as exc:
-            if exc.status_code in (401, 403, 404):
-                log.warning("this key cannot list the Viewer's users (%d): the roster falls back "
-                            "to the users the studies name", exc.status_code)
-                return None
-            raise
+        return fetch_users_arrow_or_none(client, progress=progress)
 
     def _cached_state(self, directory: Path, manifest: dict[str, Any], mode: str) -> pa.Table:
         """The studies as the last refresh left them. A full refresh rebuilds a damaged or

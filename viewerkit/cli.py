@@ -828,27 +828,22 @@ def bulk_reassign_command(
     import pandas as pd
 
     from viewerkit.bulk.reassign import reassign
-    from viewerkit.errors import ApiStatusError
     from viewerkit.fetch import fetch_studies
-    from viewerkit.users import fetch_users
+    from viewerkit.users import fetch_users_arrow_or_none, users_to_pandas
 
     targets = [name.strip() for value in to_users for name in value.split(",") if name.strip()]
     shown = _bulk_progress(progress)
     with _api_client(rate_limit, concurrency) as client:
-        roster = None
-        try:
-            roster = fetch_users(client, progress=False)  # resolves the emails of --to
-        except ApiStatusError as exc:
-            if exc.status_code not in (401, 403, 404):  # a key that cannot list users
-                raise
+        listed = fetch_users_arrow_or_none(client)  # resolves the emails of --to
+        roster = None if listed is None else users_to_pandas(listed)
         # every open study: those of --from move, and all of them are the targets' load
         open_ = fetch_studies(client, is_cancelled=False, study_viewer_status="incomplete", progress=shown)
         if "@" in from_user:
             # by the user list, else (not listed: access revoked?) the email on their studies
             by_email = roster if roster is not None else pd.DataFrame({"email": [], "user_id": []})
-            listed = by_email[by_email["email"].str.lower() == from_user.lower()]
+            named = by_email[by_email["email"].str.lower() == from_user.lower()]
             theirs = open_[
-                open_["assigned_to_user_id"].isin(listed["user_id"])
+                open_["assigned_to_user_id"].isin(named["user_id"])
                 | (open_["assigned_to_email"].str.lower() == from_user.lower()).fillna(False)
             ]
         else:

@@ -40,6 +40,7 @@ datetime64[ms, UTC]
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -64,7 +65,11 @@ if TYPE_CHECKING:
 
     from viewerkit.client import Client
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "fetch_users_arrow_or_none",
+    "NOT_LISTABLE",
     "USER_SCHEMA",
     "PHONE_FIELD",
     "fetch_users",
@@ -248,6 +253,27 @@ def fetch_users_arrow(
             bar.update(len(part))
     wire = pa.concat_arrays(parts) if parts else pa.array([], type=_wire_type(bool(include_phone)))
     return _flatten(wire, "list_users", bool(include_phone))
+
+
+#: The answers of the user list that mean "this key may not list users" (a key without the
+#: right, or a server without the endpoint): the roster then falls back to the users the
+#: studies name.
+NOT_LISTABLE: Final = (401, 403, 404)
+
+
+def fetch_users_arrow_or_none(client: Client, *, progress: bool = False) -> pa.Table | None:
+    """The whole user list as :func:`fetch_users_arrow` reads it, or None when the API does
+    not let this key list users (:data:`NOT_LISTABLE`); any other failure raises."""
+    from viewerkit.errors import ApiStatusError
+
+    try:
+        return fetch_users_arrow(client, progress=progress)
+    except ApiStatusError as exc:
+        if exc.status_code in NOT_LISTABLE:
+            log.warning("this key cannot list the Viewer's users (%d): the roster falls back "
+                        "to the users the studies name", exc.status_code)
+            return None
+        raise
 
 
 def fetch_users(

@@ -287,14 +287,10 @@ def _users_of(client: Client, users: pd.DataFrame | None) -> tuple[pd.DataFrame 
     when the key cannot list users (401/403/404)."""
     if users is not None:
         return users, True
-    from viewerkit.users import fetch_users
+    from viewerkit.users import fetch_users_arrow_or_none, users_to_pandas
 
-    try:
-        return fetch_users(client, progress=False), True
-    except ApiStatusError as exc:
-        if exc.status_code in (401, 403, 404):
-            return None, False
-        raise
+    listed = fetch_users_arrow_or_none(client)
+    return (None, False) if listed is None else (users_to_pandas(listed), True)
 
 
 def _users_seen(studies: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -513,7 +509,7 @@ def preview_plan(
                 for p, v in enumerate(assigned) if isinstance(v, str) and "@" in v and v.lower() not in emails
             ]
         if not cases:
-            resolved = _with_emails_resolved(plan, user_list)
+            resolved = plan.with_user_ids(user_list, strict=False)
     rows: list[_Row] = []
     resolved_frame = resolved.frame
     for position, (label, wire) in enumerate(zip(labels, wires, strict=True)):
@@ -539,21 +535,6 @@ def preview_plan(
     if cases:
         raise ValidationError.from_cases(_WHAT, cases)
     return Preview(client, plan, rows, tz=tz, kind=kind, undo_of=undo_of, recheck=recheck)
-
-
-def _with_emails_resolved(plan: Plan, users: pd.DataFrame) -> Plan:
-    """``Plan.with_user_ids`` for the emails only (IDs are left to the server when the user
-    list is only the users seen in the studies)."""
-    frame = plan.frame
-    if "assigned_to" not in frame.columns:
-        return plan
-    by_email = {str(e).lower(): str(u) for e, u in zip(users["email"], users["user_id"], strict=True)
-                if isinstance(e, str)}
-    frame["assigned_to"] = [
-        by_email.get(v.lower(), v) if isinstance(v, str) and "@" in v and v != UNASSIGN else v
-        for v in frame["assigned_to"].tolist()
-    ]
-    return Plan(frame)
 
 
 # --- apply ---------------------------------------------------------------------------------------

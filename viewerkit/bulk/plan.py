@@ -365,11 +365,13 @@ class Plan:
         return apply_plan(self, client, journal=journal, users=users, concurrency=concurrency, force=force,
                           reason=reason, progress=progress)
 
-    def with_user_ids(self, users: pd.DataFrame) -> Plan:
+    def with_user_ids(self, users: pd.DataFrame, *, strict: bool = True) -> Plan:
         """The plan with every ``assigned_to`` email replaced by its user ID from ``users``
         (the Viewer user list, or users seen in a study table: columns ``user_id`` and
-        ``email``; emails match in any case). An email the list lacks is a
-        ``ValidationError`` naming the row.
+        ``email``; emails match in any case). ``strict`` (default): an email or ID the list
+        lacks is a ``ValidationError`` naming the row; ``strict=False`` resolves the emails
+        it knows and leaves the rest for the server to judge (for a list that is only the
+        users the studies name).
 
         >>> users = pd.DataFrame({"user_id": ["usr_" + "1" * 32], "email": ["Dr.A@example.org"]})
         >>> Plan({"study_id": ["stu_" + "a" * 32], "assigned_to": ["dr.a@example.org"]}).with_user_ids(users).frame["assigned_to"].tolist()
@@ -377,17 +379,18 @@ class Plan:
         """
         if "assigned_to" not in self._frame.columns:
             return self
-        unknown = self._unknown_users(users)
+        unknown = self._unknown_users(users) if strict else []
         if unknown:
             labels = list(self._frame.index)
             raise ValidationError.from_cases(_WHAT, [
                 {"row": labels[p], "field": "assigned_to", "value": v, "reason": Reason.NOT_A_CHOICE,
                  "detail": "not a user of the Viewer's user list"} for p, v in unknown
             ])
-        by_email = dict(zip(users["email"].astype(str).str.lower(), users["user_id"].astype(str), strict=False))
+        known = users[["email", "user_id"]].dropna()
+        by_email = dict(zip(known["email"].astype(str).str.lower(), known["user_id"].astype(str), strict=True))
         frame = self._frame.copy()
         frame["assigned_to"] = [
-            by_email[v.lower()] if isinstance(v, str) and "@" in v and v != UNASSIGN else v
+            by_email.get(v.lower(), v) if isinstance(v, str) and "@" in v and v != UNASSIGN else v
             for v in frame["assigned_to"].tolist()
         ]
         return Plan(frame)

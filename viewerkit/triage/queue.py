@@ -480,7 +480,7 @@ class TriageQueue:
 
     def selected_ids(self, now: Moment = None) -> list[str]:
         """The selected study IDs, in the current order."""
-        chosen = np.fromiter((i in self._selected for i in self._ids.tolist()), dtype=bool, count=len(self._ids))
+        chosen = np.isin(self._ids, np.array(list(self._selected), dtype=object))
         at = now_ms(now)
         ids: list[str] = self._ids[self._order(np.flatnonzero(chosen), at)].tolist()
         return ids
