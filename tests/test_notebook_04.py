@@ -1,5 +1,5 @@
 """notebooks/04-triage.ipynb runs top to bottom against its own live sandbox: the board
-opens, a selection is assigned and undone, a study is opened in the viewer; the notebook as
+opens, the overdue stat studies are balanced over two radiologists and undone, a study is opened in the viewer; the notebook as
 saved (outputs and widget state) holds neither the API key nor the reroute link."""
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def test_notebook_triages_and_keeps_no_secret_in_the_saved_file(
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     saved = nbformat.writes(notebook)
     (tmp_path / "saved.ipynb").write_text(saved, encoding="utf-8")
-    assert "assigned to the chosen radiologist: True" in saved
+    selected = re.search(r"(\d+) overdue stat studies selected; preview: \{'update': (\d+)", saved)
+    assert selected and int(selected.group(1)) > 0 and selected.group(1) == selected.group(2), selected
+    assert "balanced over the chosen radiologists: True" in saved
     assert "reverted: True" in saved
     assert "link shown: True - still there after its time: False" in saved
     assert "Traceback" not in saved

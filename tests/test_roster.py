@@ -147,6 +147,21 @@ def test_reassignment_targets_are_the_listed_radiologists_who_can_manage_studies
     assert (table["clinic_role"] != "Radiologist").any()
 
 
+def test_target_roles_choose_who_may_be_handed_work(
+    tables: tuple[pd.DataFrame, pd.DataFrame], table: pd.DataFrame, now: pd.Timestamp
+) -> None:
+    users, studies = tables
+    managers = users[users["can_manage_studies"].fillna(False).astype(bool)]
+    other = sorted(set(managers["clinic_role"].dropna()) - {"Radiologist"})[0]  # e.g. a technologist
+    wider = roster(users, studies, now=now, target_roles=("Radiologist", other))
+    may = wider["listed"] & wider["clinic_role"].isin(["Radiologist", other]) & wider["can_manage_studies"].fillna(False)
+    assert wider["reassignment_target"].tolist() == may.fillna(False).astype(bool).tolist()
+    assert wider["reassignment_target"].sum() > table["reassignment_target"].sum()
+    only = roster(users, studies, now=now, target_roles=other)  # one role as a plain string
+    assert set(only.loc[only["reassignment_target"], "clinic_role"]) == {other}
+    assert not roster(users, studies, now=now, target_roles=()).reassignment_target.any()
+
+
 def test_weights_override_the_shared_severity_weights(
     tables: tuple[pd.DataFrame, pd.DataFrame], table: pd.DataFrame, now: pd.Timestamp
 ) -> None:

@@ -181,3 +181,24 @@ def test_a_reported_wait_shows_beside_the_bar_until_it_is_over() -> None:
     assert seen[0] in ("waiting 2 s: rate limited by the server", "waiting 1 s: rate limited by the server")
     assert seen[1:] == [None]
     report_waiting(5.0, "outside a run")  # nothing to show it: no error
+
+
+def test_progress_may_be_a_tqdm_class_that_draws_the_bar_elsewhere() -> None:
+    import io
+
+    from tqdm import tqdm
+
+    made: list[tqdm[Any]] = []
+    drawn = io.StringIO()
+
+    def board_bar(**kwargs: Any) -> tqdm[Any]:  # as the triage board's: the bar goes in a widget
+        bar = tqdm(file=drawn, **kwargs)
+        made.append(bar)
+        return bar
+
+    outcomes = run_all(str.upper, ["a", "b", "c"], workers=2, progress=board_bar, desc="applying", unit="row")
+    assert [o.result for o in outcomes] == ["A", "B", "C"]
+    assert len(made) == 1 and made[0].desc == "applying" and made[0].total == 3 and made[0].unit == " row"
+    assert made[0].n == 3 and "3/3" in drawn.getvalue()  # every finished task counted on it
+    with pytest.raises(TypeError):
+        run_all(str.upper, ["a"], workers=1, progress="yes")  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """The triage board's widgets driven headlessly as an analyst would (set filters, tick rows,
 click Preview, Confirm, Undo, Refresh) against a real sandbox; after each action the sandbox's
-state and audit are checked. (The board in a browser through Voila is not tested yet.)"""
+state and audit are checked. (The board in a browser through Voila: test_triage_browser.py.)"""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from viewerkit import Client, StudyCache
 from viewerkit.sandbox.server import Sandbox
+from viewerkit.triage import board as board_module
 from viewerkit.triage.board import TriageBoard
 
 
@@ -28,11 +29,22 @@ def server(make_sandbox: Any) -> Sandbox:
     return sandbox
 
 
+@pytest.fixture(autouse=True)
+def quick_hands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests tick rows right after a render, faster than a person could: the guard
+    against a tick on a row that just changed study is tested on its own below."""
+    monkeypatch.setattr(board_module, "MOVED_ROW_SECONDS", 0.0)
+
+
 def _wait(board: TriageBoard) -> None:
-    thread = getattr(board, "_action_thread", None)
-    if thread is not None:
-        thread.join(timeout=60)
-        assert not thread.is_alive()
+    """Wait for the action the last click started in the background."""
+    assert board.wait(timeout=60)
+
+
+def _refreshed_cache(client: Client, tmp_path: Path) -> StudyCache:
+    cache = StudyCache(tmp_path / "cache")
+    cache.refresh(client, progress=False)
+    return cache
 
 
 def _checks(board: TriageBoard) -> list[Any]:
@@ -41,8 +53,7 @@ def _checks(board: TriageBoard) -> list[Any]:
 
 def test_filter_tick_preview_confirm_and_undo_against_the_sandbox(server: Sandbox, tmp_path: Path) -> None:
     with Client(api_key=server.api_key, base_url=server.base_url) as client:
-        cache = StudyCache(tmp_path / "cache")
-        cache.refresh(client, progress=False)
+        cache = _refreshed_cache(client, tmp_path)
         board = TriageBoard(client, cache, page_size=10)
         try:
             assert "matching" in board.counts.value and len(board.rows.children) == 10
@@ -57,6 +68,7 @@ def test_filter_tick_preview_confirm_and_undo_against_the_sandbox(server: Sandbo
             board.action.value = "severity"
             board.severity_value.value = "normal"
             board.preview_button.click()
+            _wait(board)
             assert "Preview" in board.preview_area.value and not board.confirm_button.disabled
             writes = len(server.audit(outcome="changed"))  # the 15 creates
             assert writes == 15
@@ -68,6 +80,7 @@ def test_filter_tick_preview_confirm_and_undo_against_the_sandbox(server: Sandbo
             assert all(client.retrieve_study(s)["severity"] == "normal" for s in chosen)
             assert not board.undo_button.disabled
             board.undo_button.click()
+            _wait(board)
             assert "Undone" in board.result_area.value
             assert len(server.audit(outcome="changed")) == writes + 4  # two writes, two undone
             assert {client.retrieve_study(s)["severity"] for s in chosen} <= {"stat", "high"}
@@ -83,6 +96,7 @@ def test_errors_show_in_the_board_and_leave_it_usable(server: Sandbox) -> None:
         try:
             board.action.value = "complete"
             board.preview_button.click()  # nothing selected
+            _wait(board)
             assert "select studies first" in board.message.value
             board.open_button.click()
             assert "exactly one study" in board.message.value
@@ -90,14 +104,17 @@ def test_errors_show_in_the_board_and_leave_it_usable(server: Sandbox) -> None:
             server.fail_next(1, method="GET", how="503")  # the refresh's read fails ...
             board.client = flaky
             board.refresh_button.click()
+            _wait(board)
             assert "503" in board.message.value and "Traceback" not in board.message.value
             bad = Client(api_key="sk-wrong", base_url=server.base_url, max_retries=0)
             board.client = bad  # ... a key the server refuses ...
             board.refresh_button.click()
+            _wait(board)
             assert "401" in board.message.value and "sk-wrong" not in board.message.value
             flaky.close()
             board.client = client  # ... and the board goes on
             board.refresh_button.click()
+            _wait(board)
             assert "refreshed" in board.message.value
             _checks(board)[0].value = True
             board.open_button.click()
@@ -126,8 +143,7 @@ def test_a_radiologist_marked_away_is_not_offered_and_every_board_on_the_cache_a
     server: Sandbox, tmp_path: Path
 ) -> None:
     with Client(api_key=server.api_key, base_url=server.base_url) as client:
-        cache = StudyCache(tmp_path / "cache")
-        cache.refresh(client, progress=False)
+        cache = _refreshed_cache(client, tmp_path)
         board = TriageBoard(client, cache)
         try:
             offered = [user for _, user in board.target.options]
@@ -144,6 +160,13 @@ def test_a_radiologist_marked_away_is_not_offered_and_every_board_on_the_cache_a
                 other.close()
             board.away.value = ()
             assert leaving in [user for _, user in board.target.options]
+            assert board.users is not None
+            roles = set(board.users["clinic_role"].dropna()) - {"Radiologist"}
+            wider = TriageBoard(client, cache, target_roles=("Radiologist", *roles))
+            try:  # a documented filter: other roles may be offered too
+                assert set(offered) < {user for _, user in wider.target.options}
+            finally:
+                wider.close()
         finally:
             board.close()
     assert (tmp_path / "cache" / "availability.json").is_file()
@@ -163,10 +186,87 @@ def test_customer_and_age_filters_auto_refresh_and_the_countdown_tick(server: Sa
             assert board._timer is not None and board._timer.is_alive()
             board.auto.value = 0
             assert board._timer is None
-            before = board.rows.children[0]
+            before, seen = board.rendered_at, len(server.requests())
             deadline = time.monotonic() + 5
-            while board.rows.children[0] is before and time.monotonic() < deadline:
+            while board.rendered_at == before and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert board.rows.children[0] is not before  # re-rendered by the tick, no refetch
+            assert board.rendered_at != before  # re-rendered by the tick ...
+            assert len(server.requests()) == seen  # ... without a refetch
+        finally:
+            board.close()
+
+
+def test_balance_runs_in_the_background_with_its_progress_and_the_board_stays_usable(
+    server: Sandbox, tmp_path: Path
+) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        cache = _refreshed_cache(client, tmp_path)
+        board = TriageBoard(client, cache, page_size=5)
+        try:
+            shown_names = {label for label, _ in board.assignee.options}
+            assert shown_names >= set(board.queue.page_table()["assignee"])  # as the rows name them
+            board.assignee.value = ("",)  # unassigned
+            board.select_all.click()
+            chosen = set(board.queue.selected_ids())
+            assert len(chosen) >= 15 and f"{len(chosen)} selected" in board.counts.value
+            board.action.value = "balance"
+            assert board.action_inputs.children == (board.targets,)
+            across = [user for _, user in board.targets.options][:2]
+            board.targets.value = tuple(across)
+            board.preview_button.click()
+            _wait(board)
+            assert f"update {len(chosen)}" in board.preview_area.value, board.message.value
+            writes = len(server.audit(outcome="changed"))
+            server.set_faults(latency_ms=150)  # a slow server: the apply takes seconds
+            board.confirm_button.click()
+            assert board._busy == "apply" and board.preview_button.disabled
+            board.next_page.click()  # the board stays usable meanwhile ...
+            assert board.queue.page == 1
+            board._in_background("preview", lambda: None)  # ... and refuses a second action
+            assert "Busy: the apply is still running" in board.message.value
+            _wait(board)
+            server.set_faults(latency_ms=0)
+            bar = board.progress.children[0]  # tqdm's own notebook bar, in the board
+            assert bar.children[1].value == bar.children[1].max == len(chosen), bar.children[0].value
+            assert f"applied {len(chosen)}" in board.result_area.value
+            # the refresh after the apply: the new assignees are pickable, the filter kept
+            assert set(across) <= {value for _, value in board.assignee.options}
+            assert board.assignee.value == ("",) and board.queue.filters.assignee == (None,)
+            changed = [e for e in server.audit(outcome="changed")[writes:] if e["operation"] == "update"]
+            assert {e["study_id"] for e in changed} == chosen and len(changed) == len(chosen)
+            owners = [(client.retrieve_study(s)["assignedTo"] or {}).get("userId") for s in chosen]
+            assert set(owners) == set(across)  # both got work, nobody else did
+            counts = [owners.count(user) for user in across]
+            assert max(counts) - min(counts) <= len(chosen) // 2 + 1
+            assert not board.preview_button.disabled and not board.undo_button.disabled
+            board.undo_button.click()
+            _wait(board)
+            assert "Undone" in board.result_area.value and board.undo_button.disabled
+            assert all(client.retrieve_study(s)["assignedTo"] is None for s in chosen)
+        finally:
+            board.close()
+
+
+def test_a_tick_on_a_row_that_just_changed_study_is_refused_and_the_row_widgets_are_reused(
+    server: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(board_module, "MOVED_ROW_SECONDS", 30.0)
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        board = TriageBoard(client, page_size=5, tick_every=None)
+        try:
+            rows = board.rows.children
+            shown = board.queue.page_table()["study_id"].tolist()
+            board.sort.value = "oldest"  # the page now shows other studies in the same rows
+            assert board.rows.children == rows  # no new row widgets, only new values
+            assert board.queue.page_table()["study_id"].tolist() != shown
+            _checks(board)[0].value = True  # a click aimed at what the row showed before
+            assert board.queue.selected_ids() == [] and _checks(board)[0].value is False
+            assert "rows moved" in board.message.value and "0 selected" in board.counts.value
+            monkeypatch.setattr(board_module, "MOVED_ROW_SECONDS", 0.0)  # a moment later ...
+            _checks(board)[0].value = True  # ... the tick counts, for the study the row shows
+            assert board.queue.selected_ids() == board.queue.page_table()["study_id"].head(1).tolist()
+            for _ in range(20):
+                board.render()  # the countdown ticks: still the same widgets
+            assert board.rows.children == rows and _checks(board)[0].value is True
         finally:
             board.close()

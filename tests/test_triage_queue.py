@@ -212,3 +212,24 @@ def test_a_large_worklist_stays_vectorised() -> None:
     page = queue.page_table(now=NOW)
     assert len(page) == 50 and set(page["sla_state"]) == {"overdue"}
     assert page["left_h"].is_monotonic_increasing
+
+
+def test_choices_name_assignees_and_customers_as_the_rows_do() -> None:
+    now = pd.Timestamp("2026-11-30 12:00", tz="UTC")
+    studies = pd.DataFrame({
+        "study_id": [f"stu_{n}" for n in range(4)], "severity": ["stat"] * 4,
+        "study_viewer_status": ["incomplete"] * 4, "is_cancelled": [False] * 4,
+        "created_at": [now - pd.Timedelta(minutes=m) for m in (5, 10, 15, 20)],
+        "assigned_to_user_id": ["usr_b", "usr_a", None, "usr_b"],
+        "assigned_to_first_name": ["Zoe", None, None, "Zoe"], "assigned_to_last_name": ["Adams", None, None, "Adams"],
+        "assigned_to_email": ["zoe@x.example", "ana@x.example", None, "zoe@x.example"],
+        "express_customer_id": ["cus_1", None, "cus_2", "cus_1"],
+        "express_customer_name": ["Bayfront", None, None, "Bayfront"],
+    })
+    queue = TriageQueue(studies, now=now)
+    assert queue.choices("assignee") == [("(unassigned)", None), ("Zoe Adams", "usr_b"), ("ana@x.example", "usr_a")]
+    assert queue.choices("customer") == [("(no customer)", None), ("Bayfront", "cus_1"), ("cus_2", "cus_2")]
+    shown = queue.page_table(now=now)
+    assert set(shown["assignee"]) == {"Zoe Adams", "ana@x.example", "(unassigned)"}
+    with pytest.raises(ValueError, match="'assignee' or 'customer'"):
+        queue.choices("severity")  # type: ignore[arg-type]

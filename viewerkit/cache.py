@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 
 from viewerkit import fetch, files, frame
 from viewerkit.errors import CacheError, Reason, ValidationError, ViewerkitError
+from viewerkit.runner import Progress
 from viewerkit.schema import METADATA_SHAPES, STUDY_SCHEMA, MetadataShape
 
 if TYPE_CHECKING:
@@ -768,7 +769,7 @@ class StudyCache:
         mode: Literal["full", "active"] = "full",
         *,
         concurrency: int = 8,
-        progress: bool = True,
+        progress: Progress = True,
         lock_timeout: float | None = files.DEFAULT_LOCK_TIMEOUT_S,
         metadata: MetadataShape | None = None,
         users: bool = True,
@@ -891,7 +892,7 @@ class StudyCache:
         summary = RefreshSummary(**{**asdict(summary), "duration_s": time.perf_counter() - started})
         return summary
 
-    def _read_users(self, client: Client, progress: bool) -> pa.Table | None:
+    def _read_users(self, client: Client, progress: Progress) -> pa.Table | None:
         """The user list, or None when the API does not let this key list users."""
         from viewerkit.users import fetch_users_arrow_or_none
 
@@ -913,7 +914,7 @@ class StudyCache:
         return frame.drop_empty_meta(frame.conform(latest.drop_columns(list(HISTORY_COLUMNS))))
 
     def _with_missed(
-        self, client: Client, old: pa.Table, current: pa.Table, concurrency: int, progress: bool
+        self, client: Client, old: pa.Table, current: pa.Table, concurrency: int, progress: Progress
     ) -> pa.Table:
         """``current`` plus the cached studies a full read did not return, retrieved one by
         one. The API has no delete, and a partitioned read can miss a study that moved into a

@@ -73,7 +73,7 @@ from viewerkit.frame import (
     studies_to_arrow,
     to_pandas,
 )
-from viewerkit.runner import Runner, run_all
+from viewerkit.runner import Progress, Runner, run_all
 from viewerkit.schema import (
     MAX_PAGE_LIMIT,
     NOT_GIVEN,
@@ -169,7 +169,7 @@ def _page_chains(
     partitions: Sequence[StudyFilters],
     *,
     workers: int,
-    progress: bool,
+    progress: Progress,
     down_to: datetime | None = None,
     desc: str = "fetching studies",
 ) -> list[pa.StructArray]:
@@ -217,7 +217,7 @@ def fetch_studies_arrow(
     /,
     *,
     concurrency: int = 8,
-    progress: bool = True,
+    progress: Progress = True,
     partitioned: bool = True,
     problems: ResponseProblems | None = None,
     metadata: MetadataShape = "columns",
@@ -292,7 +292,7 @@ def fetch_studies(
     /,
     *,
     concurrency: int = 8,
-    progress: bool = True,
+    progress: Progress = True,
     partitioned: bool = True,
     compact: bool = False,
     metadata: MetadataShape = "columns",
@@ -333,7 +333,7 @@ def retrieve_studies_arrow(
     known: pa.Table | None = None,
     partitions: Sequence[StudyFilters] | None = None,
     concurrency: int = 8,
-    progress: bool = True,
+    progress: Progress = True,
     problems: ResponseProblems | None = None,
     metadata: MetadataShape = "columns",
 ) -> pa.Table:
@@ -391,7 +391,7 @@ def retrieve_studies(
     known: pa.Table | pd.DataFrame | None = None,
     partitions: Sequence[StudyFilters] | None = None,
     concurrency: int = 8,
-    progress: bool = True,
+    progress: Progress = True,
     compact: bool = False,
     metadata: MetadataShape = "columns",
 ) -> pd.DataFrame:
@@ -439,7 +439,7 @@ def _retrieve_each(
     client: Client,
     study_ids: list[str],
     workers: int,
-    progress: bool,
+    progress: Progress,
     problems: ResponseProblems | None = None,
     metadata: MetadataShape = "columns",
 ) -> pa.Table:
@@ -526,7 +526,7 @@ def fetch_new_studies(
     client: Client,
     since: datetime,
     *,
-    progress: bool = False,
+    progress: Progress = False,
     problems: ResponseProblems | None = None,
     metadata: MetadataShape = "columns",
 ) -> pa.Table:
@@ -549,7 +549,7 @@ def fetch_new_studies(
 
 
 def fetch_active(
-    client: Client, cached: pa.Table, *, concurrency: int = 8, progress: bool = True
+    client: Client, cached: pa.Table, *, concurrency: int = 8, progress: Progress = True
 ) -> ActiveRead:
     """What an active refresh of ``cached`` (a study table) must re-read: the open studies
     (not cancelled, ``incomplete``), the new ones (since :data:`NEW_STUDY_MARGIN` before

@@ -19,7 +19,9 @@ that it works inside a running Jupyter event loop.
   for, and they stop waiting out retry backoffs at once (:func:`pause` returns True), so
   the stop takes about one request's time. No thread is left running.
 - ``progress=True`` shows a ``tqdm.auto`` bar (a widget in notebooks, text in terminals);
-  by default it counts finished tasks, ``advance(n)`` counts something else (studies).
+  ``progress`` may instead be a tqdm class (or any callable taking tqdm's arguments), as
+  ``tqdm.contrib.concurrent``'s ``tqdm_class`` is, to draw the bar elsewhere: the triage
+  board passes one that puts it in the board. By default it counts finished tasks, ``advance(n)`` counts something else (studies).
   A task that waits for a reason worth telling (the client, when the server rate-limits it)
   calls :func:`report_waiting`; the bar shows "waiting 4 s: <reason>" until the wait ends.
 
@@ -45,9 +47,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
-__all__ = ["Runner", "Outcome", "run_all", "pause", "stop_requested", "report_waiting"]
+__all__ = ["Runner", "Outcome", "Progress", "run_all", "pause", "stop_requested", "report_waiting", "progress_bar"]
 
 T = TypeVar("T")
+
+#: What every ``progress`` argument of viewerkit takes: True (a ``tqdm.auto`` bar), False
+#: (none), or a tqdm class or factory called with tqdm's keyword arguments (``total``,
+#: ``desc``, ``unit``, ``leave``), as ``tqdm.contrib.concurrent``'s ``tqdm_class``.
+Progress = bool | Callable[..., Any]
 
 #: How often the thread iterating ``outcomes()`` wakes, so that Ctrl-C is seen promptly.
 _POLL_SECONDS = 0.2
@@ -141,7 +148,7 @@ class Runner:
         self,
         workers: int,
         *,
-        progress: bool = True,
+        progress: Progress = True,
         desc: str | None = None,
         unit: str = "task",
         total: int | None = None,
@@ -165,9 +172,7 @@ class Runner:
         self._waiting_lock = threading.Lock()
         self._waiting: tuple[float, str] | None = None
         self._shown_waiting: str | None = None
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=total, desc=desc, unit=f" {unit}", disable=not progress)
+        self._bar = progress_bar(progress, total=total, desc=desc, unit=f" {unit}")
 
     # -- the caller's side ------------------------------------------------------------------
 
@@ -279,6 +284,20 @@ class Runner:
         self.close()
 
 
+def progress_bar(progress: Progress, **kwargs: Any) -> Any:
+    """The tqdm bar a ``progress`` argument asks for, made with tqdm's keyword ``kwargs``:
+    a ``tqdm.auto`` bar (True), a disabled one (False), or ``progress(**kwargs)``.
+
+    >>> progress_bar(False, total=3).disable
+    True
+    """
+    if isinstance(progress, bool):
+        from tqdm.auto import tqdm
+
+        return tqdm(disable=not progress, **kwargs)
+    return progress(**kwargs)
+
+
 class _Stopped(Exception):
     """A task that was about to start when the run stopped."""
 
@@ -288,7 +307,7 @@ def run_all(
     items: Iterable[Hashable],
     *,
     workers: int,
-    progress: bool = True,
+    progress: Progress = True,
     desc: str | None = None,
     unit: str = "task",
     errors: Literal["raise", "collect"] = "raise",

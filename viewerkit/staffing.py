@@ -20,7 +20,7 @@ names, suffixes: those of their most recently updated study) and ``listed=False`
 user-list-only columns (role, level, flags, times) are null for them.
 
 **Reassignment targets** (``reassignment_target``): listed users whose ``clinic_role`` is
-``Radiologist`` and who ``can_manage_studies`` (the API's permission to create, update and
+``Radiologist`` (``target_roles`` chooses others) and who ``can_manage_studies`` (the API's permission to create, update and
 manage studies; a radiologist without it cannot be handed work). Unlisted users are never
 targets, unless ``include_unlisted=True``: then those seen as assignees are (they were
 assigned work; their role is unknown).
@@ -32,7 +32,7 @@ assigned work; their role is unknown).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, Final
@@ -231,6 +231,7 @@ def roster(
     now: Any = None,
     weights: Mapping[str, Any] | None = None,
     include_unlisted: bool = False,
+    target_roles: Iterable[str] = (TARGET_ROLE,),
 ) -> pd.DataFrame:
     """One row per user, listed or seen in the study table, with their open work.
 
@@ -241,7 +242,9 @@ def roster(
     when present). ``sla`` (``viewerkit.reports.sla``: ``SlaTargets``, a mapping of
     severity to hours, or None) sets when an open study is overdue; ``now`` (default: the
     current time) is the moment the roster describes; ``window`` (a timedelta, or hours)
-    how far back ``completed`` counts; ``weights`` overrides ``SEVERITY_WEIGHTS``.
+    how far back ``completed`` counts; ``weights`` overrides ``SEVERITY_WEIGHTS``;
+    ``target_roles``: the ``clinic_role`` values that may be handed work (default
+    ``("Radiologist",)``, :data:`TARGET_ROLE`; e.g. add ``"Resident"`` where residents read).
 
     Columns (``ROSTER_COLUMNS``): the user table's (``user_id`` ... ``last_login_at``, and
     ``phone_number`` when it has it); ``listed`` (False: named by a study but missing from
@@ -351,7 +354,8 @@ def roster(
     out["overdue"] = count(overdue)
     out["completed"] = count(recent)
     out["last_study_change_at"] = _ms_timestamps(latest)
-    role_ok = (out["clinic_role"] == TARGET_ROLE).fillna(False).to_numpy(dtype=bool)
+    roles = [target_roles] if isinstance(target_roles, str) else list(target_roles)
+    role_ok = out["clinic_role"].isin(roles).fillna(False).to_numpy(dtype=bool)
     may_manage = out["can_manage_studies"].fillna(False).to_numpy(dtype=bool)
     target = listed & role_ok & may_manage
     if include_unlisted:

@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from viewerkit.errors import ApiError, Reason, ResponseValidationError, ValidationError
+from viewerkit.runner import Progress, progress_bar
 from viewerkit.schema import (
     LIST_FILTERS,
     NOT_GIVEN,
@@ -232,7 +233,7 @@ def fetch_users_arrow(
     client: Client,
     *,
     include_phone: bool = False,
-    progress: bool = True,
+    progress: Progress = True,
     limit: int = 100,
     **filters: Unpack[UserFilterArgs],
 ) -> pa.Table:
@@ -244,10 +245,8 @@ def fetch_users_arrow(
         cases.append({"field": "include_phone", "value": include_phone, "reason": Reason.NOT_BOOLEAN})
     if cases:
         raise ValidationError.from_cases("fetch_users", cases)
-    from tqdm.auto import tqdm
-
     parts: list[pa.StructArray] = []
-    with tqdm(desc="reading users", unit=" users", disable=not progress, leave=False) as bar:
+    with progress_bar(progress, desc="reading users", unit=" users", leave=False) as bar:
         for part in _pages(client, given, int(limit), bool(include_phone)):
             parts.append(part)
             bar.update(len(part))
@@ -261,7 +260,7 @@ def fetch_users_arrow(
 NOT_LISTABLE: Final = (401, 403, 404)
 
 
-def fetch_users_arrow_or_none(client: Client, *, progress: bool = False) -> pa.Table | None:
+def fetch_users_arrow_or_none(client: Client, *, progress: Progress = False) -> pa.Table | None:
     """The whole user list as :func:`fetch_users_arrow` reads it, or None when the API does
     not let this key list users (:data:`NOT_LISTABLE`); any other failure raises."""
     from viewerkit.errors import ApiStatusError
@@ -280,7 +279,7 @@ def fetch_users(
     client: Client,
     *,
     include_phone: bool = False,
-    progress: bool = True,
+    progress: Progress = True,
     limit: int = 100,
     **filters: Unpack[UserFilterArgs],
 ) -> pd.DataFrame:

@@ -64,7 +64,7 @@ from viewerkit.errors import (
 )
 from viewerkit.frame import studies_to_arrow
 from viewerkit.rules import META_PREFIX
-from viewerkit.runner import Runner, run_all, stop_requested
+from viewerkit.runner import Progress, Runner, run_all, stop_requested
 from viewerkit.schema import MAX_METADATA_PAIRS
 
 if TYPE_CHECKING:
@@ -242,7 +242,7 @@ def _read_studies(
     *,
     known: pa.Table | None = None,
     concurrency: int,
-    progress: bool,
+    progress: Progress,
 ) -> dict[str, dict[str, Any]]:
     """The live wire study of each ID (absent: the API answered 404), by the cheapest path."""
     from viewerkit.fetch import retrieve_studies_arrow
@@ -256,7 +256,7 @@ def _read_studies(
     return {record["study_id"]: _wire_of(record) for record in table.to_pylist()}
 
 
-def _read_by_uid(client: Client, uids: Sequence[str], *, concurrency: int, progress: bool) -> dict[str, dict[str, Any]]:
+def _read_by_uid(client: Client, uids: Sequence[str], *, concurrency: int, progress: Progress) -> dict[str, dict[str, Any]]:
     """The live wire study of each Study Instance UID (absent: 404)."""
     if not uids:
         return {}
@@ -436,7 +436,7 @@ class Preview:
         concurrency: int = 8,
         force: bool = False,
         reason: str | None = None,
-        progress: bool = True,
+        progress: Progress = True,
     ) -> BulkResult:
         """Send the previewed changes (see :func:`apply_plan`); a planned field that changed
         on the server since this preview read it is a ``conflict`` unless ``force``."""
@@ -464,7 +464,7 @@ def preview_plan(
     *,
     users: pd.DataFrame | None = None,
     concurrency: int = 8,
-    progress: bool = True,
+    progress: Progress = True,
     tz: str | None = None,
     expected: Mapping[int, Mapping[str, Any]] | None = None,
     check_users: bool = True,
@@ -654,7 +654,7 @@ def _run(
     concurrency: int,
     force: bool,
     reason: str | None,
-    progress: bool,
+    progress: Progress,
 ) -> BulkResult:
     """Journal a new run of ``rows`` and send it."""
     run_id = new_run_id()
@@ -671,7 +671,7 @@ def _run(
 
 def _send_rows(
     client: Client, journal: Journal, run_id: str, rows: list[_Row], *, concurrency: int, force: bool,
-    progress: bool,
+    progress: Progress,
 ) -> None:
     """Send the rows on the shared runner; a refused key stops the run (raised), Ctrl-C
     lets the requests in flight finish and is raised."""
@@ -780,7 +780,7 @@ def apply_plan(
     concurrency: int = 8,
     force: bool = False,
     reason: str | None = None,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> BulkResult:
     """:meth:`Plan.apply`: preview (read the before-images) and send at once."""
     preview = preview_plan(plan, client, users=users, concurrency=concurrency, progress=progress, recheck=False)
@@ -800,7 +800,7 @@ def _check_server(client: Client, base_url: str, run_id: str) -> None:
 
 def resume(
     client: Client, journal: str | os.PathLike[str], run: str | None = None, *,
-    concurrency: int = 8, progress: bool = True,
+    concurrency: int = 8, progress: Progress = True,
 ) -> BulkResult:
     """Finish an interrupted run (``run``: its ID; None: the journal's latest). Each row
     without a final status is read back first: a row whose request was sent without a
@@ -882,7 +882,7 @@ def _inverse(row: JournalRow) -> tuple[dict[str, Any], dict[str, Any]] | None:
 
 def undo(
     client: Client, journal: str | os.PathLike[str], run: str | None = None, *, force: bool = False,
-    concurrency: int = 8, progress: bool = True, reason: str | None = None,
+    concurrency: int = 8, progress: Progress = True, reason: str | None = None,
 ) -> BulkResult:
     """Undo a run (None: the journal's latest): the inverse plan of the rows it applied,
     built from their before-images, previewed and applied as a new journaled run (kind

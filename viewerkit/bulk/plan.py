@@ -43,6 +43,7 @@ import pandas as pd
 
 from viewerkit.errors import Reason, ValidationError
 from viewerkit.rules import META_PREFIX, Failure
+from viewerkit.runner import Progress
 from viewerkit.schema import MAX_METADATA_KEY_LENGTH, MAX_METADATA_PAIRS, RULES
 
 if TYPE_CHECKING:
@@ -324,7 +325,7 @@ class Plan:
         *,
         users: pd.DataFrame | None = None,
         concurrency: int = 8,
-        progress: bool = True,
+        progress: Progress = True,
         tz: str | None = None,
     ) -> Preview:
         """What applying the plan would do, against the live state read now: the
@@ -350,7 +351,7 @@ class Plan:
         concurrency: int = 8,
         force: bool = False,
         reason: str | None = None,
-        progress: bool = True,
+        progress: Progress = True,
     ) -> BulkResult:
         """Read the before-images (as :meth:`preview`), then send the changes,
         ``concurrency`` at a time on the shared runner, each request journaled in the SQLite

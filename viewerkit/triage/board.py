@@ -16,14 +16,16 @@ from __future__ import annotations
 import html
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pandas as pd
 
 from viewerkit.errors import ViewerkitError
 from viewerkit.schema import SEVERITIES
+from viewerkit.staffing import TARGET_ROLE
 from viewerkit.triage.queue import SLA_STATES, SORTS, TriageQueue
 
 if TYPE_CHECKING:
@@ -36,6 +38,9 @@ __all__ = ["TriageBoard", "LINK_SECONDS", "SEVERITY_COLOURS", "DEFAULT_JOURNAL"]
 
 #: How long an "Open in viewer" link stays on the board, seconds.
 LINK_SECONDS: Final = 60.0
+#: A tick on a row that began to show another study less than this many seconds ago is
+#: refused (the analyst may have aimed at the study the row showed before), seconds.
+MOVED_ROW_SECONDS: Final = 1.0
 #: Background colour of each severity's cell.
 SEVERITY_COLOURS: Final = {"stat": "#f8d7da", "high": "#fff3cd", "normal": "#e2e3e5"}
 _STATE_COLOURS: Final = {"overdue": "#b02a37", "due soon": "#997404", "on time": "#146c43", "": "#6c757d"}
@@ -57,7 +62,11 @@ class TriageBoard:
     ``refresh_every``: seconds between automatic active refreshes (None: only on click);
     ``users``: the Viewer user list (default: the cache's); ``link_seconds``: how long an
     Open-in-viewer link stays on the board (a notebook saved later holds no link);
-    ``tick_every``: seconds between re-renders that move the SLA countdowns (None: off).
+    ``tick_every``: seconds between re-renders that move the SLA countdowns (None: off);
+    ``target_roles``: the ``clinicRole`` values offered as assignees (default
+    ``("Radiologist",)``; see ``viewerkit.staffing.roster``); ``studies``: a study table to
+    start from (e.g. one ``fetch_studies`` returned) instead of reading the cache or the
+    server; Refresh then reads them as without it.
     """
 
     def __init__(
@@ -73,6 +82,8 @@ class TriageBoard:
         users: pd.DataFrame | None = None,
         link_seconds: float = LINK_SECONDS,
         tick_every: float | None = 30.0,
+        target_roles: Iterable[str] = (TARGET_ROLE,),
+        studies: pd.DataFrame | None = None,
     ) -> None:
         import ipywidgets as widgets
 
@@ -83,17 +94,26 @@ class TriageBoard:
         )
         self.users = users
         self.link_seconds = link_seconds
+        self.target_roles = (target_roles,) if isinstance(target_roles, str) else tuple(target_roles)
         self.last_result: Any = None
         self.pending: Any = None  # the previewed action, waiting for its confirm click
         self.refreshed_at: pd.Timestamp | None = None
+        #: when the board was last rendered (its SLA countdowns recomputed), UTC
+        self.rendered_at: pd.Timestamp | None = None
         self._lock = threading.RLock()
         self._timer: threading.Timer | None = None
+        self._busy: str | None = None  # the action running in the background, if any
+        self._action_thread: threading.Thread | None = None
         self._link_timer: threading.Timer | None = None
         from viewerkit.triage.availability import AVAILABILITY_FILE, Availability
 
         # who is away for now, kept beside the cache so every board on it agrees
         self.availability = Availability(cache.path / AVAILABILITY_FILE if cache is not None else None)
-        self.queue = TriageQueue(self._read_studies(), sla=sla, page_size=page_size, tz=tz)
+        if studies is None:
+            studies = self._read_studies()
+        elif self.users is None and cache is not None:
+            self.users = cache.load_users(client)
+        self.queue = TriageQueue(studies, sla=sla, page_size=page_size, tz=tz)
         self._widgets = widgets
         self._build()
         self.render()
@@ -120,16 +140,41 @@ class TriageBoard:
         self.refreshed_at = pd.Timestamp.now(tz="UTC")
         return studies
 
-    def refresh(self, *, full: bool = False) -> None:
+    def refresh(self, *, full: bool = False, progress: bool = True) -> None:
         """Refresh the studies (the cache's active refresh, or a full one), keeping filters,
-        sort and selection; an error is shown in the board."""
+        sort and selection; an error is shown in the board. ``progress``: show its bar in
+        the board (off after an action, whose bar stays). Runs in the calling thread (the
+        Refresh button runs it in the background, see :meth:`refresh_in_background`)."""
         def run() -> None:
             if self.cache is not None:
-                self.cache.refresh(self.client, mode="full" if full else "active", progress=False)
+                self.cache.refresh(self.client, mode="full" if full else "active",
+                                   progress=self._bar if progress else False)
             studies = self._read_studies()
             with self._lock:
                 self.queue.refresh(studies)
+            self._update_choices()
         self._guarded(run, done="refreshed")
+
+    def _update_choices(self) -> None:
+        """New assignees and customers after a refresh appear in the filter pickers; what
+        was picked stays picked."""
+        pickers: tuple[tuple[Any, Literal["assignee", "customer"]], ...] = (
+            (self.assignee, "assignee"), (self.customer, "customer"))
+        for picker, field in pickers:
+            options = [(label, value or "") for label, value in self.queue.choices(field)]
+            if options == list(picker.options):
+                continue
+            picked = tuple(v for v in picker.value if v in {value for _, value in options})
+            picker.unobserve(self._on_filter, names="value")
+            try:
+                picker.options = options
+                picker.value = picked
+            finally:
+                picker.observe(self._on_filter, names="value")
+
+    def refresh_in_background(self, *, full: bool = False) -> None:
+        """:meth:`refresh` in a thread, its progress in the board (the Refresh button)."""
+        self._in_background("refresh", lambda: self.refresh(full=full))
 
     def auto_refresh(self, seconds: float | None) -> None:
         """Refresh every ``seconds`` in the background (None: stop)."""
@@ -174,12 +219,9 @@ class TriageBoard:
     def _build(self) -> None:
         w = self._widgets
         q = self.queue
-        names = q.studies.get("assigned_to_email")
-        assignee_options = [("(unassigned)", "")]
-        if "assigned_to_user_id" in q.studies:
-            pairs = q.studies[["assigned_to_user_id"]].dropna().drop_duplicates()
-            labels = q.studies.loc[pairs.index, "assigned_to_email"] if names is not None else pairs["assigned_to_user_id"]
-            assignee_options += sorted(zip(labels.astype(str), pairs["assigned_to_user_id"].astype(str), strict=True))
+        # the pickers' labels are the names the rows show; "" stands for none (a widget value)
+        assignee_options = [(label, value or "") for label, value in q.choices("assignee")]
+        customer_options = [(label, value or "") for label, value in q.choices("customer")]
         self.severity = w.SelectMultiple(options=list(reversed(SEVERITIES)), rows=3, description="Severity")
         self.status = w.SelectMultiple(options=["incomplete", "complete"], value=("incomplete",), rows=2,
                                        description="Status")
@@ -187,13 +229,6 @@ class TriageBoard:
                                     value=False, description="Cancelled")
         self.assignee = w.SelectMultiple(options=assignee_options, rows=4, description="Assignee")
         self.sla_state = w.SelectMultiple(options=list(SLA_STATES), rows=3, description="SLA")
-        customer_options = [("(no customer)", "")]
-        if "express_customer_id" in q.studies:
-            known = q.studies[["express_customer_id"]].dropna().drop_duplicates()
-            names = (q.studies.loc[known.index, "express_customer_name"].fillna(known["express_customer_id"])
-                     if "express_customer_name" in q.studies else known["express_customer_id"])
-            customer_options += sorted(zip(names.astype(str), known["express_customer_id"].astype(str),
-                                           strict=True))
         self.customer = w.SelectMultiple(options=customer_options, rows=4, description="Customer")
         self.min_age = w.BoundedFloatText(value=0, min=0, max=24 * 365, description="Age ≥ h")
         self.max_age = w.BoundedFloatText(value=0, min=0, max=24 * 365, description="Age ≤ h")
@@ -208,6 +243,11 @@ class TriageBoard:
             widget.observe(self._on_filter, names="value")
         self.counts = w.HTML().add_class("vk-counts")
         self.rows = w.VBox().add_class("vk-rows")
+        self._quiet = threading.local()  # set while a render writes the row checkboxes
+        self._slots = [_Slot(w) for _ in range(q.page_size)]
+        for slot in self._slots:
+            slot.check.observe(self._on_check(slot), names="value")
+        self._no_rows = w.HTML("<i>No study matches these filters.</i>")
         self.prev_page = w.Button(description="◀ Previous").add_class("vk-prev")
         self.next_page = w.Button(description="Next ▶").add_class("vk-next")
         self.page_label = w.Label().add_class("vk-page")
@@ -239,7 +279,7 @@ class TriageBoard:
         self.confirm_button.on_click(lambda _: self.confirm())
         self.undo_button.on_click(lambda _: self.undo())
         self.open_button.on_click(lambda _: self.open_in_viewer())
-        self.refresh_button.on_click(lambda _: self.refresh())
+        self.refresh_button.on_click(lambda _: self.refresh_in_background())
         self.auto = w.Dropdown(options=[("auto refresh off", 0), ("every minute", 60), ("every 5 min", 300),
                                         ("every 15 min", 900)], value=0, description="").add_class("vk-auto")
         self.auto.observe(lambda change: self.auto_refresh(change["new"] or None), names="value")
@@ -249,8 +289,8 @@ class TriageBoard:
         self.link = w.HTML().add_class("vk-link")
         self.message = w.HTML().add_class("vk-message")
         self.refreshed_label = w.Label().add_class("vk-refreshed")
-        self.progress = w.IntProgress(min=0, max=1, value=0, layout={"visibility": "hidden"}).add_class(
-            "vk-progress")
+        # the running action's tqdm bar (reading, applying, refreshing) is put here
+        self.progress = w.Box().add_class("vk-progress")
         filters = w.HBox([w.VBox([self.severity, self.status]), w.VBox([self.cancelled, self.sla_state]),
                           w.VBox([self.assignee, self.customer]),
                           w.VBox([self.search, self.sort, self.min_age, self.max_age])])
@@ -279,7 +319,7 @@ class TriageBoard:
     def _candidates(self, roster: Any) -> list[tuple[str, str]]:
         try:
             if self.users is not None and len(self.users):
-                team = roster(self.users, self.queue.studies)
+                team = roster(self.users, self.queue.studies, target_roles=self.target_roles)
                 team = team[team["reassignment_target"]]
                 records: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in team.sort_values("open_load").to_dict("records")]
                 return [
@@ -317,12 +357,26 @@ class TriageBoard:
     def render(self) -> None:
         """Re-render counts, the visible page and the paging from the model (SLA states are
         recomputed for now, without refetching)."""
-        w = self._widgets
         with self._lock:
             now = pd.Timestamp.now(tz="UTC")
             counts = self.queue.counts(now)
             page = self.queue.page_table(now)
             pages = self.queue.pages(now)
+        # the page's rows reuse one set of row widgets: a render changes their values only,
+        # so no widget is created per render (the kernel and the page do not grow with every
+        # countdown tick) and a click never lands on a row widget that a render replaced
+        with self._lock:
+            self._quiet.on = True
+            try:
+                for slot, record in zip(self._slots, page.itertuples(index=False), strict=False):
+                    if slot.study_id != record.study_id:
+                        slot.study_id, slot.shown_since = str(record.study_id), time.monotonic()
+                    slot.check.value = bool(record.selected)
+                    slot.text.value = self._row_html(record)
+            finally:
+                self._quiet.on = False
+        rows = tuple(slot.row for slot in self._slots[:len(page)])
+        self.rows.children = rows or (self._no_rows,)
         self.counts.value = (
             f"<b>{counts['matching']:,}</b> matching: "
             + " · ".join(f"<span style='background:{SEVERITY_COLOURS[s]};padding:0 4px'>{s} {counts[s]:,}</span>"
@@ -330,13 +384,7 @@ class TriageBoard:
             + f" — <b style='color:{_STATE_COLOURS['overdue']}'>{counts['overdue']:,} overdue</b>, "
             f"{counts['due_within_hour']:,} due within the hour — <b>{counts['selected']:,} selected</b>"
         )
-        rows = []
-        for record in page.itertuples(index=False):
-            box = w.Checkbox(value=bool(record.selected), indent=False, layout={"width": "28px"})
-            box.add_class("vk-row-check")
-            box.observe(self._on_tick(str(record.study_id)), names="value")
-            rows.append(w.HBox([box, w.HTML(self._row_html(record))]).add_class("vk-row"))
-        self.rows.children = rows or [w.HTML("<i>No study matches these filters.</i>")]
+        self.rendered_at = now
         self.page_label.value = f"page {self.queue.page + 1} of {pages}"
         self.prev_page.disabled = self.queue.page == 0
         self.next_page.disabled = self.queue.page >= pages - 1
@@ -353,17 +401,32 @@ class TriageBoard:
         created = r.created_at.strftime("%m-%d %H:%M") if pd.notna(r.created_at) else ""
         return (
             cell(r.severity, 56, f"background:{SEVERITY_COLOURS.get(r.severity, '')};text-align:center")
-            + cell(f"{r.sla_state}: {r.left}" if r.sla_state else r.status, 190,
+            + cell(r.left if r.sla_state == "overdue" else f"{r.sla_state}: {r.left}" if r.sla_state else r.status,
+                   190,
                    f"color:{_STATE_COLOURS.get(r.sla_state, '#6c757d')};font-weight:600;padding-left:6px")
             + cell(r.assignee, 170) + cell(r.customer, 140) + cell(created, 90)
             + cell(f"{r.age_h:.1f} h", 64) + cell(r.description, 220)
             + cell(r.study_id, 120, "color:#6c757d;font-size:smaller")
         )
 
-    def _on_tick(self, study_id: str) -> Callable[[dict[str, Any]], None]:
+    def _on_check(self, slot: _Slot) -> Callable[[dict[str, Any]], None]:
+        """A row's checkbox, ticked by the analyst: (un)select the study the row shows now
+        (a render setting the box is not a tick)."""
         def tick(change: dict[str, Any]) -> None:
+            if getattr(self._quiet, "on", False) or slot.study_id is None:
+                return
             with self._lock:
-                self.queue.select([study_id], on=bool(change["new"]))
+                if time.monotonic() - slot.shown_since < MOVED_ROW_SECONDS:
+                    # the row showed another study a moment ago (a refresh or the countdown
+                    # re-sorted the page): the click may have been meant for that one
+                    self._quiet.on = True
+                    try:
+                        slot.check.value = bool(change["old"])
+                    finally:
+                        self._quiet.on = False
+                    self._say("The rows moved as you clicked: nothing was (un)selected; tick again.", error=True)
+                    return
+                self.queue.select([slot.study_id], on=bool(change["new"]))
             self._render_counts_only()
         return tick
 
@@ -412,20 +475,23 @@ class TriageBoard:
         return self.queue.plan(action, value)
 
     def preview_action(self) -> None:
-        """Preview the chosen action on the selection: counts and the rows that would change;
-        the Confirm button then applies it."""
+        """Preview the chosen action on the selection (in the background: it reads the live
+        state of every selected study): counts and the rows that would change; the Confirm
+        button then applies it."""
         def run() -> None:
+            self.confirm_button.disabled = True
+            self.pending = None
             plan = self.plan()
-            preview = plan.preview(self.client, users=self.users, progress=False)
+            preview = plan.preview(self.client, users=self.users, progress=self._bar)
             self.pending = preview
             counts = ", ".join(f"{k} {v:,}" for k, v in preview.counts().items())
             self.preview_area.value = f"<b>Preview</b>: {html.escape(counts)}" + _html_of(preview)
             self.confirm_button.disabled = False
-        self._guarded(run, render=False)
+        self._in_background("preview", lambda: self._guarded(run, render=False))
 
     def confirm(self) -> None:
-        """Apply the previewed action (in a thread: the board stays usable), journaled;
-        then show the result and enable Undo."""
+        """Apply the previewed action (in the background: the board stays usable, its
+        progress shown), journaled; then show the result and enable Undo."""
         preview, self.pending = self.pending, None
         self.confirm_button.disabled = True
         if preview is None:
@@ -433,23 +499,17 @@ class TriageBoard:
             return
 
         def run() -> None:
-            self.progress.layout.visibility = "visible"
-            try:
-                result = preview.apply(journal=self.journal, progress=False)
-            finally:
-                self.progress.layout.visibility = "hidden"
+            result = preview.apply(journal=self.journal, progress=self._bar)
             self.last_result = result
             self.result_area.value = _result_html(result)
-            self.undo_button.disabled = False
             self.preview_area.value = ""
-            self.refresh()
+            self.refresh(progress=False)
 
-        thread = threading.Thread(target=lambda: self._guarded(run, render=False), daemon=True)
-        thread.start()
-        self._action_thread = thread
+        self._in_background("apply", lambda: self._guarded(run, render=False))
 
     def undo(self) -> None:
-        """Revert the last action through the bulk engine's undo (a new journaled run)."""
+        """Revert the last action through the bulk engine's undo (a new journaled run), in
+        the background like the action itself."""
         result = self.last_result
         if result is None:
             self._say("Nothing to undo.")
@@ -458,13 +518,58 @@ class TriageBoard:
         def run() -> None:
             from viewerkit import bulk
 
-            undone = bulk.undo(self.client, self.journal, run=result.run_id, progress=False)
+            undone = bulk.undo(self.client, self.journal, run=result.run_id, progress=self._bar)
             self.last_result = None
-            self.undo_button.disabled = True
             self.result_area.value = "<b>Undone</b>: " + _result_html(undone)
-            self.refresh()
+            self.refresh(progress=False)
 
-        self._guarded(run, render=False)
+        self._in_background("undo", lambda: self._guarded(run, render=False))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the action running in the background (a script or test driving the
+        board); True when nothing is running any more."""
+        thread = self._action_thread
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
+
+    def _in_background(self, name: str, call: Callable[[], None]) -> None:
+        """Run one board action in a thread, one at a time: while it runs the action
+        buttons are off and a click says what is running."""
+        with self._lock:
+            if self._busy is not None:
+                self._say(f"Busy: the {self._busy} is still running.", error=True)
+                return
+            self._busy = name
+        for button in (self.preview_button, self.undo_button, self.refresh_button):
+            button.disabled = True
+        self._say(f"{name} running …")
+
+        def run() -> None:
+            try:
+                call()
+            finally:
+                with self._lock:
+                    self._busy = None
+                self.preview_button.disabled = self.refresh_button.disabled = False
+                # Undo once the action and its refresh are over, while there is one to undo
+                self.undo_button.disabled = self.last_result is None
+                if "running" in self.message.value:
+                    self._say(f"{name} done")
+
+        thread = threading.Thread(target=run, name=f"viewerkit-board-{name}", daemon=True)
+        self._action_thread = thread
+        thread.start()
+
+    def _bar(self, **kwargs: Any) -> Any:
+        """A tqdm bar drawn in the board (the ``progress`` the board gives the bulk engine
+        and the cache): tqdm's own notebook widget, placed in the progress slot."""
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        kwargs["leave"] = True  # a closed widget cannot stay in the board
+        bar = notebook_tqdm(display=False, **kwargs)
+        self.progress.children = (bar.container,)
+        return bar
 
     def open_in_viewer(self) -> None:
         """A viewer link for the one selected study, shown for :data:`LINK_SECONDS`."""
@@ -512,6 +617,18 @@ class TriageBoard:
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+class _Slot:
+    """One row of the page: a checkbox and the row's HTML, reused by every render; it
+    shows ``study_id`` now."""
+
+    def __init__(self, w: Any) -> None:
+        self.study_id: str | None = None
+        self.shown_since = 0.0  # time.monotonic() when it began to show study_id
+        self.check = w.Checkbox(value=False, indent=False, layout={"width": "28px"}).add_class("vk-row-check")
+        self.text = w.HTML()
+        self.row = w.HBox([self.check, self.text]).add_class("vk-row")
 
 
 def _person(row: dict[str, Any]) -> str:

@@ -249,6 +249,25 @@ class TriageQueue:
             names[code] = shown or str(ids[code])
         return names
 
+    def choices(self, field: Literal["assignee", "customer"]) -> list[tuple[str, str | None]]:
+        """The values an ``assignee`` or ``customer`` filter can take, as ``(label, value)``
+        pairs for a picker: "(unassigned)" / "(no customer)" first (value None), then each
+        one seen in the studies by its display name (a user's first and last name, else email,
+        else ID; a customer's name, else ID), sorted by label.
+
+        >>> one = pd.DataFrame({"study_id": ["stu_1"], "severity": ["stat"], "is_cancelled": [False],
+        ...     "study_viewer_status": ["incomplete"], "created_at": [pd.Timestamp("2026-11-30", tz="UTC")],
+        ...     "assigned_to_user_id": ["usr_1"], "assigned_to_email": ["ana@x.example"]})
+        >>> TriageQueue(one).choices("assignee")
+        [('(unassigned)', None), ('ana@x.example', 'usr_1')]
+        """
+        if field not in ("assignee", "customer"):
+            raise ValueError(f"choices are for 'assignee' or 'customer', not {field!r}")
+        ids, names = ((self._assignee_ids, self._assignee_names) if field == "assignee"
+                      else (self._customer_ids, self._customer_names))
+        seen = sorted((str(names[code]), str(ids[code])) for code in range(len(ids)))
+        return [(str(names[-1]), None), *seen]
+
     def refresh(self, studies: pd.DataFrame, *, now: Moment = None) -> None:
         """Replace the studies (a new refresh of the cache), keeping filters, sort, page (as
         far as it still exists) and the selected studies that are still there and match."""
