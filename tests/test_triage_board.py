@@ -4,6 +4,7 @@ state and audit are checked. (The board in a browser through Voila: test_triage_
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ def test_errors_show_in_the_board_and_leave_it_usable(server: Sandbox) -> None:
             _wait(board)
             assert "select studies first" in board.message.value
             board.open_button.click()
+            _wait(board)
             assert "exactly one study" in board.message.value
             flaky = Client(api_key=server.api_key, base_url=server.base_url, max_retries=0)
             server.fail_next(1, method="GET", how="503")  # the refresh's read fails ...
@@ -118,6 +120,7 @@ def test_errors_show_in_the_board_and_leave_it_usable(server: Sandbox) -> None:
             assert "refreshed" in board.message.value
             _checks(board)[0].value = True
             board.open_button.click()
+            _wait(board)
             assert "<a href=" in board.link.value and "token" in board.link.value
             bad.close()
         finally:
@@ -201,7 +204,7 @@ def test_balance_runs_in_the_background_with_its_progress_and_the_board_stays_us
 ) -> None:
     with Client(api_key=server.api_key, base_url=server.base_url) as client:
         cache = _refreshed_cache(client, tmp_path)
-        board = TriageBoard(client, cache, page_size=5)
+        board = TriageBoard(client, cache, page_size=5, tz="Europe/Berlin")
         try:
             shown_names = {label for label, _ in board.assignee.options}
             assert shown_names >= set(board.queue.page_table()["assignee"])  # as the rows name them
@@ -216,6 +219,7 @@ def test_balance_runs_in_the_background_with_its_progress_and_the_board_stays_us
             board.preview_button.click()
             _wait(board)
             assert f"update {len(chosen)}" in board.preview_area.value, board.message.value
+            assert "updated (Europe/Berlin)" in board.preview_area.value  # the board's time zone
             writes = len(server.audit(outcome="changed"))
             server.set_faults(latency_ms=150)  # a slow server: the apply takes seconds
             board.confirm_button.click()
@@ -268,5 +272,167 @@ def test_a_tick_on_a_row_that_just_changed_study_is_refused_and_the_row_widgets_
             for _ in range(20):
                 board.render()  # the countdown ticks: still the same widgets
             assert board.rows.children == rows and _checks(board)[0].value is True
+        finally:
+            board.close()
+
+
+def _strip(html_text: str) -> str:
+    return re.sub("<[^>]+>", "", html_text)
+
+
+def test_a_preview_goes_stale_when_the_selection_filters_or_action_change_and_is_never_applied(
+    server: Sandbox, tmp_path: Path
+) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        board = TriageBoard(client, _refreshed_cache(client, tmp_path), page_size=10)
+        try:
+            board.search.value = "CT HEAD"
+            board.severity.value = ("stat",)
+            boxes = _checks(board)
+            boxes[0].value = boxes[1].value = True
+            chosen = board.queue.selected_ids()
+            board.action.value = "cancel"
+            writes = len(server.audit())
+            stale = [
+                lambda: setattr(board.severity, "value", ("high",)),  # the two leave the list
+                lambda: setattr(_checks(board)[0], "value", False),  # one unticked
+                lambda: setattr(board.action, "value", "complete"),  # another action
+                lambda: board.select_all.click(),  # more studies
+            ]
+            for change in stale:
+                board.severity.value = ("stat",)
+                board.action.value = "cancel"
+                board.queue.clear_selection()
+                board.queue.select(chosen)
+                board.render()
+                board.preview_button.click()
+                _wait(board)
+                assert not board.confirm_button.disabled and "cancel 2" in board.preview_area.value
+                change()
+                assert board.confirm_button.disabled and "preview again" in board.preview_area.value
+                board.confirm()  # even called from code: refused
+                assert "Preview the action first" in _strip(board.message.value)
+            assert len(server.audit()) == writes  # nothing sent
+            assert not any(client.retrieve_study(s)["isCancelled"] for s in chosen)
+        finally:
+            board.close()
+
+
+def test_confirm_while_a_refresh_runs_keeps_the_preview_for_later(server: Sandbox, tmp_path: Path) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        board = TriageBoard(client, _refreshed_cache(client, tmp_path), page_size=10)
+        try:
+            board.search.value = "CT HEAD"
+            _checks(board)[0].value = True
+            board.action.value = "severity"
+            board.severity_value.value = "normal" if board.queue.page_table()["severity"][0] != "normal" else "stat"
+            board.preview_button.click()
+            _wait(board)
+            server.set_faults(latency_ms=300)
+            board.refresh_button.click()
+            board.confirm_button.click()  # while the refresh runs
+            assert "Busy: the refresh is still running" in board.message.value
+            assert board.pending is not None and not board.confirm_button.disabled
+            _wait(board)
+            server.set_faults(latency_ms=0)
+            board.confirm_button.click()
+            _wait(board)
+            assert "applied 1" in board.result_area.value and "Run finished: 1 applied" in board.message.value
+        finally:
+            board.close()
+
+
+def test_away_marks_of_another_board_reach_this_one_and_keep_unrelated_choices(
+    server: Sandbox, tmp_path: Path
+) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        cache = _refreshed_cache(client, tmp_path)
+        first, second = TriageBoard(client, cache, page_size=5), TriageBoard(client, cache, page_size=5)
+        try:
+            offered = [user for _, user in second.target.options]
+            leaving, staying = offered[0], offered[3]
+            second.target.value = staying
+            second.targets.value = (leaving, staying)
+            first.target.value = offered[5]
+            first.away.value = (leaving,)  # marked on the first board ...
+            assert first.target.value == offered[5]  # ... its own choice is kept
+            second.search.value = "CT HEAD"
+            _checks(second)[0].value = True
+            second.action.value = "balance"
+            second.preview_button.click()  # ... the second board reads it before a preview
+            _wait(second)
+            assert "marked away now" in second.message.value and second.pending is None
+            assert leaving not in [user for _, user in second.target.options]
+            assert second.away.value == (leaving,) and second.targets.value == (staying,)
+            assert second.target.value == staying  # unrelated choices stay
+            second.refresh_button.click()
+            _wait(second)
+            assert second.targets.value == (staying,) and second.target.value == staying
+        finally:
+            first.close()
+            second.close()
+
+
+def test_the_assignee_loads_follow_the_work_after_an_action(server: Sandbox, tmp_path: Path) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        board = TriageBoard(client, _refreshed_cache(client, tmp_path), page_size=20)
+        try:
+            board.action.value = "assign"
+            board.preview_button.click()
+            _wait(board)
+            assert "choose a radiologist in To first" in board.message.value
+            board.search.value = "CT HEAD"
+            board.select_page.click()
+            moving = board.queue.selected_studies()
+            label, target = board.target.options[0]
+            board.target.value = target
+            board.preview_button.click()
+            _wait(board)
+            board.confirm_button.click()
+            _wait(board)
+            assert f"applied {len(moving)}" in board.result_area.value
+            after = {user: shown for shown, user in board.target.options}[target]
+
+            def loads(text: str) -> list[int]:
+                found = re.search(r"open (\d+) stat / (\d+) high / (\d+) normal", text)
+                assert found, text
+                return [int(n) for n in found.groups()]
+
+            moved = [int((moving["severity"] == sev).sum()) for sev in ("stat", "high", "normal")]
+            assert loads(after) == [b + m for b, m in zip(loads(label), moved, strict=True)], (label, after)
+        finally:
+            board.close()
+
+
+def test_closing_stops_the_auto_refresh_for_good_and_removes_the_link(server: Sandbox) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        board = TriageBoard(client, page_size=5, refresh_every=0.5, link_seconds=60)
+        assert board.auto.value == 0.5 and "every 0.5 s" in board.auto.options[-1][0]
+        _checks(board)[0].value = True
+        board.open_button.click()
+        _wait(board)
+        assert board.link.value
+        time.sleep(1.2)  # auto refreshes ran
+        board.close()
+        board.wait(30)
+        assert board.link.value == ""
+        seen = len(server.requests())
+        time.sleep(1.5)
+        assert len(server.requests()) == seen  # nothing more after close
+        assert board._timer is None or not board._timer.is_alive()
+
+
+def test_rows_are_made_as_pages_need_them_and_a_table_without_assignees_opens(server: Sandbox) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        studies = board_module.pd.DataFrame({
+            "study_id": ["stu_" + "a" * 32], "severity": ["stat"], "study_viewer_status": ["incomplete"],
+            "is_cancelled": [False], "created_at": [board_module.pd.Timestamp.now(tz="UTC")],
+        })
+        start = time.monotonic()
+        board = TriageBoard(client, studies=studies, users=None, page_size=200_000)
+        try:
+            assert time.monotonic() - start < 30  # not 200,000 rows of widgets
+            assert len(board._slots) == 1 and len(board.rows.children) == 1
+            assert board.target.options == () and "<b>1</b> matching" in board.counts.value
         finally:
             board.close()

@@ -4,6 +4,8 @@ over a real sandbox's study table where the data matters."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -233,3 +235,46 @@ def test_choices_name_assignees_and_customers_as_the_rows_do() -> None:
     assert set(shown["assignee"]) == {"Zoe Adams", "ana@x.example", "(unassigned)"}
     with pytest.raises(ValueError, match="'assignee' or 'customer'"):
         queue.choices("severity")  # type: ignore[arg-type]
+
+
+def test_a_selected_study_that_stops_matching_as_time_passes_is_never_acted_on() -> None:
+    now = pd.Timestamp("2026-11-02 12:00", tz="UTC")
+    studies = pd.DataFrame({
+        "study_id": ["stu_" + c * 32 for c in "abc"], "severity": ["stat", "stat", "normal"],
+        "study_viewer_status": ["incomplete"] * 3, "is_cancelled": [False] * 3,
+        "created_at": [now - pd.Timedelta("50min"), now - pd.Timedelta("10min"), now - pd.Timedelta("1h")],
+    })
+    queue = TriageQueue(studies, now=now)
+    queue.set_filters(sla=["due soon"], now=now)
+    assert queue.select_all_matching(now=now) == 1  # stu_aaa…: 10 min left
+    later = now + pd.Timedelta("20min")  # now overdue: no longer "due soon"
+    assert queue.matching_ids(later) == []
+    assert queue.counts(later)["selected"] == 0 and queue.selected_ids(later) == []
+    with pytest.raises(ValidationError, match="select studies first"):
+        queue.plan("complete", now=later)
+    queue.set_filters(sla=[], min_age_h=0.5, now=now)  # the age filter too
+    queue.select(["stu_" + "b" * 32])  # 10 min old: does not match, ignored
+    queue.select_all_matching(now=now)
+    assert queue.selected_ids(now) == ["stu_" + "a" * 32, "stu_" + "c" * 32]
+    assert queue.prune(now) == 0 and queue.prune(now - pd.Timedelta("45min")) == 2
+
+
+def test_availability_toggles_made_at_once_are_all_kept(tmp_path: Any) -> None:
+    import threading
+
+    from viewerkit.triage.availability import Availability
+
+    path = tmp_path / "availability.json"
+    users = [f"usr_{n:032x}" for n in range(20)]
+
+    def mark(some: list[str]) -> None:
+        board = Availability(path)  # each board its own reader and writer of the one file
+        for user in some:
+            board.set_available(user, False)
+
+    threads = [threading.Thread(target=mark, args=(users[n::2],)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Availability(path).unavailable() == set(users)

@@ -1,6 +1,7 @@
 """Who is available for new work right now: the on/off toggle per radiologist that worklist
 products give the analyst (a radiologist in a meeting, at lunch, reading a long case). Kept
-beside the cache (``<cache>/availability.json``, written atomically), so that every board
+beside the cache (``<cache>/availability.json``, written atomically under a lock, so that
+toggles made at once by two boards are all kept), so that every board
 and script reading that cache agrees; without a cache, in memory for the session.
 
 >>> roster = Availability()
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from viewerkit.errors import CacheError, Reason, ValidationError
-from viewerkit.files import write_json
+from viewerkit.files import file_lock, write_json
 from viewerkit.schema import RULES
 
 __all__ = ["Availability", "AVAILABILITY_FILE"]
@@ -60,9 +61,11 @@ class Availability:
             if not isinstance(available, bool):
                 cases.append({"field": "available", "value": available, "reason": Reason.NOT_BOOLEAN})
             raise ValidationError.from_cases("availability", cases)
-        current = self.unavailable()
-        current = current - {user_id} if available else current | {user_id}
         if self.path is None:
-            self._unavailable = current
-        else:
+            self._unavailable = self._unavailable - {user_id} if available else self._unavailable | {user_id}
+            return
+        # read, change, write as one step: two boards toggling at once both keep their marks
+        with file_lock(self.path.with_name(self.path.name + ".lock"), timeout=30, holder="another board"):
+            current = self.unavailable()
+            current = current - {user_id} if available else current | {user_id}
             write_json({"unavailable": sorted(current)}, self.path)

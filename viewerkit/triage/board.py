@@ -13,19 +13,20 @@ as a traceback, and leave the board usable. A reroute link (Open in viewer) is s
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pandas as pd
 
-from viewerkit.errors import ViewerkitError
+from viewerkit.errors import Reason, ValidationError, ViewerkitError
 from viewerkit.schema import SEVERITIES
-from viewerkit.staffing import TARGET_ROLE
+from viewerkit.staffing import TARGET_ROLE, roster
 from viewerkit.triage.queue import SLA_STATES, SORTS, TriageQueue
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ SEVERITY_COLOURS: Final = {"stat": "#f8d7da", "high": "#fff3cd", "normal": "#e2e
 _STATE_COLOURS: Final = {"overdue": "#b02a37", "due soon": "#997404", "on time": "#146c43", "": "#6c757d"}
 #: Where actions are journaled without a cache.
 DEFAULT_JOURNAL: Final = Path("data/journals/triage.sqlite")
+_WHAT: Final = "triage board"
 #: The actions the board offers on a selection.
 ACTIONS: Final = ("assign", "balance", "unassign", "severity", "complete", "incomplete", "cancel", "uncancel")
 
@@ -89,9 +91,10 @@ class TriageBoard:
 
         self.client = client
         self.cache = cache
-        self.journal = Path(journal) if journal is not None else (
+        # absolute: undo finds the journal even after the notebook changes its folder
+        self.journal = (Path(journal) if journal is not None else (
             cache.path / "journals" / "triage.sqlite" if cache is not None else DEFAULT_JOURNAL
-        )
+        )).resolve()
         self.users = users
         self.link_seconds = link_seconds
         self.target_roles = (target_roles,) if isinstance(target_roles, str) else tuple(target_roles)
@@ -103,6 +106,12 @@ class TriageBoard:
         self._lock = threading.RLock()
         self._timer: threading.Timer | None = None
         self._busy: str | None = None  # the action running in the background, if any
+        self._closed = False
+        # bumped by every change of the selection, filters, action or its value: a preview
+        # taken at another version is stale and cannot be confirmed
+        self._version = 0
+        self._pending_version = -1
+        self._error_shown = False
         self._action_thread: threading.Thread | None = None
         self._link_timer: threading.Timer | None = None
         from viewerkit.triage.availability import AVAILABILITY_FILE, Availability
@@ -121,8 +130,9 @@ class TriageBoard:
         self._ticker: threading.Timer | None = None
         self._tick()
         if refresh_every:
-            self.auto.value = refresh_every if refresh_every in (60, 300, 900) else self.auto.value
-            self.auto_refresh(refresh_every)
+            if refresh_every not in [value for _, value in self.auto.options]:
+                self.auto.options = [*self.auto.options, (f"every {refresh_every:g} s", refresh_every)]
+            self.auto.value = refresh_every  # its observer starts the timer
 
     # -- data ------------------------------------------------------------------------------
 
@@ -140,20 +150,27 @@ class TriageBoard:
         self.refreshed_at = pd.Timestamp.now(tz="UTC")
         return studies
 
-    def refresh(self, *, full: bool = False, progress: bool = True) -> None:
+    def refresh(self, *, full: bool = False, progress: bool = True, announce: bool = True) -> None:
         """Refresh the studies (the cache's active refresh, or a full one), keeping filters,
-        sort and selection; an error is shown in the board. ``progress``: show its bar in
-        the board (off after an action, whose bar stays). Runs in the calling thread (the
-        Refresh button runs it in the background, see :meth:`refresh_in_background`)."""
+        sort and selection (a selected study that no longer matches is dropped, and a shown
+        preview then goes stale); the assignee choices, their open loads and who is away
+        are read again. An error is shown in the board. ``progress``: show its bar in the
+        board (off after an action, whose bar stays); ``announce``: say "refreshed". Runs in
+        the calling thread (the Refresh button and the auto refresh run it in the
+        background, see :meth:`refresh_in_background`)."""
         def run() -> None:
             if self.cache is not None:
                 self.cache.refresh(self.client, mode="full" if full else "active",
                                    progress=self._bar if progress else False)
             studies = self._read_studies()
             with self._lock:
+                before = set(self.queue.selected_ids())
                 self.queue.refresh(studies)
+                if set(self.queue.selected_ids()) != before:
+                    self._forget_preview()
             self._update_choices()
-        self._guarded(run, done="refreshed")
+            self._update_assignable()
+        self._guarded(run, done="refreshed" if announce else None)
 
     def _update_choices(self) -> None:
         """New assignees and customers after a refresh appear in the filter pickers; what
@@ -177,15 +194,19 @@ class TriageBoard:
         self._in_background("refresh", lambda: self.refresh(full=full))
 
     def auto_refresh(self, seconds: float | None) -> None:
-        """Refresh every ``seconds`` in the background (None: stop)."""
+        """Refresh every ``seconds`` in the background (None: stop), one job at a time with
+        the board's actions: a refresh due while an action runs waits for the next turn."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not seconds:
+        if not seconds or self._closed:
             return
 
         def tick() -> None:
-            self.refresh()
+            if self._closed:
+                return
+            if self._busy is None:
+                self._in_background("refresh", self.refresh)
             self.auto_refresh(seconds)
 
         self._timer = threading.Timer(seconds, tick)
@@ -198,7 +219,9 @@ class TriageBoard:
             return
 
         def tick() -> None:
-            self._guarded(lambda: None)  # render, errors shown in the board
+            if self._closed:
+                return
+            self._guarded(lambda: None, clears=False)  # render, errors shown in the board
             self._tick()
 
         self._ticker = threading.Timer(self._tick_every, tick)
@@ -206,13 +229,16 @@ class TriageBoard:
         self._ticker.start()
 
     def close(self) -> None:
-        """Stop the timers (countdown, auto refresh, link expiry)."""
+        """Stop the timers (countdown, auto refresh) for good and remove a shown viewer
+        link. An action already running finishes (:meth:`wait` waits for it)."""
+        self._closed = True
         self._tick_every = None
         if self._ticker is not None:
             self._ticker.cancel()
         self.auto_refresh(None)
         if self._link_timer is not None:
             self._link_timer.cancel()
+        self._forget_link()
 
     # -- widgets ---------------------------------------------------------------------------
 
@@ -244,9 +270,7 @@ class TriageBoard:
         self.counts = w.HTML().add_class("vk-counts")
         self.rows = w.VBox().add_class("vk-rows")
         self._quiet = threading.local()  # set while a render writes the row checkboxes
-        self._slots = [_Slot(w) for _ in range(q.page_size)]
-        for slot in self._slots:
-            slot.check.observe(self._on_check(slot), names="value")
+        self._slots: list[_Slot] = []  # made as pages need them, up to page_size, then reused
         self._no_rows = w.HTML("<i>No study matches these filters.</i>")
         self.prev_page = w.Button(description="◀ Previous").add_class("vk-prev")
         self.next_page = w.Button(description="Next ▶").add_class("vk-next")
@@ -259,16 +283,16 @@ class TriageBoard:
         self.select_page.on_click(lambda _: self._select(lambda: self.queue.select_page()))
         self.select_all.on_click(lambda _: self._select(lambda: self.queue.select_all_matching()))
         self.clear.on_click(lambda _: self._select(self.queue.clear_selection))
-        self.away = w.SelectMultiple(options=self._assignable(everyone=True), rows=4,
-                                     description="Away now").add_class("vk-away")
-        self.away.value = tuple(v for _, v in self.away.options if v in self.availability.unavailable())
-        self.away.observe(self._on_away, names="value")
+        self.away = w.SelectMultiple(rows=4, description="Away now").add_class("vk-away")
         self.action = w.Dropdown(options=list(ACTIONS), value="assign", description="Action").add_class("vk-action")
-        self.target = w.Dropdown(options=self._assignable(), description="To").add_class("vk-target")
-        self.targets = w.SelectMultiple(options=self._assignable(), rows=4, description="Across").add_class(
-            "vk-targets")
+        self.target = w.Dropdown(description="To").add_class("vk-target")
+        self.targets = w.SelectMultiple(rows=4, description="Across").add_class("vk-targets")
         self.severity_value = w.Dropdown(options=list(reversed(SEVERITIES)), description="Severity").add_class(
             "vk-severity-value")
+        self.message = w.HTML().add_class("vk-message")
+        self.away.observe(self._on_away, names="value")
+        for chooser in (self.action, self.target, self.targets, self.severity_value):
+            chooser.observe(self._on_choice, names="value")
         self.preview_button = w.Button(description="Preview", button_style="info").add_class("vk-preview")
         self.confirm_button = w.Button(description="Confirm", button_style="warning", disabled=True).add_class(
             "vk-confirm")
@@ -287,7 +311,6 @@ class TriageBoard:
         self.preview_area = w.HTML().add_class("vk-preview-area")
         self.result_area = w.HTML().add_class("vk-result")
         self.link = w.HTML().add_class("vk-link")
-        self.message = w.HTML().add_class("vk-message")
         self.refreshed_label = w.Label().add_class("vk-refreshed")
         # the running action's tqdm bar (reading, applying, refreshing) is put here
         self.progress = w.Box().add_class("vk-progress")
@@ -306,22 +329,17 @@ class TriageBoard:
         self.widget = w.VBox([filters, self.counts, self.rows, paging, actions, tools, self.message]).add_class(
             "vk-board")
         self._show_action_inputs()
+        self._update_assignable()
 
-    def _assignable(self, *, everyone: bool = False) -> list[tuple[str, str]]:
-        """Who can be assigned: the roster's radiologists (listed, can manage studies) with
-        their open load by severity, minus those marked away (``everyone``: with them);
-        without a user list, the assignees seen."""
-        from viewerkit.staffing import roster
-
-        away = set() if everyone else self.availability.unavailable()
-        return [(label, user) for label, user in self._candidates(roster) if user not in away]
-
-    def _candidates(self, roster: Any) -> list[tuple[str, str]]:
+    def _assignable(self) -> list[tuple[str, str]]:
+        """Who can be assigned, as (label, user ID): the roster's radiologists (listed, can
+        manage studies, ``target_roles``) least loaded first, each labelled with their open
+        load by severity; without a user list, the assignees seen in the studies."""
         try:
             if self.users is not None and len(self.users):
                 team = roster(self.users, self.queue.studies, target_roles=self.target_roles)
-                team = team[team["reassignment_target"]]
-                records: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in team.sort_values("open_load").to_dict("records")]
+                team = team[team["reassignment_target"]].sort_values("open_load", kind="stable")
+                records: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in team.to_dict("records")]
                 return [
                     (f"{_person(r)} — open {r['open_stat']:.0f} stat / {r['open_high']:.0f} high / "
                      f"{r['open_normal']:.0f} normal", str(r["user_id"]))
@@ -329,9 +347,68 @@ class TriageBoard:
                 ]
         except ViewerkitError as exc:
             log.warning("roster unavailable: %s", exc)
-        seen = self.queue.studies[["assigned_to_user_id", "assigned_to_email"]].dropna().drop_duplicates()
-        return sorted(zip(seen["assigned_to_email"].astype(str), seen["assigned_to_user_id"].astype(str),
-                          strict=True))
+        return [(label, value) for label, value in self.queue.choices("assignee") if value is not None]
+
+    def _away_now(self) -> set[str]:
+        """Who is marked away, read from the file again (another board may have changed it);
+        a damaged file is shown in the board, and nobody is taken as away."""
+        try:
+            return self.availability.unavailable()
+        except ViewerkitError as exc:
+            self._say(str(exc), error=True)
+            return set()
+
+    def _update_assignable(self) -> None:
+        """Rebuild the assignee choices (To, Across: the radiologists not away, with their
+        open loads now) and the Away-now marks from the availability file; a chosen
+        radiologist who is still offered stays chosen, one who is away now is unchosen and
+        the board says so."""
+        everyone = self._assignable()
+        away = self._away_now()
+        offered = [(label, user) for label, user in everyone if user not in away]
+        offered_ids = {user for _, user in offered}
+        gone = [user for user in (self.target.value, *self.targets.value) if user and user not in offered_ids]
+        chosen, several = self.target.value, tuple(self.targets.value)
+        with self._quiet_widgets(self.away, handler=self._on_away):
+            if list(self.away.options) != everyone:
+                self.away.options = everyone
+            self.away.value = tuple(user for _, user in everyone if user in away)
+        with self._quiet_widgets(self.target, handler=self._on_choice), \
+                self._quiet_widgets(self.targets, handler=self._on_choice):
+            if list(self.target.options) != offered:
+                self.target.options = offered
+                self.targets.options = offered
+            self.target.value = chosen if chosen in offered_ids else None
+            self.targets.value = tuple(user for user in several if user in offered_ids)
+        if (self.target.value, tuple(self.targets.value)) != (chosen, several):
+            self._forget_preview()
+        if gone:
+            names = {user: label.split(" — ")[0] for label, user in everyone}
+            self._say("Away now or no longer offered, unchosen: "
+                      + ", ".join(names.get(user, user) for user in gone), error=True)
+
+    @contextlib.contextmanager
+    def _quiet_widgets(self, widget: Any, *, handler: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+        """Set ``widget``'s options or value from the board without running its handler."""
+        widget.unobserve(handler, names="value")
+        try:
+            yield
+        finally:
+            widget.observe(handler, names="value")
+
+    def _on_choice(self, _: dict[str, Any]) -> None:
+        """The action or its value (To, Across, Severity) changed: a shown preview is stale."""
+        self._forget_preview()
+
+    def _forget_preview(self) -> None:
+        """The selection, the filters, the action or its value changed: the preview shown
+        (or being taken) no longer says what Confirm would do, so it cannot be confirmed."""
+        self._version += 1
+        if self.pending is not None or self.preview_area.value:
+            self.pending = None
+            self.confirm_button.disabled = True
+            self.preview_area.value = ("<i>The selection or the action changed since the preview: "
+                                       "preview again.</i>")
 
     def _on_away(self, change: dict[str, Any]) -> None:
         def apply() -> None:
@@ -340,9 +417,7 @@ class TriageBoard:
                 self.availability.set_available(user, False)
             for user in old - new:
                 self.availability.set_available(user, True)
-            options = self._assignable()
-            self.target.options = options
-            self.targets.options = options
+            self._update_assignable()
         self._guarded(apply, render=False)
 
     def _show_action_inputs(self) -> None:
@@ -359,6 +434,8 @@ class TriageBoard:
         recomputed for now, without refetching)."""
         with self._lock:
             now = pd.Timestamp.now(tz="UTC")
+            if self.queue.prune(now):  # selected studies that stopped matching (time moved on)
+                self._forget_preview()
             counts = self.queue.counts(now)
             page = self.queue.page_table(now)
             pages = self.queue.pages(now)
@@ -366,6 +443,10 @@ class TriageBoard:
         # so no widget is created per render (the kernel and the page do not grow with every
         # countdown tick) and a click never lands on a row widget that a render replaced
         with self._lock:
+            while len(self._slots) < len(page):
+                slot = _Slot(self._widgets)
+                slot.check.observe(self._on_check(slot), names="value")
+                self._slots.append(slot)
             self._quiet.on = True
             try:
                 for slot, record in zip(self._slots, page.itertuples(index=False), strict=False):
@@ -427,6 +508,7 @@ class TriageBoard:
                     self._say("The rows moved as you clicked: nothing was (un)selected; tick again.", error=True)
                     return
                 self.queue.select([slot.study_id], on=bool(change["new"]))
+                self._forget_preview()
             self._render_counts_only()
         return tick
 
@@ -439,6 +521,7 @@ class TriageBoard:
     def _on_filter(self, _: dict[str, Any]) -> None:
         def apply() -> None:
             with self._lock:
+                before = self.queue.counts()["selected"]
                 self.queue.set_filters(
                     severity=list(self.severity.value), status=list(self.status.value),
                     cancelled=self.cancelled.value,
@@ -448,6 +531,8 @@ class TriageBoard:
                     min_age_h=float(self.min_age.value) or None, max_age_h=float(self.max_age.value) or None,
                 )
                 self.queue.set_sort(self.sort.value)
+                if self.queue.counts()["selected"] != before:  # selected studies filtered out
+                    self._forget_preview()
         self._guarded(apply)
 
     def _turn(self, by: int) -> None:
@@ -458,18 +543,35 @@ class TriageBoard:
     def _select(self, call: Callable[[], object]) -> None:
         with self._lock:
             call()
+            self._forget_preview()
         self.render()
 
     # -- actions ---------------------------------------------------------------------------
 
     def plan(self) -> Any:
-        """The bulk plan of the chosen action on the selection."""
+        """The bulk plan of the chosen action on the selection (the selected studies that
+        match the filters now). An assignee not chosen, or marked away now (by this board or
+        another on the cache), is a ``ValidationError`` naming the field, before anything is
+        read or sent."""
         action = self.action.value
+        away = self._away_now()
+        if action in ("assign", "balance"):
+            chosen = [self.target.value] if action == "assign" else list(self.targets.value)
+            field = "to" if action == "assign" else "across"
+            if not [user for user in chosen if user]:
+                raise ValidationError.one(_WHAT, field, None, Reason.EMPTY,
+                                          detail=f"choose a radiologist in {field.title()} first")
+            if away & set(chosen):
+                self._update_assignable()
+                raise ValidationError.one(_WHAT, field, sorted(away & set(chosen)), Reason.NOT_A_CHOICE,
+                                          detail="marked away now: choose another radiologist")
         if action == "balance":
             from viewerkit import bulk
 
-            chosen = self.queue.selected_studies()
-            return bulk.reassign(chosen, list(self.targets.value), workload=self.queue.studies,
+            studies = self.queue.selected_studies()
+            if studies.empty:
+                raise ValidationError.one(_WHAT, "selection", 0, Reason.EMPTY, detail="select studies first")
+            return bulk.reassign(studies, list(self.targets.value), workload=self.queue.studies,
                                  users=self.users)
         value = self.target.value if action == "assign" else self.severity_value.value if action == "severity" else None
         return self.queue.plan(action, value)
@@ -477,13 +579,19 @@ class TriageBoard:
     def preview_action(self) -> None:
         """Preview the chosen action on the selection (in the background: it reads the live
         state of every selected study): counts and the rows that would change; the Confirm
-        button then applies it."""
+        button then applies it, unless the selection, the filters or the action changed in
+        the meantime (the preview is then stale and must be taken again)."""
         def run() -> None:
             self.confirm_button.disabled = True
             self.pending = None
+            version = self._version
             plan = self.plan()
-            preview = plan.preview(self.client, users=self.users, progress=self._bar)
-            self.pending = preview
+            preview = plan.preview(self.client, users=self.users, progress=self._bar, tz=self.queue.zone.key)
+            if version != self._version:
+                self.preview_area.value = ("<i>The selection or the action changed while the preview "
+                                           "was read: preview again.</i>")
+                return
+            self.pending, self._pending_version = preview, version
             counts = ", ".join(f"{k} {v:,}" for k, v in preview.counts().items())
             self.preview_area.value = f"<b>Preview</b>: {html.escape(counts)}" + _html_of(preview)
             self.confirm_button.disabled = False
@@ -491,11 +599,15 @@ class TriageBoard:
 
     def confirm(self) -> None:
         """Apply the previewed action (in the background: the board stays usable, its
-        progress shown), journaled; then show the result and enable Undo."""
+        progress shown), journaled; then show the result, say how it went, and enable Undo.
+        A stale preview (see :meth:`preview_action`) is never applied."""
+        if self._busy is not None:
+            self._say(f"Busy: the {self._busy} is still running.", error=True)
+            return
         preview, self.pending = self.pending, None
         self.confirm_button.disabled = True
-        if preview is None:
-            self._say("Preview an action first.")
+        if preview is None or self._pending_version != self._version:
+            self._say("Preview the action first (the selection or the action changed since).", error=True)
             return
 
         def run() -> None:
@@ -503,7 +615,8 @@ class TriageBoard:
             self.last_result = result
             self.result_area.value = _result_html(result)
             self.preview_area.value = ""
-            self.refresh(progress=False)
+            self.refresh(progress=False, announce=False)
+            self._say_result("Run finished", result)
 
         self._in_background("apply", lambda: self._guarded(run, render=False))
 
@@ -521,9 +634,20 @@ class TriageBoard:
             undone = bulk.undo(self.client, self.journal, run=result.run_id, progress=self._bar)
             self.last_result = None
             self.result_area.value = "<b>Undone</b>: " + _result_html(undone)
-            self.refresh(progress=False)
+            self.refresh(progress=False, announce=False)
+            self._say_result("Undo finished", undone)
 
         self._in_background("undo", lambda: self._guarded(run, render=False))
+
+    def _say_result(self, done: str, result: Any) -> None:
+        """One line on how a run went: red when rows failed or met conflicts."""
+        counts = result.counts()
+        trouble = {k: counts.get(k, 0) for k in ("failed", "conflict") if counts.get(k, 0)}
+        if trouble:
+            self._say(f"{done} with trouble: " + ", ".join(f"{v:,} {k}" for k, v in trouble.items())
+                      + " (see the result)", error=True)
+        else:
+            self._say(f"{done}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items() if v))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the action running in the background (a script or test driving the
@@ -586,15 +710,20 @@ class TriageBoard:
             self._link_timer = threading.Timer(self.link_seconds, self._forget_link)
             self._link_timer.daemon = True
             self._link_timer.start()
-        self._guarded(run, render=False)
+        self._in_background("open in viewer", lambda: self._guarded(run, render=False))
 
     def _forget_link(self) -> None:
         self.link.value = ""
 
     # -- errors ----------------------------------------------------------------------------
 
-    def _guarded(self, call: Callable[[], None], *, done: str | None = None, render: bool = True) -> None:
-        """Run a board action; a viewerkit error is shown as one line, never a traceback."""
+    def _guarded(
+        self, call: Callable[[], None], *, done: str | None = None, render: bool = True, clears: bool = True
+    ) -> None:
+        """Run a board action; a viewerkit error is shown as one line, never a traceback.
+        ``clears``: the action takes away an error shown before (the countdown tick does not)."""
+        if clears and self._error_shown:
+            self._say("")
         try:
             call()
         except ViewerkitError as exc:
@@ -611,7 +740,8 @@ class TriageBoard:
 
     def _say(self, text: str, *, error: bool = False) -> None:
         colour = "#b02a37" if error else "#146c43"
-        self.message.value = f"<span style='color:{colour}'>{html.escape(text)}</span>"
+        self._error_shown = error
+        self.message.value = f"<span style='color:{colour}'>{html.escape(text)}</span>" if text else ""
 
     # -- display ---------------------------------------------------------------------------
 

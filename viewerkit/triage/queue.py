@@ -34,14 +34,14 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import numpy as np
 import pandas as pd
 
 from viewerkit.errors import Reason, ValidationError
 from viewerkit.reports.sla import HOUR_MS, Moment, SlaLike, deadlines, now_ms, resolve_sla
-from viewerkit.schema import SEVERITIES, VIEWER_STATUSES
+from viewerkit.schema import SEVERITIES, VIEWER_STATUSES, Severity
 from viewerkit.timezones import TimeZoneLike, report_timezone
 
 __all__ = [
@@ -272,7 +272,7 @@ class TriageQueue:
         """Replace the studies (a new refresh of the cache), keeping filters, sort, page (as
         far as it still exists) and the selected studies that are still there and match."""
         self._load(studies, now)
-        self._prune(now)
+        self.prune(now)
         self.page = min(self.page, max(self.pages(now) - 1, 0))
 
     # -- filters and sort ----------------------------------------------------------------------
@@ -294,14 +294,14 @@ class TriageQueue:
         _check_filters(filters)
         self.filters = filters
         self.page = 0
-        self._prune(now)
+        self.prune(now)
         return filters
 
     def clear_filters(self, *, now: Moment = None) -> QueueFilters:
         """Back to the default filters (the open worklist)."""
         self.filters = QueueFilters()
         self.page = 0
-        self._prune(now)
+        self.prune(now)
         return self.filters
 
     def set_sort(self, name: str, *, descending: bool = False) -> None:
@@ -392,10 +392,18 @@ class TriageQueue:
         ordered: np.ndarray = positions[order]
         return ordered
 
-    def _prune(self, now: Moment) -> None:
-        if self._selected:
-            matching = set(self._ids[self._mask(now_ms(now))].tolist())
-            self._selected &= matching
+    def prune(self, now: Moment = None) -> int:
+        """Drop from the selection the studies that do not match the filters at ``now``
+        (time-based filters, SLA state and age, change as time passes); returns how many
+        were dropped. The selection's readers (``counts``, ``selected_ids``,
+        ``selected_studies``, ``plan``) prune first, so an action never reaches a study the
+        analyst cannot see."""
+        if not self._selected:
+            return 0
+        matching = set(self._ids[self._mask(now_ms(now))].tolist())
+        before = len(self._selected)
+        self._selected &= matching
+        return before - len(self._selected)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -431,6 +439,7 @@ class TriageQueue:
         is_open = mask & self._open()
         counts["overdue"] = int((is_open & (left < 0)).sum())
         counts["due_within_hour"] = int((is_open & (left >= 0) & (left < HOUR_MS)).sum())
+        self.prune(now)
         counts["selected"] = len(self._selected)
         return counts
 
@@ -498,14 +507,17 @@ class TriageQueue:
         self._selected.clear()
 
     def selected_ids(self, now: Moment = None) -> list[str]:
-        """The selected study IDs, in the current order."""
+        """The selected study IDs that match at ``now``, in the current order."""
+        self.prune(now)
         chosen = np.isin(self._ids, np.array(list(self._selected), dtype=object))
         at = now_ms(now)
         ids: list[str] = self._ids[self._order(np.flatnonzero(chosen), at)].tolist()
         return ids
 
-    def selected_studies(self) -> pd.DataFrame:
-        """The selected studies' rows of the study table (for a bulk plan)."""
+    def selected_studies(self, now: Moment = None) -> pd.DataFrame:
+        """The selected studies' rows of the study table (for a bulk plan), those that
+        match at ``now``."""
+        self.prune(now)
         return self.studies[self.studies["study_id"].isin(self._selected)]
 
     # -- actions (bulk plans) ------------------------------------------------------------------
@@ -514,6 +526,8 @@ class TriageQueue:
         self,
         action: Literal["assign", "unassign", "severity", "complete", "incomplete", "cancel", "uncancel"],
         value: str | None = None,
+        *,
+        now: Moment = None,
     ) -> Any:
         """The bulk plan (``viewerkit.bulk.Plan``) of an action on the selection: ``assign``
         (``value`` a user ID or email), ``unassign``, ``severity`` (``value`` the severity),
@@ -521,7 +535,7 @@ class TriageQueue:
         action or value the plan refuses, is a ``ValidationError``."""
         from viewerkit import bulk
 
-        chosen = self.selected_studies()
+        chosen = self.selected_studies(now)
         if chosen.empty:
             raise ValidationError.one(_WHAT, "selection", 0, Reason.EMPTY, detail="select studies first")
         if action == "assign":
@@ -530,7 +544,7 @@ class TriageQueue:
         elif action == "unassign":
             plan = bulk.Plan(pd.DataFrame({"study_id": chosen["study_id"], "assigned_to": bulk.UNASSIGN}))
         elif action == "severity":
-            plan = bulk.set_severity(chosen, str(value))
+            plan = bulk.set_severity(chosen, cast("Severity", value))  # the plan checks the value
         elif action in ("complete", "incomplete"):
             plan = bulk.set_status(chosen, action)
         elif action in ("cancel", "uncancel"):
