@@ -309,3 +309,44 @@ def test_a_connection_error_through_a_proxy_says_so_naming_no_proxy_password(
     ) as direct:
         client.list_studies(limit=1)
     assert "proxy" not in str(direct.value)
+
+
+ODD_KEY = "sk-live+echo/5f0c=2a9e\"7d1b&4c3a"  # characters every encoding spells differently
+
+
+def _encodings(key: str) -> dict[str, str]:
+    import base64
+    import json
+    import urllib.parse
+
+    return {
+        "percent-encoded": urllib.parse.quote(key, safe=""),
+        "form-encoded": urllib.parse.quote_plus(key),
+        "JSON-escaped": json.dumps(key)[1:-1],
+        "base64": base64.b64encode(key.encode()).decode(),
+        "base64 unpadded": base64.b64encode(key.encode()).decode().rstrip("="),
+        "base64url": base64.urlsafe_b64encode(key.encode()).decode(),
+        "base64 of the header": base64.b64encode(f"Bearer {key}".encode()).decode(),
+        "Basic credentials": base64.b64encode(f"{key}:".encode()).decode(),
+    }
+
+
+@pytest.mark.parametrize("form", list(_encodings(ODD_KEY)))
+def test_a_key_echoed_in_another_encoding_never_shows_it(logs: pytest.LogCaptureFixture, form: str) -> None:
+    spelled = _encodings(ODD_KEY)[form]
+    assert spelled != ODD_KEY
+
+    def server(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"] == f"Bearer {ODD_KEY}"
+        text = f"rejected token {spelled}"  # what a proxy or gateway may log back
+        return httpx.Response(400, json={"error": {"type": text, "message": text, "param": text}},
+                              extensions={"reason_phrase": text.encode()})
+
+    with httpx.Client(transport=httpx.MockTransport(server)) as http, Client(
+        api_key=ODD_KEY, base_url="http://avara.test", http_client=http, max_retries=0
+    ) as c, pytest.raises(BadRequest) as caught:
+        c.list_studies(limit=1)
+    shown = [str(caught.value), repr(caught.value), *strings_in(vars(caught.value)),
+             "".join(traceback.format_exception(caught.value)), *(r.getMessage() for r in logs.records)]
+    assert "rejected token <redacted>" in str(caught.value)
+    assert not [text for text in shown if spelled.rstrip("=") in text or ODD_KEY in text], form

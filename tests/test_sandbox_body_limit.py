@@ -4,6 +4,7 @@ every route that reads a body, whether the size is declared (Content-Length) or 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -118,3 +119,22 @@ def test_a_413_is_answered_before_authentication(server: Sandbox) -> None:
     # the size alone decides: no key is needed to be told the body is too large
     response = httpx.post(server.base_url + "/v1/viewer/studies", content=create_body(MAX_BODY_BYTES + 1))
     assert_413(response)
+
+
+def test_the_client_turns_a_413_into_a_clear_error_and_does_not_retry(server: Sandbox) -> None:
+    from viewerkit import Client, RequestTooLarge
+
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        study_id = client.list_studies(limit=1)["studies"][0]["studyId"]
+        seen = len(server.requests())
+        with pytest.raises(RequestTooLarge) as caught:
+            client.create_study(severity="normal", study_description="x" * (2 * MAX_BODY_BYTES),
+                                study_instance_uid=UID)
+        with pytest.raises(RequestTooLarge):  # an update too: every call that sends a body
+            client.update_study(study_id, study_description="y" * (MAX_BODY_BYTES + 1))
+    error = caught.value
+    assert error.status_code == 413 and "1 MiB" in str(error)  # the server's own words ...
+    assert re.search(r"sent [\d,]+ bytes: shorten the study description or metadata values", str(error))
+    assert server.api_key not in str(error)
+    refused = [r for r in server.requests()[seen:] if r["status"] == 413]
+    assert len(refused) == 2 and len(server.requests()) == seen + 2  # one try each: not retried

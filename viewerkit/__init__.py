@@ -47,6 +47,7 @@ _EXPORTS = {
     "NotFound": "viewerkit.errors",
     "Conflict": "viewerkit.errors",
     "RateLimited": "viewerkit.errors",
+    "RequestTooLarge": "viewerkit.errors",
     "ServerError": "viewerkit.errors",
     "ResponseValidationError": "viewerkit.errors",
     "fetch_users": "viewerkit.users",
@@ -101,6 +102,9 @@ if TYPE_CHECKING:  # what the lazy exports are, for type checkers and IDEs
     )
     from viewerkit.errors import (
         Reason as Reason,
+    )
+    from viewerkit.errors import (
+        RequestTooLarge as RequestTooLarge,
     )
     from viewerkit.errors import (
         ResponseValidationError as ResponseValidationError,

@@ -26,6 +26,7 @@ viewerkit.errors.ValidationError: retrieve_study: 1 problem
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import email.utils
@@ -36,6 +37,7 @@ import os
 import random
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -456,7 +458,7 @@ class Client:
             raise ConfigurationError("rate_limit_deadline must be 0 or more seconds")
         self.__key = secret
         self.__auth = _BearerAuth(secret)
-        _LOG_SCRUBBER.watch(self, secret.value)
+        _LOG_SCRUBBER.watch(self, secret.forms)
         self._base_url = url
         self._fingerprint = hashlib.sha256(secret.value.encode()).hexdigest()[:12]
         self.max_retries = max_retries
@@ -940,6 +942,12 @@ class Client:
             error_type = self._scrub(str(body["type"])) if body.get("type") is not None else None
             param = self._scrub(str(body["param"])) if body.get("param") is not None else None
         cls = error_for_status(response.status_code)
+        if response.status_code == 413:
+            try:
+                size = f"{len(response.request.content):,} bytes"
+            except (RuntimeError, httpx.RequestNotRead):
+                size = "the request body"
+            after += f" (sent {size}: shorten the study description or metadata values)"
         return cls(
             self._scrub(message) + after,
             call=call,
@@ -951,7 +959,9 @@ class Client:
         )
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self.__key.value, _REDACTED)
+        for form in self.__key.forms:
+            text = text.replace(form, _REDACTED)
+        return text
 
 
 @contextlib.contextmanager
@@ -1106,12 +1116,12 @@ class _LogScrubber(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._keys: dict[int, str] = {}
+        self._keys: dict[int, tuple[str, ...]] = {}
         self._lock = threading.Lock()
 
-    def watch(self, client: Client, key: str) -> None:
+    def watch(self, client: Client, forms: tuple[str, ...]) -> None:
         with self._lock:
-            self._keys[id(client)] = key
+            self._keys[id(client)] = forms
         weakref.finalize(client, self._forget, id(client))
 
     def _forget(self, client_id: int) -> None:
@@ -1121,11 +1131,12 @@ class _LogScrubber(logging.Filter):
     def _scrub(self, value: object) -> object:
         if not isinstance(value, (str, bytes)):
             return value
-        for key in self._keys.values():
-            if isinstance(value, bytes):
-                value = value.replace(key.encode(), _REDACTED.encode())
-            else:
-                value = value.replace(key, _REDACTED)
+        for forms in list(self._keys.values()):
+            for form in forms:
+                if isinstance(value, bytes):
+                    value = value.replace(form.encode(), _REDACTED.encode())
+                else:
+                    value = value.replace(form, _REDACTED)
         return value
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -1142,17 +1153,38 @@ for _name in ("httpx", "httpcore"):
 
 
 class _Secret:
-    """Holds the API key; its repr never shows it (so ``vars(client)`` stays safe to print)."""
+    """Holds the API key; its repr never shows it (so ``vars(client)`` stays safe to print).
+    ``forms``: the key as a server or proxy may echo it back (as sent; percent-encoded, as
+    in a URL or form; JSON-escaped; base64, as in a Basic header), longest first: the
+    scrubbers remove every one."""
 
-    __slots__ = ("value",)
+    __slots__ = ("value", "forms")
 
     def __init__(self, value: str) -> None:
         self.value = value
+        self.forms = _echo_forms(value)
 
     def __repr__(self) -> str:
         return _REDACTED
 
     __str__ = __repr__
+
+
+def _echo_forms(key: str) -> tuple[str, ...]:
+    """The spellings of ``key`` an echo may carry, longest first (see :class:`_Secret`)."""
+    raw = key.encode("utf-8")
+    forms = {
+        key,
+        urllib.parse.quote(key, safe=""),
+        urllib.parse.quote_plus(key),
+        orjson.dumps(key).decode("ascii", "backslashreplace")[1:-1],
+        key.encode("unicode_escape").decode("ascii"),
+        base64.b64encode(raw).decode("ascii").rstrip("="),
+        base64.urlsafe_b64encode(raw).decode("ascii").rstrip("="),
+    }
+    for wrapped in (f"Bearer {key}", f"{key}:", f":{key}"):  # an echoed header, Basic credentials
+        forms.add(base64.b64encode(wrapped.encode("utf-8")).decode("ascii").rstrip("="))
+    return tuple(sorted((f for f in forms if f), key=len, reverse=True))
 
 
 class _ConflictAfterRetry(Exception):

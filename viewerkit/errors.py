@@ -51,6 +51,7 @@ __all__ = [
     "NotFound",
     "Conflict",
     "RateLimited",
+    "RequestTooLarge",
     "ServerError",
     "ResponseValidationError",
     "error_for_status",
@@ -306,6 +307,12 @@ class Conflict(ApiStatusError):
     """409: the request conflicts with the current state (e.g. a duplicate Study Instance UID)."""
 
 
+class RequestTooLarge(ApiStatusError):
+    """413: the request body is larger than the server accepts (the sandbox's limit is
+    1 MiB; the hosted API publishes none, so the client sets no length limit of its own):
+    shorten the study description or the metadata values."""
+
+
 class RateLimited(ApiStatusError):
     """429: too many requests; ``retry_after`` holds the server's hint in seconds."""
 
@@ -393,6 +400,7 @@ _BY_STATUS: dict[int, type[ApiStatusError]] = {
     401: AuthenticationError,
     404: NotFound,
     409: Conflict,
+    413: RequestTooLarge,
     429: RateLimited,
 }
 
