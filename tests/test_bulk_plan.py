@@ -142,7 +142,7 @@ def test_the_builders_name_studies_by_id_uid_or_table() -> None:
         [A, None, "cancel"], [None, "1.2.840.5", "cancel"]]
     assert uncancel(A).counts() == {"action": 1} and complete([A]).counts() == {"study_viewer_status": 1}
     with pytest.raises(ValidationError) as caught:
-        set_severity([A], "urgent").validate()
+        set_severity([A], "urgent").validate()  # type: ignore[arg-type]
     assert caught.value.failure_cases["field"].tolist() == ["severity"]
 
 

@@ -54,3 +54,26 @@ def test_after_two_demo_runs_the_cli_reads_the_demo_cache_as_the_readme_shows(
     )
     assert report.exit_code == 0, report.output
     assert (tmp_path / "r.html").stat().st_size > 0
+
+
+def test_a_second_run_stopped_before_its_refresh_is_in_leaves_the_first_run_s_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from viewerkit import StudyCache
+
+    args = ["--studies", "60", "--seed", "3", "--live-seconds", "0", "--out", str(tmp_path)]
+    demo.main(args)
+    first = [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert len(first) == 1
+
+    def interrupted(self: StudyCache, *a: object, **k: object) -> None:
+        raise KeyboardInterrupt  # the analyst's Ctrl-C during the second run's full refresh
+
+    monkeypatch.setattr(StudyCache, "refresh", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        demo.main(args)
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] == first
+    result = CliRunner().invoke(main, ["cache", "info", "--cache", str(tmp_path / "cache")], env={"AVARA_API_KEY": ""})
+    shown = re.search(r"^studies: ([\d,]+)$", result.output, re.MULTILINE)
+    assert result.exit_code == 0 and shown and int(shown.group(1).replace(",", "")) >= 60, result.output

@@ -25,4 +25,6 @@ def test_notebook_reassigns_applies_and_undoes_against_the_sandbox(
     # applied: every study read back with its new assignee; undone: every one back
     assert f"{moving} of {moving} studies now with their new assignee" in text
     assert f"{moving} of {moving} studies back with {leaving.group(1)}" in text
+    # the example plan data/severity-bump.csv, read, validated and previewed on its sandbox
+    assert "Plan(5 rows" in text and "preview against the default sandbox: {" in text
     assert not re.search(r"sk-sandbox-[0-9a-f]+", text), "the sandbox key was shown"

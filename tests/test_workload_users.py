@@ -32,7 +32,7 @@ def test_radiologists_without_work_are_on_the_workload_with_zeros(team: tuple[pd
     assert idle, "the sandbox's roster has radiologists without studies"
     assert set(full["assigned_to_user_id"].dropna()) == set(plain["assigned_to_user_id"].dropna()) | idle
     added = full[full["assigned_to_user_id"].isin(idle)]
-    counts = ["open_normal", "open_high", "open_stat", "open", "completed", "breached"]
+    counts = ["open_normal", "open_high", "open_stat", "open", "open_load", "completed", "breached"]
     assert (added[counts] == 0).all().all() and added["median_h"].isna().all()
     # the assignees with work keep their rows exactly, in the same order, ahead of the idle
     kept = full[~full["assigned_to_user_id"].isin(idle)].reset_index(drop=True)
@@ -41,6 +41,23 @@ def test_radiologists_without_work_are_on_the_workload_with_zeros(team: tuple[pd
     assert not staff & (set(full["assigned_to_user_id"].dropna()) - set(plain["assigned_to_user_id"].dropna()))
     names = dict(zip(users["user_id"], users["first_name"] + " " + users["last_name"], strict=True))
     assert dict(zip(added["assigned_to_user_id"], added["assignee"], strict=True)) == {u: names[u] for u in idle}
+
+
+def test_the_workload_weighs_open_work_with_the_roster_s_one_set_of_weights(
+    team: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    from viewerkit import roster
+
+    studies, users = team
+    for weights in (None, {"stat": 10, "normal": 0.5}):
+        load = workload(studies, now=NOW, users=users, weights=weights).set_index("assigned_to_user_id")["open_load"]
+        team_load = roster(users, studies, now=NOW, weights=weights).set_index("user_id")["open_load"]
+        shared = load.index.dropna().intersection(team_load.index)
+        assert len(shared) > 10 and load[shared].tolist() == team_load[shared].tolist()
+        assert load.loc[load.index.dropna()].sum() == pytest.approx(team_load[shared].sum())
+    with pytest.raises(ValidationError) as caught:
+        workload(studies, now=NOW, weights={"urgent": 2})
+    assert caught.value.failure_cases["field"].tolist() == ["weights.urgent"]
 
 
 def test_a_user_list_without_its_columns_is_refused(team: tuple[pd.DataFrame, pd.DataFrame]) -> None:

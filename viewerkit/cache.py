@@ -51,6 +51,7 @@ from viewerkit import fetch, files, frame
 from viewerkit.errors import CacheError, Reason, ValidationError, ViewerkitError
 from viewerkit.runner import Progress
 from viewerkit.schema import METADATA_SHAPES, STUDY_SCHEMA, MetadataShape
+from viewerkit.users import USER_SCHEMA, fetch_users_arrow_or_none, users_to_pandas
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -583,7 +584,6 @@ class StudyCache:
         """The Viewer user list as the last refresh read it (``viewerkit.users.USER_SCHEMA``),
         verified against its checksum; an empty table when no refresh listed users (none
         yet, or the key cannot list them)."""
-        from viewerkit.users import USER_SCHEMA
 
         directory = self._directory(client)
         if directory is None or not (directory / _MANIFEST).exists():
@@ -610,7 +610,6 @@ class StudyCache:
         gives it (one row per listed user; no phone numbers), so that
         ``viewerkit.roster(cache.load_users(client), cache.load(client))`` works offline.
         Empty when no refresh listed users. Namespace as :meth:`load`."""
-        from viewerkit.users import users_to_pandas
 
         return users_to_pandas(self.load_users_arrow(client))
 
@@ -894,7 +893,6 @@ class StudyCache:
 
     def _read_users(self, client: Client, progress: Progress) -> pa.Table | None:
         """The user list, or None when the API does not let this key list users."""
-        from viewerkit.users import fetch_users_arrow_or_none
 
         return fetch_users_arrow_or_none(client, progress=progress)
 

@@ -354,7 +354,8 @@ def cache_info_command(cache_path: str | None, namespace: str | None) -> None:
               help="The namespace to move (an ID from `viewerkit cache info`, a unique prefix, "
               "or its base URL).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def cache_adopt_command(cache_path: str | None, from_namespace: str, yes: bool) -> None:
+@_rate_limit_option
+def cache_adopt_command(cache_path: str | None, from_namespace: str, yes: bool, rate_limit: float | None) -> None:
     """Move a namespace, history and all, to the key (and base URL) of AVARA_API_KEY /
     AVARA_BASE_URL: after the hosted API's key was rotated, so that the next refresh
     continues the history instead of starting a new one.
@@ -370,7 +371,7 @@ def cache_adopt_command(cache_path: str | None, from_namespace: str, yes: bool) 
     from viewerkit.cache import StudyCache
 
     cache = StudyCache.at(cache_path)
-    with _api_client() as client:
+    with _api_client(rate_limit=rate_limit) as client:
         source = cache.choose(from_namespace)
         if not yes:
             click.confirm(
@@ -552,10 +553,6 @@ _bulk_progress_option = click.option("--progress/--no-progress", default=None,
                                      help="Show progress bars (default: when stderr is a terminal).")
 
 
-def _bulk_progress(progress: bool | None) -> bool:
-    return sys.stderr.isatty() if progress is None else progress
-
-
 def _show_counts(what: str, counts: dict[str, int]) -> None:
     shown = ", ".join(f"{name} {n:,}" for name, n in counts.items() if n) or "no rows"
     click.echo(f"{what}: {shown}")
@@ -636,7 +633,7 @@ def bulk_preview_command(
 
     plan = Plan.from_csv(plan_path)
     with _api_client(rate_limit, concurrency) as client:
-        preview = plan.preview(client, concurrency=concurrency, progress=_bulk_progress(progress))
+        preview = plan.preview(client, concurrency=concurrency, progress=_bars(progress))
         _preview_and_apply(preview, apply=False, yes=False, journal=DEFAULT_JOURNAL, reason=None,
                            concurrency=concurrency, progress=False, out=out)
     frame = preview.to_frame()
@@ -675,7 +672,7 @@ def bulk_apply_command(
     from viewerkit.bulk import Plan
 
     plan = Plan.from_csv(plan_path)
-    shown = _bulk_progress(progress)
+    shown = _bars(progress)
     with _api_client(rate_limit, concurrency) as client:
         preview = plan.preview(client, concurrency=concurrency, progress=shown)
         _preview_and_apply(preview, apply=True, yes=yes, journal=journal, reason=reason,
@@ -705,7 +702,7 @@ def bulk_resume_command(
     from viewerkit.bulk import resume
 
     with _api_client(rate_limit, concurrency) as client:
-        result = resume(client, journal, run_id, concurrency=concurrency, progress=_bulk_progress(progress))
+        result = resume(client, journal, run_id, concurrency=concurrency, progress=_bars(progress))
     _bulk_exit(result, out)
 
 
@@ -743,7 +740,7 @@ def bulk_undo_command(
         )
     with _api_client(rate_limit, concurrency) as client:
         result = undo(client, journal, info.run_id, force=force, concurrency=concurrency,
-                      progress=_bulk_progress(progress))
+                      progress=_bars(progress))
     _bulk_exit(result, out)
 
 
@@ -790,7 +787,7 @@ def bulk_cancel_command(
     from viewerkit.bulk import cancel
 
     plan = cancel(_study_names(ids_path))
-    shown = _bulk_progress(progress)
+    shown = _bars(progress)
     with _api_client(rate_limit, concurrency) as client:
         preview = plan.preview(client, concurrency=concurrency, progress=shown)
         _preview_and_apply(preview, apply=apply_, yes=yes, journal=journal, reason=reason,
@@ -832,7 +829,7 @@ def bulk_reassign_command(
     from viewerkit.users import fetch_users_arrow_or_none, users_to_pandas
 
     targets = [name.strip() for value in to_users for name in value.split(",") if name.strip()]
-    shown = _bulk_progress(progress)
+    shown = _bars(progress)
     with _api_client(rate_limit, concurrency) as client:
         listed = fetch_users_arrow_or_none(client)  # resolves the emails of --to
         roster = None if listed is None else users_to_pandas(listed)

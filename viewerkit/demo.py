@@ -6,7 +6,8 @@ severity and turnaround report (HTML and one PNG per figure) and prints a few he
 numbers. Everything lands under ``data/demo/`` (git-ignored).
 
 Each run's sandbox is a new server (new port and key), so a run replaces the previous run's
-namespace in ``data/demo/cache``: the cache then holds one namespace, which the CLI
+namespace in ``data/demo/cache`` once its own full refresh is in (a run that fails earlier
+leaves the previous one's cache usable): the cache then holds one namespace, which the CLI
 (``viewerkit cache info --cache data/demo/cache``, ``viewerkit report ...``) and the
 notebooks read without choosing one.
 """
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     from viewerkit import Client, StudyCache
+    from viewerkit.cache import namespace_of
     from viewerkit.reports import SLA, render, report_tables, save_figures
     from viewerkit.sandbox import running
 
@@ -42,11 +44,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  (database {sandbox.db_path}; the API key stays out of this output)")
         with Client(api_key=sandbox.api_key, base_url=sandbox.base_url) as client:
             cache = StudyCache(out / "cache")
-            for earlier in cache.namespaces():  # an earlier demo run's server: replaced
-                print(f"Replacing the previous demo run's cache namespace {earlier['namespace']}")
-                cache.remove(earlier["namespace"])
+            this_run = namespace_of(client.base_url, client.key_fingerprint)
+            earlier = [n["namespace"] for n in cache.namespaces() if n["namespace"] != this_run]
             full = cache.refresh(client, mode="full")
             print(f"Full refresh: {full.total:,} studies ({full.new:,} new) in {full.duration_s:.1f} s")
+            # replaced only now that this run's namespace is complete: a run that fails before
+            # here leaves the previous run's cache as it was
+            for namespace in earlier:
+                print(f"Replacing the previous demo run's cache namespace {namespace}")
+                cache.remove(namespace)
             print(f"Letting the sandbox's live mode change studies for {args.live_seconds:.0f} s...")
             time.sleep(args.live_seconds)
             active = cache.refresh(client, mode="active")

@@ -1311,8 +1311,11 @@ def diff_studies(before: pa.Table | pd.DataFrame, after: pa.Table | pd.DataFrame
     ``severity``, ``assigned_to_user_id``, ``meta.site``), ``before``, ``after`` (strings:
     timestamps ISO 8601 UTC, booleans ``true`` / ``false``; null where the cell is empty),
     sorted by ``study_id``, then field in study table order. Only studies in both tables are
-    compared (:func:`compare_studies` tells the new and gone ones). Used by the bulk preview
-    (planned against live state) and by the cache's history.
+    compared (:func:`compare_studies` tells the new and gone ones). It is the pandas form of
+    ``compare_studies(before, after).long()``, the comparison the cache's refresh records in
+    its history; for an analyst comparing two snapshots (two loads of the cache, a CSV
+    export and the live table). The bulk preview compares a plan's fields with the live state
+    row by row instead (``viewerkit.bulk``).
 
     >>> a = studies_to_arrow([{"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "severity": "high"}])
     >>> b = studies_to_arrow([{"studyId": "stu_" + "a" * 32, "studyInstanceUid": "1", "severity": "stat",

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
-__all__ = ["Runner", "Outcome", "Progress", "run_all", "pause", "stop_requested", "report_waiting", "progress_bar"]
+__all__ = ["Runner", "Outcome", "Progress", "Stopped", "run_all", "pause", "stop_requested", "report_waiting", "progress_bar"]
 
 T = TypeVar("T")
 
@@ -255,7 +255,7 @@ class Runner:
 
     def _run(self, call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._stop.is_set():
-            raise _Stopped()
+            raise Stopped()
         previous = getattr(_this_thread, "stop", None), getattr(_this_thread, "runner", None)
         _this_thread.stop, _this_thread.runner = self._stop, self
         try:
@@ -298,8 +298,9 @@ def progress_bar(progress: Progress, **kwargs: Any) -> Any:
     return progress(**kwargs)
 
 
-class _Stopped(Exception):
-    """A task that was about to start when the run stopped."""
+class Stopped(Exception):
+    """The outcome of a task that was queued but not started when the run stopped (a
+    Ctrl-C, a fatal error): it was never called."""
 
 
 def run_all(

@@ -54,7 +54,7 @@ import pandas as pd
 import pyarrow as pa
 
 from viewerkit.bulk.journal import FINAL_STATUSES, Journal, JournalRow, new_run_id
-from viewerkit.bulk.plan import CLEAR, DELETE, EMPTY, UNASSIGN, Plan, _cells
+from viewerkit.bulk.plan import CLEAR, DELETE, EMPTY, UNASSIGN, Plan, cell_values
 from viewerkit.errors import (
     ApiError,
     ApiStatusError,
@@ -477,8 +477,8 @@ def preview_plan(
     after state)."""
     plan.validate()
     frame = plan.frame
-    ids = _cells(frame["study_id"]) if "study_id" in frame.columns else [None] * len(frame)
-    uids = _cells(frame["study_instance_uid"]) if "study_instance_uid" in frame.columns else [None] * len(frame)
+    ids = cell_values(frame["study_id"]) if "study_id" in frame.columns else [None] * len(frame)
+    uids = cell_values(frame["study_instance_uid"]) if "study_instance_uid" in frame.columns else [None] * len(frame)
     by_id = _read_studies(client, [i for i in ids if i], concurrency=concurrency, progress=progress)
     by_uid = _read_by_uid(client, [u for i, u in zip(ids, uids, strict=True) if not i and u],
                           concurrency=concurrency, progress=progress)
@@ -494,7 +494,7 @@ def preview_plan(
                               "reason": Reason.DUPLICATE,
                               "detail": f"study {wire['studyId']} is also row {seen[wire['studyId']]}"})
             seen.setdefault(wire["studyId"], label)
-    assigned = _cells(frame["assigned_to"]) if "assigned_to" in frame.columns else []
+    assigned = cell_values(frame["assigned_to"]) if "assigned_to" in frame.columns else []
     if check_users and any(v is not None and v != UNASSIGN for v in assigned):
         roster, is_roster = _users_of(client, users)
         if is_roster and roster is not None:
@@ -675,7 +675,7 @@ def _send_rows(
 ) -> None:
     """Send the rows on the shared runner; a refused key stops the run (raised), Ctrl-C
     lets the requests in flight finish and is raised."""
-    from viewerkit.runner import _Stopped
+    from viewerkit.runner import Stopped
 
     if rows:
         with Runner(min(concurrency, len(rows)), progress=progress, desc="applying", unit="row",
@@ -684,7 +684,7 @@ def _send_rows(
                 runner.submit(row.position, _send_row, client, journal, run_id, row, force)
             try:
                 for outcome in runner.outcomes():
-                    if outcome.error is not None and not isinstance(outcome.error, _Stopped):
+                    if outcome.error is not None and not isinstance(outcome.error, Stopped):
                         journal.settle(run_id, outcome.key, "failed", error=f"{type(outcome.error).__name__}: {outcome.error}")
             except _Fatal as fatal:
                 journal.finish_run(run_id)

@@ -44,7 +44,13 @@ import pandas as pd
 from viewerkit.errors import Reason, ValidationError
 from viewerkit.rules import META_PREFIX, Failure
 from viewerkit.runner import Progress
-from viewerkit.schema import MAX_METADATA_KEY_LENGTH, MAX_METADATA_PAIRS, RULES
+from viewerkit.schema import (
+    MAX_METADATA_KEY_LENGTH,
+    MAX_METADATA_PAIRS,
+    RULES,
+    Severity,
+    ViewerStatus,
+)
 
 if TYPE_CHECKING:
     from viewerkit.bulk.apply import BulkResult, Preview
@@ -91,8 +97,13 @@ PLAN_FIELDS: Final = (
 _WHAT: Final = "bulk plan"
 
 
-def _cells(column: pd.Series) -> list[Any]:
-    """A column's cells as Python values, with every empty cell (None, NaN, NA, "") None."""
+def cell_values(column: pd.Series) -> list[Any]:
+    """A column's cells as Python values, with every empty cell (None, NaN, NA, "") None:
+    the plan's rule that an empty cell means "leave as it is".
+
+    >>> cell_values(pd.Series(["stat", "", None, float("nan")]))
+    ['stat', None, None, None]
+    """
     out: list[Any] = []
     for value in column.astype(object).tolist():
         if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)) or isinstance(value, str) and value == "":
@@ -125,7 +136,7 @@ class Plan:
             )
         for name in frame.columns:
             if name in ID_COLUMNS or self._is_field(name):
-                frame[name] = pd.Series(_cells(frame[name]), index=frame.index, dtype=object)
+                frame[name] = pd.Series(cell_values(frame[name]), index=frame.index, dtype=object)
         self._frame = frame
 
     @staticmethod
@@ -415,7 +426,7 @@ def _targets(studies: pd.DataFrame | Iterable[str] | str) -> pd.DataFrame:
     })
 
 
-def set_severity(studies: pd.DataFrame | Iterable[str] | str, severity: str) -> Plan:
+def set_severity(studies: pd.DataFrame | Iterable[str] | str, severity: Severity) -> Plan:
     """A plan setting ``severity`` on the given studies (a study table, e.g. a filtered
     ``fetch_studies`` result, or study IDs and UIDs).
 
@@ -427,7 +438,7 @@ def set_severity(studies: pd.DataFrame | Iterable[str] | str, severity: str) -> 
     return Plan(rows)
 
 
-def set_status(studies: pd.DataFrame | Iterable[str] | str, status: str) -> Plan:
+def set_status(studies: pd.DataFrame | Iterable[str] | str, status: ViewerStatus) -> Plan:
     """A plan setting ``study_viewer_status`` (``incomplete`` / ``complete``)."""
     rows = _targets(studies)
     rows["study_viewer_status"] = status

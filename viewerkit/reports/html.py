@@ -42,11 +42,11 @@ from viewerkit.errors import Reason, ValidationError
 from viewerkit.reports.columns import StudyColumns, needed_columns
 from viewerkit.reports.kpis import (
     Freq,
-    _local_floor,
-    _local_periods,
     backlog,
     cancellations,
     customers,
+    local_floor,
+    local_periods,
     overdue,
     turnaround,
     volume,
@@ -107,9 +107,9 @@ def _volume_span(created: np.ndarray, window: Window, zone: ZoneInfo) -> tuple[W
         return window, "D"
     span_days = (min(hi, last + 1) - max(lo, first)) / DAY_MS
     freq: Freq = "h" if span_days <= 3 else "D" if span_days <= 120 else "W"
-    first_period, last_period = _local_floor(np.array([max(lo, first), min(hi, last + 1) - 1]), freq, zone)
+    first_period, last_period = local_floor(np.array([max(lo, first), min(hi, last + 1) - 1]), freq, zone)
     start = max(lo, first_period)
-    end = min(hi, float(_local_periods(last_period, last_period, freq, zone)[-1]))
+    end = min(hi, float(local_periods(last_period, last_period, freq, zone)[-1]))
     return (pd.Timestamp(int(start), unit="ms", tz="UTC"), pd.Timestamp(int(end), unit="ms", tz="UTC")), freq
 
 

@@ -54,7 +54,7 @@ Rules every KPI follows:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import Any, Final, Literal, TypeAlias
 from zoneinfo import ZoneInfo
@@ -92,6 +92,7 @@ from viewerkit.reports.sla import (
     window_ms,
 )
 from viewerkit.schema import SEVERITIES
+from viewerkit.staffing import TARGET_ROLE, severity_weights
 
 __all__ = [
     "AGE_BANDS",
@@ -326,8 +327,16 @@ def _from_wall(wall: np.ndarray, tz: ZoneInfo) -> np.ndarray:
     return np.asarray(aware.as_unit("ms").asi8, dtype=np.float64)
 
 
-def _local_floor(ms: np.ndarray, freq: str, tz: ZoneInfo) -> np.ndarray:
-    """The start (epoch ms) of the local period of ``tz`` holding each instant; NaN stays NaN."""
+def local_floor(ms: np.ndarray, freq: str, tz: ZoneInfo) -> np.ndarray:
+    """The start (epoch ms) of the local period of ``tz`` holding each instant (``freq``:
+    ``"h"``, ``"D"``, ``"W"`` weeks from Monday); NaN stays NaN. The HTML report's tables
+    use it too.
+
+    >>> from zoneinfo import ZoneInfo
+    >>> noon = pd.Timestamp("2026-11-30 12:00", tz="UTC").value / 1e6
+    >>> pd.Timestamp(local_floor(np.array([noon]), "D", ZoneInfo("America/New_York"))[0], unit="ms", tz="UTC")
+    Timestamp('2026-11-30 05:00:00+0000', tz='UTC')
+    """
     if _is_utc(tz):
         return _floor(ms, freq)
     out = np.full(len(ms), np.nan)
@@ -343,15 +352,21 @@ def _local_floor(ms: np.ndarray, freq: str, tz: ZoneInfo) -> np.ndarray:
     return out
 
 
-def _local_periods(first: float, last: float, freq: str, tz: ZoneInfo) -> np.ndarray:
+def local_periods(first: float, last: float, freq: str, tz: ZoneInfo) -> np.ndarray:
     """Every period start from the period ``first`` to the period ``last`` (both starts,
-    epoch ms), then the end of the last: one more value than there are periods."""
+    epoch ms), then the end of the last: one more value than there are periods.
+
+    >>> from zoneinfo import ZoneInfo
+    >>> day = 86_400_000.0
+    >>> (local_periods(0.0, 2 * day, "D", ZoneInfo("UTC")) / day).tolist()
+    [0.0, 1.0, 2.0, 3.0]
+    """
     step = _FREQ_MS[freq]
     if _is_utc(tz):
         return first + step * np.arange(int((last - first) // step) + 2, dtype=np.float64)
     if freq == "h":
         grid = np.arange(first, last + 2 * HOUR_MS, _QUARTER_HOUR_MS, dtype=np.float64)
-        starts = np.unique(_local_floor(grid, "h", tz))
+        starts = np.unique(local_floor(grid, "h", tz))
         return starts[: int(np.searchsorted(starts, last, side="right")) + 1]
     walls = _floor(_wall_ms(np.array([first, last]), tz).astype(np.float64), freq)
     return _from_wall(np.arange(walls[0], walls[1] + 2 * step, step), tz)
@@ -431,7 +446,7 @@ def _group(
             dim_keys = pd.DataFrame({"severity": severity_labels(np.arange(len(SEVERITIES)))})
         elif dim == "week":
             assert when_ms is not None and tz is not None
-            weeks = _local_floor(when_ms[rows], "W", tz)
+            weeks = local_floor(when_ms[rows], "W", tz)
             known = ~np.isnan(weeks)
             starts = np.unique(weeks[known])
             dim_codes[rows[known]] = np.searchsorted(starts, weeks[known])
@@ -551,7 +566,7 @@ def turnaround(
     if "week" in dims:
         starts = np.asarray(pd.DatetimeIndex(out["week"]).as_unit("ms").asi8, dtype=np.float64)
         # a week lasts 7 days +- an hour: half a day past its start plus 7 days is the next week
-        ends = _local_floor(starts + WEEK_MS + DAY_MS / 2, "W", zone)
+        ends = local_floor(starts + WEEK_MS + DAY_MS / 2, "W", zone)
         out["partial"] = _partial(starts, ends, win, at)
     return out
 
@@ -694,8 +709,8 @@ def volume(
     if np.isnan(lo) or np.isnan(hi):
         bounds = np.zeros(1)
     else:
-        first, last = _local_floor(np.array([lo, hi]), freq, zone)
-        bounds = _local_periods(first, last, freq, zone)
+        first, last = local_floor(np.array([lo, hi]), freq, zone)
+        bounds = local_periods(first, last, freq, zone)
     count = len(bounds) - 1
     # only arrivals get a period index (a null created_at would not survive the int cast)
     if _is_utc(zone):  # periods of one length: arithmetic, twice as fast as a search
@@ -742,12 +757,16 @@ def workload(
     history: pd.DataFrame | None = None,
     window: Window = None,
     users: pd.DataFrame | None = None,
+    weights: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Per assignee: open now by severity, completed in the window, median turnaround, breaches.
 
     Columns: ``assigned_to_user_id`` (null for unassigned work), ``assignee``,
     ``open_normal``, ``open_high``, ``open_stat``, ``open`` (open at ``now``, whenever
-    created: the window bounds completions only), ``completed`` (completed in the window),
+    created: the window bounds completions only), ``open_load`` (float: the open counts
+    weighted by severity with ``viewerkit.SEVERITY_WEIGHTS``, the one set of weights the
+    roster and the bulk engine's balancing use; ``weights`` overrides some, as
+    ``viewerkit.severity_weights``), ``completed`` (completed in the window),
     ``median_h``, ``breached`` (completed past target). Busiest first: most open, then most
     completed, then by name.
 
@@ -760,9 +779,10 @@ def workload(
     >>> now = pd.Timestamp("2026-11-02 12:00", tz="UTC")
     >>> one = pd.DataFrame({"severity": ["stat"], "study_viewer_status": ["incomplete"],
     ...     "is_cancelled": [False], "created_at": [now], "updated_at": [now], "assigned_to_user_id": [None]})
-    >>> workload(one, now=now)[["assignee", "open_stat", "completed"]].to_dict("records")
-    [{'assignee': '(unassigned)', 'open_stat': 1, 'completed': 0}]
+    >>> workload(one, now=now)[["assignee", "open_stat", "open_load", "completed"]].to_dict("records")
+    [{'assignee': '(unassigned)', 'open_stat': 1, 'open_load': 4.0, 'completed': 0}]
     """
+    resolved = severity_weights(weights)
     at, targets_of, win = now_ms(now), resolve_sla(sla), window_ms(window)
     s = _Studies(studies, "workload", history, sla=targets_of, reads=_RESOLVED)
     targets = s.target_h(targets_of)
@@ -774,6 +794,8 @@ def workload(
     for i, sev in enumerate(SEVERITIES):
         out[f"open_{sev}"] = _counts(codes, is_open & (s.severity == i), n)
     out["open"] = _counts(codes, is_open, n)
+    out["open_load"] = np.sum([out[f"open_{sev}"].to_numpy() * resolved[sev] for sev in SEVERITIES],
+                              axis=0, dtype=np.float64)
     stats = _duration_stats(codes, done, s.turnaround_h, n)
     out["completed"] = stats["count"]
     out["median_h"] = stats["median"]
@@ -786,8 +808,6 @@ def workload(
 
 def _with_idle_radiologists(out: pd.DataFrame, users: pd.DataFrame) -> pd.DataFrame:
     """``out`` plus a zero row for each listed radiologist it lacks."""
-    from viewerkit.staffing import TARGET_ROLE
-
     needed = [c for c in ("user_id", "clinic_role", "first_name", "last_name", "email") if c not in users]
     if needed:
         raise ValidationError.from_cases(
