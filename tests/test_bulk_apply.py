@@ -337,3 +337,40 @@ def test_a_refused_key_stops_the_run_and_nothing_more_is_sent(
             preview.apply(journal=journal, concurrency=1, progress=False)
     assert len([r for r in sandbox.requests(since=seq) if r["method"] in WRITES]) == 1
     assert runs(journal)["counts"].iloc[0] == {"applied": 0, "noop": 0, "conflict": 0, "failed": 1, "skipped": 9}
+
+
+def test_two_runs_sharing_a_journal_never_overwrite_each_other_unseen(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path,
+) -> None:
+    """Two analysts (two triage boards on one cache) preview the same studies for different
+    radiologists and confirm at once. The API has no conditional write; the shared journal
+    lets the second run see the first one's claim: its rows are conflicts, not overwrites."""
+    import threading
+    import time
+
+    sandbox = make_sandbox(studies=40, seed=17)
+    studies = [s["studyId"] for s in list(_state(sandbox).values())[:8]]
+    first_to, second_to = _listed_users(sandbox)[:2]
+    journal = tmp_path / "triage.sqlite"
+    with _client(sandbox) as one, _client(sandbox) as other:
+        first = Plan({"study_id": studies, "assigned_to": first_to}).preview(one, progress=False)
+        second = Plan({"study_id": studies, "assigned_to": second_to}).preview(other, progress=False)
+        audit_start = len(sandbox.audit())
+        sandbox.set_faults(latency_ms=150)  # the first run takes a while: the second starts meanwhile
+        results: dict[str, Any] = {}
+        running = threading.Thread(target=lambda: results.setdefault(
+            "first", first.apply(journal=journal, concurrency=1, progress=False)))
+        running.start()
+        while not (journal.exists() and len(runs(journal))):  # the first run's rows are journaled
+            time.sleep(0.01)
+        results["second"] = second.apply(journal=journal, progress=False)
+        running.join(60)
+        sandbox.set_faults(latency_ms=0)
+    first_result, second_result = results["first"], results["second"]
+    assert first_result.counts()["applied"] == len(studies)
+    assert set(second_result.frame["status"]) == {"conflict"}
+    assert second_result.frame["error"].str.contains("another run of this journal").all()
+    updates = [e for e in sandbox.audit()[audit_start:] if e["operation"] == "update" and e["outcome"] == "changed"]
+    assert len(updates) == len(studies)  # the second run wrote nothing
+    assert {(s["assignedTo"] or {}).get("userId") for s in _state(sandbox).values() if s["studyId"] in studies} \
+        == {first_to}

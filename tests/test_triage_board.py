@@ -424,9 +424,9 @@ def test_closing_stops_the_auto_refresh_for_good_and_removes_the_link(server: Sa
 
 def test_rows_are_made_as_pages_need_them_and_a_table_without_assignees_opens(server: Sandbox) -> None:
     with Client(api_key=server.api_key, base_url=server.base_url) as client:
-        studies = board_module.pd.DataFrame({
+        studies = pd.DataFrame({
             "study_id": ["stu_" + "a" * 32], "severity": ["stat"], "study_viewer_status": ["incomplete"],
-            "is_cancelled": [False], "created_at": [board_module.pd.Timestamp.now(tz="UTC")],
+            "is_cancelled": [False], "created_at": [pd.Timestamp.now(tz="UTC")],
         })
         start = time.monotonic()
         board = TriageBoard(client, studies=studies, users=None, page_size=200_000)

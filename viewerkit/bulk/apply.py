@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from viewerkit.bulk.journal import FINAL_STATUSES, Journal, JournalRow, new_run_id
+from viewerkit.bulk.journal import FINAL_STATUSES, Journal, JournalRow, new_run_id, now_text
 from viewerkit.bulk.plan import CLEAR, DELETE, EMPTY, UNASSIGN, Plan, cell_values
 from viewerkit.errors import (
     ApiError,
@@ -354,6 +354,7 @@ class Preview:
         kind: str = "apply",
         undo_of: str | None = None,
         recheck: bool = True,
+        read_at: str | None = None,
     ) -> None:
         from viewerkit.timezones import report_timezone
 
@@ -364,6 +365,7 @@ class Preview:
         self._kind = kind
         self._undo_of = undo_of
         self._recheck = recheck
+        self._read_at = read_at or now_text()  # when the before-images were read
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -440,8 +442,9 @@ class Preview:
     ) -> BulkResult:
         """Send the previewed changes (see :func:`apply_plan`); a planned field that changed
         on the server since this preview read it is a ``conflict`` unless ``force``."""
-        rows = self._rows
+        rows, read_at = self._rows, self._read_at
         if self._recheck:
+            read_at = now_text()
             found = [r for r in rows if r.live is not None and r.study_id is not None]
             live = _read_studies(
                 self._client, [r.study_id for r in found if r.study_id],
@@ -455,7 +458,7 @@ class Preview:
                 for r in rows
             ]
         return _run(self._client, journal, self.plan, rows, kind=self._kind, undo_of=self._undo_of,
-                    concurrency=concurrency, force=force, reason=reason, progress=progress)
+                    concurrency=concurrency, force=force, reason=reason, progress=progress, read_at=read_at)
 
 
 def preview_plan(
@@ -476,6 +479,7 @@ def preview_plan(
     replaces the before-image as what each row expects to find (an undo expects its run's
     after state)."""
     plan.validate()
+    read_at = now_text()
     frame = plan.frame
     ids = cell_values(frame["study_id"]) if "study_id" in frame.columns else [None] * len(frame)
     uids = cell_values(frame["study_instance_uid"]) if "study_instance_uid" in frame.columns else [None] * len(frame)
@@ -534,7 +538,7 @@ def preview_plan(
         rows.append(_Row(position, label, cells, wire["studyId"], change, row_expected, wire, kind=kind_))
     if cases:
         raise ValidationError.from_cases(_WHAT, cases)
-    return Preview(client, plan, rows, tz=tz, kind=kind, undo_of=undo_of, recheck=recheck)
+    return Preview(client, plan, rows, tz=tz, kind=kind, undo_of=undo_of, recheck=recheck, read_at=read_at)
 
 
 # --- apply ---------------------------------------------------------------------------------------
@@ -655,8 +659,11 @@ def _run(
     force: bool,
     reason: str | None,
     progress: Progress,
+    read_at: str | None = None,
 ) -> BulkResult:
-    """Journal a new run of ``rows`` and send it."""
+    """Journal a new run of ``rows`` and send it; a row whose study another run of the
+    journal is changing, or changed after ``read_at``, is a conflict and is not sent (see
+    :meth:`Journal.start_run`)."""
     run_id = new_run_id()
     with Journal(journal_path) as journal:
         journal.start_run(
@@ -664,7 +671,10 @@ def _run(
             columns=[str(c) for c in plan.frame.columns], reason=reason,
             rows=[JournalRow(r.position, r.label, r.cells, r.study_id, r.change, r.expected, r.live, None,
                              "pending", False, None) for r in rows],
+            read_at=read_at,
         )
+        claimed = {r.position for r in journal.rows(run_id) if r.status == "pending"}
+        rows = [r for r in rows if r.position in claimed]
         _send_rows(client, journal, run_id, rows, concurrency=concurrency, force=force, progress=progress)
         return _result(journal, run_id)
 

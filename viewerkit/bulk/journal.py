@@ -235,9 +235,15 @@ class Journal:
         reason: str | None,
         rows: Sequence[JournalRow],
         undo_of: str | None = None,
+        read_at: str | None = None,
     ) -> None:
         """Record a new run and all its rows (status ``pending`` or already final), in one
-        transaction."""
+        transaction. With ``read_at`` (when the run's before-images were read, as
+        :func:`now_text`), a pending row whose study another run of this journal is changing
+        (a pending or sending row of an unfinished run) or changed after ``read_at`` (an
+        applied row settled since) becomes a ``conflict`` in the same transaction: two
+        analysts (two boards, two scripts) sharing a journal never overwrite each other's
+        change unseen, which the API alone cannot promise (it has no conditional write)."""
         at = now_text()
         statements: list[tuple[str, tuple[Any, ...]]] = [(
             "INSERT INTO runs (run_id, kind, undo_of, started_at, user, reason, base_url, force, columns)"
@@ -251,6 +257,19 @@ class Journal:
                 (run_id, row.position, _dumps(row.label), _dumps(row.cells), row.study_id,
                  _dumps(row.change), _dumps(row.expected), _dumps(row.before) if row.before is not None else None,
                  _dumps(row.after) if row.after is not None else None, row.status, int(row.sent), row.error, at),
+            ))
+        if read_at is not None:
+            others = (
+                "FROM rows o JOIN runs r ON r.run_id = o.run_id WHERE o.run_id != ? AND o.study_id = rows.study_id"
+                " AND ((o.status IN ('pending', 'sending') AND r.finished_at IS NULL)"
+                " OR (o.status = 'applied' AND o.updated_at >= ?))"
+            )
+            statements.append((
+                "UPDATE rows SET status = 'conflict', error = 'another run of this journal (' || "
+                f"(SELECT o.run_id {others} ORDER BY o.updated_at DESC LIMIT 1) || ') is changing this study or"
+                " changed it after this run read it: preview again', updated_at = ?"
+                f" WHERE run_id = ? AND status = 'pending' AND study_id IS NOT NULL AND EXISTS (SELECT 1 {others})",
+                (run_id, read_at, at, run_id, run_id, read_at),
             ))
         self._write(statements)
 
