@@ -278,3 +278,14 @@ def test_a_user_listed_twice_is_kept_once_and_a_wrong_shape_is_an_api_error() ->
         users_to_arrow([user(1) | {"canManageStudies": {"yes": 1}}])
     assert users_to_arrow([]).schema.equals(USER_SCHEMA)
     assert isinstance(users_to_arrow([user(4)], include_phone=True).column("phone_number"), pa.ChunkedArray)
+
+
+def test_a_level_or_invited_source_outside_the_contract_is_refused_and_a_new_role_is_kept() -> None:
+    with pytest.raises(ResponseValidationError) as caught:
+        users_to_arrow([user(1) | {"level": "superuser"}, user(2), user(3) | {"invitedSource": "sso"},
+                        user(4) | {"level": "Admin"}])
+    cases = caught.value.failure_cases
+    assert cases[["field", "value"]].values.tolist() == [
+        ["level", "superuser"], ["invited_source", "sso"], ["level", "Admin"]]
+    kept = users_to_arrow([user(5) | {"clinicRole": "Nuclear Medicine Physician", "level": None}])
+    assert kept.column("clinic_role").to_pylist() == ["Nuclear Medicine Physician"]  # not a target, not an error

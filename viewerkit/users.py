@@ -12,10 +12,11 @@ One row per listed user, with a fixed schema (``USER_SCHEMA``), the same on ever
 ``clinic_role``              string: one of the SDK's ``ClinicRole`` values
                              (``viewerkit.schema.CLINIC_ROLES``: ``Radiologist``,
                              ``Imaging Technologist``, ... ``Other``), kept as sent
-``level``                    string: ``owner``, ``admin`` or ``member``
+``level``                    string: ``owner``, ``admin`` or ``member`` (another value is a
+                             ``ResponseValidationError``, as for the study table's enums)
 ``can_manage_studies``,      pandas ``boolean`` (nullable)
 ``has_dashboard_access``
-``invited_source``           string: ``dashboard`` or ``api``
+``invited_source``           string: ``dashboard`` or ``api`` (the same)
 ``created_at``,              ``datetime64[ms, UTC]``; NaT where null (``last_login_at``: the
 ``last_login_at``            user never logged in)
 ``phone_number``             string; only with ``include_phone=True``: a phone number is
@@ -135,6 +136,12 @@ def _flatten(wire: pa.StructArray, call: str, include_phone: bool) -> pa.Table:
     bad_ids = RULES["user_id"].check_column(ids, "user_id", nullable=False)
     cases += [{"user_id": ids[f.row].as_py(), "field": "user_id", "value": f.value,
                "reason": f.reason, "row": f.row} for f in bad_ids]
+    # the closed sets of the contract; clinic_role is kept as sent (the SDK's ClinicRole
+    # list is long and grows: an unknown role is simply not a reassignment target)
+    for name, rule in (("level", "user_level"), ("invited_source", "invited_source")):
+        column = arrays[name]
+        cases += [{"user_id": ids[f.row].as_py(), "field": name, "value": f.value,
+                   "reason": f.reason, "row": f.row} for f in RULES[rule].check_column(column, name)]
     for name in _TIMES:
         text = arrays[name]
         arrays[name], bad = parse_times(text)

@@ -57,7 +57,9 @@ class TriageBoard:
     (it is the last expression of the cell, or ``display(board)``).
 
     ``client``: the API client; ``cache``: a ``StudyCache`` (its active refresh feeds the
-    board; journals go in its root folder), or None to fetch the open studies directly;
+    board; journals go in its root folder), or None to fetch the open studies directly (the
+    incomplete, not cancelled ones: the Status "complete" and Cancelled filters then find
+    none);
     ``sla``: the targets (``reports.SLA`` by default); ``page_size``: rows per page;
     ``tz``: the time zone times are shown in; ``journal``: where actions are journaled
     (default: ``<cache>/journals/triage.sqlite``, else :data:`DEFAULT_JOURNAL`);
