@@ -374,3 +374,27 @@ def test_two_runs_sharing_a_journal_never_overwrite_each_other_unseen(
     assert len(updates) == len(studies)  # the second run wrote nothing
     assert {(s["assignedTo"] or {}).get("userId") for s in _state(sandbox).values() if s["studyId"] in studies} \
         == {first_to}
+
+
+def test_a_study_that_cannot_be_read_fails_its_row_alone_and_nothing_is_sent_for_it(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path,
+) -> None:
+    sandbox = make_sandbox(studies=30, seed=19)
+    studies = [s for s in _state(sandbox).values() if s["severity"] != "stat"][:5]
+    ids = [s["studyId"] for s in studies]
+    plan = Plan({"study_id": ids, "severity": "stat"})
+    with _client(sandbox, max_retries=1) as client:
+        sandbox.fail_next(2, method="GET", path=f"/v1/viewer/studies/{ids[1]}", how="503")  # both tries
+        preview = plan.preview(client, progress=False)
+        assert preview.counts() == {"unread": 1, "update": 4}
+        assert "could not read the study, nothing sent" in preview.to_frame()["error"].iloc[1]
+        sandbox.fail_next(2, method="GET", path=f"/v1/viewer/studies/{ids[3]}", how="500")  # at the re-check
+        audit_start = len(sandbox.audit())
+        result = preview.apply(journal=tmp_path / "j.sqlite", progress=False)
+    statuses = result.frame["status"].tolist()
+    assert statuses == ["applied", "failed", "applied", "failed", "applied"]
+    assert result.frame["error"].iloc[3].startswith("could not read the study, nothing sent")
+    changed = {e["study_id"] for e in sandbox.audit()[audit_start:] if e["outcome"] == "changed"}
+    assert changed == {ids[0], ids[2], ids[4]}  # nothing sent for the two unread studies
+    with Client(api_key="sk-wrong", base_url=sandbox.base_url) as refused, pytest.raises(AuthenticationError):
+        plan.preview(refused, progress=False)  # a refused key is not an unread study: it raises

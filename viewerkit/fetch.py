@@ -57,7 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from viewerkit.client import CursorTrail
-from viewerkit.errors import NotFound, Reason, ValidationError
+from viewerkit.errors import ApiError, AuthenticationError, NotFound, Reason, ValidationError
 from viewerkit.frame import (
     ResponseProblems,
     check_metadata_shape,
@@ -336,11 +336,16 @@ def retrieve_studies_arrow(
     progress: Progress = True,
     problems: ResponseProblems | None = None,
     metadata: MetadataShape = "columns",
+    unread: dict[str, ApiError] | None = None,
 ) -> pa.Table:
     """The current state of the given studies, as the study table (list order), read by the
     cheapest path. A study the API answers 404 for (unknown, or gone) is absent from the
-    result; every other failure raises (``viewerkit.errors.ApiError``). ``metadata``: the
-    table's metadata shape, as in :func:`fetch_studies_arrow`.
+    result; every other failure raises (``viewerkit.errors.ApiError``), unless ``unread`` is
+    given: then a study whose single retrieve still fails after the client's retries (a 5xx,
+    a lost connection, a 4xx other than 401) is left out and its error put in ``unread``
+    (study ID -> error), so that one bad study does not sink a read of thousands (the bulk
+    engine reports such a row as failed, not sent). A refused key (401) always raises.
+    ``metadata``: the table's metadata shape, as in :func:`fetch_studies_arrow`.
 
     Without ``known`` each study is retrieved singly, ``concurrency`` at a time. With
     ``known``, a study table holding the last known state of these studies and of the
@@ -377,7 +382,7 @@ def retrieve_studies_arrow(
             tables.append(found)
             remaining = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=found.column("study_id"))))
     tables.append(
-        _retrieve_each(client, remaining.to_pylist(), workers, progress, collected, metadata)
+        _retrieve_each(client, remaining.to_pylist(), workers, progress, collected, metadata, unread)
     )
     if problems is None:  # this read is the whole read: its values outside the contract, once
         collected.raise_if_any("retrieve_studies")
@@ -442,8 +447,10 @@ def _retrieve_each(
     progress: Progress,
     problems: ResponseProblems | None = None,
     metadata: MetadataShape = "columns",
+    unread: dict[str, ApiError] | None = None,
 ) -> pa.Table:
-    """Retrieve studies one by one, concurrently; those answering 404 are left out."""
+    """Retrieve studies one by one, concurrently; those answering 404 are left out, and
+    with ``unread`` those that keep failing (see :func:`retrieve_studies_arrow`)."""
     if not study_ids:
         return empty_studies(metadata)
 
@@ -456,7 +463,13 @@ def _retrieve_each(
     outcomes = run_all(
         retrieve, study_ids, workers=min(workers, len(study_ids)), progress=progress,
         desc="retrieving studies", unit="study",
+        errors="raise" if unread is None else "collect", fatal=(AuthenticationError,),
     )
+    for outcome in outcomes:
+        if outcome.error is not None:
+            if unread is None or not isinstance(outcome.error, ApiError):
+                raise outcome.error
+            unread[str(outcome.key)] = outcome.error
     found = [outcome.result for outcome in outcomes if outcome.result is not None]
     if not found:
         return empty_studies(metadata)

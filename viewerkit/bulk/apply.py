@@ -243,15 +243,17 @@ def _read_studies(
     known: pa.Table | None = None,
     concurrency: int,
     progress: Progress,
+    unread: dict[str, ApiError] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The live wire study of each ID (absent: the API answered 404), by the cheapest path."""
+    """The live wire study of each ID (absent: the API answered 404, or with ``unread`` it
+    could not be read: its error there), by the cheapest path."""
     from viewerkit.fetch import retrieve_studies_arrow
 
     ids = sorted(set(study_ids))
     if not ids:
         return {}
     table = retrieve_studies_arrow(
-        client, ids, known=known, concurrency=concurrency, progress=progress, metadata="map"
+        client, ids, known=known, concurrency=concurrency, progress=progress, metadata="map", unread=unread
     )
     return {record["study_id"]: _wire_of(record) for record in table.to_pylist()}
 
@@ -325,6 +327,11 @@ class _Row:
     reread: bool = False
 
 
+def _unread_error(error: ApiError) -> str:
+    """The row error of a study that could not be read (so nothing is sent for it)."""
+    return f"could not read the study, nothing sent: {error}"
+
+
 def _plain_cell(value: Any) -> Any:
     if value is None or value is pd.NA or value is pd.NaT:
         return None
@@ -373,7 +380,9 @@ class Preview:
     def to_frame(self) -> pd.DataFrame:
         """One row per plan row (the plan's labels): every input column, then ``study_id``
         (resolved), ``change`` (``noop``, ``update``, ``cancel``, ``uncancel``,
-        ``update+cancel``, ``uncancel+update``, or ``missing``: no such study), ``before``
+        ``update+cancel``, ``uncancel+update``, ``missing``: no such study, or ``unread``: the
+        study could not be read, after the client's retries, and nothing will be sent for it;
+        its ``error`` says why: preview or apply it again later), ``before``
         and ``after`` (dicts of the planned fields, by plan name), ``updated_at`` (the
         before-image's, UTC) and ``error``."""
         frame = self.plan.frame
@@ -446,15 +455,17 @@ class Preview:
         if self._recheck:
             read_at = now_text()
             found = [r for r in rows if r.live is not None and r.study_id is not None]
+            unread: dict[str, ApiError] = {}
             live = _read_studies(
                 self._client, [r.study_id for r in found if r.study_id],
                 known=_known_table([r.live for r in found if r.live]), concurrency=concurrency,
-                progress=progress,
+                progress=progress, unread=unread,
             )
             rows = [
                 _Row(r.position, r.label, r.cells, r.study_id, r.change, r.expected,
                      live.get(r.study_id) if r.study_id else None,
-                     error=r.error if r.live is None else None, kind=r.kind)
+                     error=_unread_error(unread[r.study_id]) if r.study_id in unread
+                     else r.error if r.live is None else None, kind=r.kind)
                 for r in rows
             ]
         return _run(self._client, journal, self.plan, rows, kind=self._kind, undo_of=self._undo_of,
@@ -483,7 +494,8 @@ def preview_plan(
     frame = plan.frame
     ids = cell_values(frame["study_id"]) if "study_id" in frame.columns else [None] * len(frame)
     uids = cell_values(frame["study_instance_uid"]) if "study_instance_uid" in frame.columns else [None] * len(frame)
-    by_id = _read_studies(client, [i for i in ids if i], concurrency=concurrency, progress=progress)
+    unread: dict[str, ApiError] = {}
+    by_id = _read_studies(client, [i for i in ids if i], concurrency=concurrency, progress=progress, unread=unread)
     by_uid = _read_by_uid(client, [u for i, u in zip(ids, uids, strict=True) if not i and u],
                           concurrency=concurrency, progress=progress)
     wires = [by_id.get(i) if i else by_uid.get(u) if u else None for i, u in zip(ids, uids, strict=True)]
@@ -520,8 +532,10 @@ def preview_plan(
         cells = {str(k): _plain_cell(v) for k, v in frame.iloc[position].items()}
         change = _change_of({str(k): _plain_cell(v) for k, v in resolved_frame.iloc[position].items()})
         if wire is None:
+            failed = unread.get(ids[position] or "")
             rows.append(_Row(position, label, cells, ids[position], change, {}, None,
-                             error="no such study", kind="missing"))
+                             error=_unread_error(failed) if failed else "no such study",
+                             kind="unread" if failed else "missing"))
             continue
         if wire.get("studyInstanceUid") and uids[position] and wire["studyInstanceUid"] != uids[position]:
             cases.append({"row": label, "field": "study_instance_uid", "value": uids[position],

@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS rows (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (run_id, position)
 );
+-- a new run looks up the other runs' rows of its studies (Journal.start_run)
+CREATE INDEX IF NOT EXISTS rows_by_study ON rows (study_id);
 CREATE TABLE IF NOT EXISTS requests (
     id INTEGER PRIMARY KEY,        -- random: see Journal.sending
     run_id TEXT NOT NULL,
