@@ -576,10 +576,13 @@ def _bulk_exit(result: Any, out: str | None) -> None:
 
 
 def _preview_and_apply(
-    preview: Any, *, apply: bool, yes: bool, journal: str, reason: str | None, concurrency: int,
+    client: Client, plan: Any, *, apply: bool, yes: bool, journal: str, reason: str | None, concurrency: int,
     progress: bool, out: str | None,
-) -> None:
-    """Show a preview's counts; with ``apply``, confirm (unless ``yes``) and apply it."""
+) -> Any:
+    """Preview ``plan`` and show its counts; with ``apply``, confirm (unless ``yes``) and
+    apply it (exiting with the run's status), else write the preview to ``out`` and return
+    it."""
+    preview = plan.preview(client, concurrency=concurrency, progress=progress)
     counts = preview.counts()
     _show_counts(f"preview of {len(preview):,} rows", counts)
     if not apply:
@@ -587,13 +590,14 @@ def _preview_and_apply(
             from viewerkit.files import write_text
 
             write_text(preview.to_frame().to_csv(index_label="row"), out)
-        return
-    if not any(kind not in ("noop", "missing") for kind in counts):
+        return preview
+    if not any(kind not in ("noop", "missing", "unread") for kind in counts):
         click.echo("nothing to send")
     if not yes:
-        click.confirm(f"Apply to {preview._client.base_url}?", abort=True)
+        click.confirm(f"Apply to {client.base_url}?", abort=True)
     result = preview.apply(journal=journal, concurrency=concurrency, reason=reason, progress=progress)
     _bulk_exit(result, out)
+    return preview
 
 
 @main.group("bulk")
@@ -633,9 +637,8 @@ def bulk_preview_command(
 
     plan = Plan.from_csv(plan_path)
     with _api_client(rate_limit, concurrency) as client:
-        preview = plan.preview(client, concurrency=concurrency, progress=_bars(progress))
-        _preview_and_apply(preview, apply=False, yes=False, journal=DEFAULT_JOURNAL, reason=None,
-                           concurrency=concurrency, progress=False, out=out)
+        preview = _preview_and_apply(client, plan, apply=False, yes=False, journal=DEFAULT_JOURNAL, reason=None,
+                                     concurrency=concurrency, progress=_bars(progress), out=out)
     frame = preview.to_frame()
     changing = frame[~frame["change"].isin(["noop"])]
     for label, row in changing.head(20).iterrows():
@@ -674,8 +677,7 @@ def bulk_apply_command(
     plan = Plan.from_csv(plan_path)
     shown = _bars(progress)
     with _api_client(rate_limit, concurrency) as client:
-        preview = plan.preview(client, concurrency=concurrency, progress=shown)
-        _preview_and_apply(preview, apply=True, yes=yes, journal=journal, reason=reason,
+        _preview_and_apply(client, plan, apply=True, yes=yes, journal=journal, reason=reason,
                            concurrency=concurrency, progress=shown, out=out)
 
 
@@ -789,8 +791,7 @@ def bulk_cancel_command(
     plan = cancel(_study_names(ids_path))
     shown = _bars(progress)
     with _api_client(rate_limit, concurrency) as client:
-        preview = plan.preview(client, concurrency=concurrency, progress=shown)
-        _preview_and_apply(preview, apply=apply_, yes=yes, journal=journal, reason=reason,
+        _preview_and_apply(client, plan, apply=apply_, yes=yes, journal=journal, reason=reason,
                            concurrency=concurrency, progress=shown, out=out)
 
 
@@ -849,8 +850,7 @@ def bulk_reassign_command(
             click.echo(f"{from_user} has no open studies: nothing to reassign")
             return
         plan = reassign(theirs, to=targets, workload=open_, users=roster)
-        preview = plan.preview(client, concurrency=concurrency, progress=shown)
-        _preview_and_apply(preview, apply=apply_, yes=yes, journal=journal, reason=reason,
+        _preview_and_apply(client, plan, apply=apply_, yes=yes, journal=journal, reason=reason,
                            concurrency=concurrency, progress=shown, out=out)
 
 
