@@ -105,3 +105,38 @@ def test_a_row_sent_without_a_recorded_answer_is_read_back_on_resume_and_not_sen
     assert changed_entries(sandbox, audit_start) == Counter({(study["studyId"], "update"): 1})
     with sqlite3.connect(journal) as db:
         assert db.execute("SELECT count(*) FROM requests WHERE outcome IS NULL").fetchone()[0] == 0
+
+
+def test_a_run_holds_its_studies_from_other_runs_only_while_it_is_alive(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Runs sharing a journal: a live unfinished run's studies are conflicts for a new run;
+    an interrupted one (silent past ALIVE_SECONDS) holds nothing, its rows left to resume;
+    an applied row counts only when settled after the new run read its studies."""
+    import time
+
+    from viewerkit.bulk import journal as journal_module
+    from viewerkit.bulk.journal import Journal, JournalRow, now_text
+
+    def rows(*ids: str) -> list[JournalRow]:
+        return [JournalRow(n, n, {}, study, {"severity": "stat"}, {}, None, None, "pending", False, None)
+                for n, study in enumerate(ids)]
+
+    def start(j: Journal, run: str, *ids: str, read_at: str) -> dict[str, str]:
+        j.start_run(run, kind="apply", base_url="http://x", force=False, columns=[], reason=None,
+                    rows=rows(*ids), read_at=read_at)
+        return {r.study_id or "": r.status for r in j.rows(run)}
+
+    with Journal(tmp_path / "j.sqlite") as j:
+        read = now_text()
+        assert start(j, "run_a", "stu_1", "stu_2", read_at=read) == {"stu_1": "pending", "stu_2": "pending"}
+        held = start(j, "run_b", "stu_2", "stu_3", read_at=now_text())  # run_a is alive, unfinished
+        assert held == {"stu_2": "conflict", "stu_3": "pending"}
+        assert "run_a" in str(next(r.error for r in j.rows("run_b") if r.study_id == "stu_2"))
+        monkeypatch.setattr(journal_module, "ALIVE_SECONDS", 0.2)
+        time.sleep(0.3)  # run_a and run_b went silent: interrupted
+        assert start(j, "run_c", "stu_1", "stu_3", read_at=now_text()) == {"stu_1": "pending", "stu_3": "pending"}
+        j.settle("run_c", 0, "applied")  # run_c changed stu_1 ...
+        j.finish_run("run_c")
+        assert start(j, "run_d", "stu_1", read_at=read) == {"stu_1": "conflict"}  # ... after run_d read it
+        assert start(j, "run_e", "stu_1", read_at=now_text()) == {"stu_1": "pending"}  # ... before run_e did

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -130,3 +132,31 @@ def test_every_bad_id_is_named_with_its_position_before_anything_is_sent(sandbox
         one = retrieve_studies(client, MISSING, progress=False)  # one ID alone is one ID
     assert one.empty
     assert [r["path"] for r in sandbox.requests(since=since)] == ["/v1/viewer/studies/" + MISSING]
+
+
+def test_with_unread_a_failing_study_is_set_aside_but_a_refused_key_raises() -> None:
+    import httpx
+
+    from viewerkit.errors import ApiStatusError, ServerError
+
+    ids = [f"stu_{n:032x}" for n in range(3)]
+
+    def server(status: int) -> httpx.MockTransport:
+        # a 403 (a key that may not read studies) the sandbox cannot answer, so a wire fake
+        def answer(request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith(ids[1]):
+                return httpx.Response(status, json={"error": {"type": "x", "message": "no"}})
+            return httpx.Response(404, json={"error": {"type": "not_found", "message": "no such study"}})
+        return httpx.MockTransport(answer)
+
+    with httpx.Client(transport=server(500)) as http, Client(
+        api_key="sk-x", base_url="http://avara.test", http_client=http, max_retries=0
+    ) as client:
+        unread: dict[str, Any] = {}
+        table = retrieve_studies_arrow(client, ids, progress=False, unread=unread)
+        assert table.num_rows == 0 and list(unread) == [ids[1]] and isinstance(unread[ids[1]], ServerError)
+    with httpx.Client(transport=server(403)) as http, Client(
+        api_key="sk-x", base_url="http://avara.test", http_client=http, max_retries=0
+    ) as client, pytest.raises(ApiStatusError) as caught:
+        retrieve_studies_arrow(client, ids, progress=False, unread={})
+    assert caught.value.status_code == 403

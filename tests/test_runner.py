@@ -200,5 +200,12 @@ def test_progress_may_be_a_tqdm_class_that_draws_the_bar_elsewhere() -> None:
     assert [o.result for o in outcomes] == ["A", "B", "C"]
     assert len(made) == 1 and made[0].desc == "applying" and made[0].total == 3 and made[0].unit == " row"
     assert made[0].n == 3 and "3/3" in drawn.getvalue()  # every finished task counted on it
-    with pytest.raises(TypeError):
-        run_all(str.upper, ["a"], workers=1, progress="yes")  # type: ignore[arg-type]
+
+
+def test_progress_none_zero_and_one_are_flags_and_anything_else_is_refused() -> None:
+    from viewerkit.errors import ValidationError
+
+    for flag in (None, 0, 1, False):
+        assert [o.result for o in run_all(len, ["ab"], workers=1, progress=flag)] == [2]  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="progress"):
+        run_all(len, ["ab"], workers=1, progress="yes")  # type: ignore[arg-type]

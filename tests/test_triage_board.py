@@ -406,14 +406,15 @@ def test_the_assignee_loads_follow_the_work_after_an_action(server: Sandbox, tmp
 
 def test_closing_stops_the_auto_refresh_for_good_and_removes_the_link(server: Sandbox) -> None:
     with Client(api_key=server.api_key, base_url=server.base_url) as client:
-        board = TriageBoard(client, page_size=5, refresh_every=0.5, link_seconds=60)
-        assert board.auto.value == 0.5 and "every 0.5 s" in board.auto.options[-1][0]
+        board = TriageBoard(client, page_size=5, refresh_every=3600, link_seconds=60)
+        assert board.auto.value == 3600 and "every 3600 s" in board.auto.options[-1][0]
         _checks(board)[0].value = True
         board.open_button.click()
         _wait(board)
         assert board.link.value
-        time.sleep(1.2)  # auto refreshes ran
-        board.close()
+        board.auto_refresh(0.3)  # refreshes come often now ...
+        time.sleep(1.0)
+        board.close()  # ... until the board is closed
         board.wait(30)
         assert board.link.value == ""
         seen = len(server.requests())
@@ -434,5 +435,73 @@ def test_rows_are_made_as_pages_need_them_and_a_table_without_assignees_opens(se
             assert time.monotonic() - start < 30  # not 200,000 rows of widgets
             assert len(board._slots) == 1 and len(board.rows.children) == 1
             assert board.target.options == () and "<b>1</b> matching" in board.counts.value
+        finally:
+            board.close()
+
+
+def test_a_selected_study_that_ages_out_of_the_filter_makes_the_preview_unconfirmable(
+    server: Sandbox, tmp_path: Path
+) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        board = TriageBoard(client, _refreshed_cache(client, tmp_path), page_size=10, tick_every=None)
+        try:
+            board.sort.value = "newest"
+            newest = board.queue.page_table().iloc[0]
+            board.max_age.value = float(newest["age_h"]) + 1.5 / 3600  # it matches for 1.5 s more
+            board.queue.select([newest["study_id"]])
+            board.action.value = "severity"
+            board.severity_value.value = "normal" if newest["severity"] != "normal" else "stat"
+            board.preview_button.click()
+            _wait(board)
+            assert board.pending is not None
+            time.sleep(2.0)  # nothing re-renders: the study left the filter silently
+            writes = len(server.audit())
+            board.confirm()
+            _wait(board)
+            assert "Preview the action first" in board.message.value
+            assert len(server.audit()) == writes and board.queue.selected_ids() == []
+        finally:
+            board.close()
+
+
+def test_an_unexpected_error_in_a_board_job_is_one_line_and_not_done(server: Sandbox, tmp_path: Path) -> None:
+    damaged = tmp_path / "journal.sqlite"
+    damaged.write_bytes(b"not a database, " * 100)
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        board = TriageBoard(client, page_size=5, journal=damaged, tick_every=None)
+        try:
+            _checks(board)[0].value = True
+            board.action.value = "severity"
+            board.preview_button.click()
+            _wait(board)
+            board.confirm_button.click()
+            _wait(board)
+            shown = _strip(board.message.value)
+            assert "DatabaseError" in shown and "done" not in shown and "Traceback" not in shown
+            assert not board.preview_button.disabled  # usable again
+        finally:
+            board.close()
+
+
+def test_a_picked_assignee_with_no_study_left_leaves_picker_and_filter_agreeing(
+    server: Sandbox, tmp_path: Path
+) -> None:
+    with Client(api_key=server.api_key, base_url=server.base_url) as client:
+        cache = _refreshed_cache(client, tmp_path)
+        board = TriageBoard(client, cache, page_size=5, tick_every=None)
+        try:
+            seen = set(board.queue.studies["assigned_to_user_id"].dropna())
+            lonely = next(user for _, user in board.target.options if user not in seen)  # no study yet
+            board.search.value = "CT HEAD"
+            study = board.queue.matching_ids()[0]
+            client.update_study(study, assigned_to=lonely)  # one study for them ...
+            board.refresh()
+            board.search.value = ""
+            board.assignee.value = (lonely,)
+            assert board.queue.matching_ids() == [study]
+            client.update_study(study, assigned_to=None)  # ... and none again
+            board.refresh()
+            assert lonely not in [value for _, value in board.assignee.options]
+            assert board.assignee.value == () and board.queue.filters.assignee == ()
         finally:
             board.close()

@@ -48,7 +48,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from viewerkit import fetch, files, frame
-from viewerkit.errors import CacheError, Reason, ValidationError, ViewerkitError
+from viewerkit.errors import (
+    CacheError,
+    Reason,
+    ResponseValidationError,
+    ValidationError,
+    ViewerkitError,
+)
 from viewerkit.runner import Progress
 from viewerkit.schema import METADATA_SHAPES, STUDY_SCHEMA, MetadataShape
 from viewerkit.users import USER_SCHEMA, fetch_users_arrow_or_none, users_to_pandas
@@ -892,9 +898,14 @@ class StudyCache:
         return summary
 
     def _read_users(self, client: Client, progress: Progress) -> pa.Table | None:
-        """The user list, or None when the API does not let this key list users."""
-
-        return fetch_users_arrow_or_none(client, progress=progress)
+        """The user list, or None when the API does not let this key list users, or when
+        its answer holds values outside the contract (logged as a warning: the refresh of
+        the studies goes on, and the last list is kept)."""
+        try:
+            return fetch_users_arrow_or_none(client, progress=progress)
+        except ResponseValidationError as exc:
+            log.warning("the user list was not kept (the last one stays): %s", exc)
+            return None
 
     def _cached_state(self, directory: Path, manifest: dict[str, Any], mode: str) -> pa.Table:
         """The studies as the last refresh left them. A full refresh rebuilds a damaged or

@@ -1182,8 +1182,19 @@ def _echo_forms(key: str) -> tuple[str, ...]:
         base64.b64encode(raw).decode("ascii").rstrip("="),
         base64.urlsafe_b64encode(raw).decode("ascii").rstrip("="),
     }
-    for wrapped in (f"Bearer {key}", f"{key}:", f":{key}"):  # an echoed header, Basic credentials
-        forms.add(base64.b64encode(wrapped.encode("utf-8")).decode("ascii").rstrip("="))
+    forms.add(forms_json := orjson.dumps(key).decode("ascii", "backslashreplace")[1:-1])
+    forms.add(forms_json.replace("/", "\\/"))  # JSON writers that escape the slash
+    forms.add(urllib.parse.quote(key, safe="").lower())  # lower-case percent escapes
+    # base64 of anything holding the key (a header, Basic credentials "user:key"): whatever
+    # comes before it, the key's bytes fall at one of three offsets in the 3-byte groups;
+    # the characters that depend on the key alone are the whole groups it fills
+    for offset in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(b"\0" * offset + raw).decode("ascii")
+            start = 4 if offset else 0
+            end = 4 * ((offset + len(raw)) // 3)
+            if end - start >= 8:
+                forms.add(text[start:end])
     return tuple(sorted((f for f in forms if f), key=len, reverse=True))
 
 

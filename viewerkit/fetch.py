@@ -57,7 +57,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from viewerkit.client import CursorTrail
-from viewerkit.errors import ApiError, AuthenticationError, NotFound, Reason, ValidationError
+from viewerkit.errors import (
+    ApiError,
+    ApiStatusError,
+    AuthenticationError,
+    NotFound,
+    Reason,
+    ValidationError,
+)
 from viewerkit.frame import (
     ResponseProblems,
     check_metadata_shape,
@@ -344,7 +351,7 @@ def retrieve_studies_arrow(
     given: then a study whose single retrieve still fails after the client's retries (a 5xx,
     a lost connection, a 4xx other than 401) is left out and its error put in ``unread``
     (study ID -> error), so that one bad study does not sink a read of thousands (the bulk
-    engine reports such a row as failed, not sent). A refused key (401) always raises.
+    engine reports such a row as failed, not sent). A refused key (401, 403) always raises.
     ``metadata``: the table's metadata shape, as in :func:`fetch_studies_arrow`.
 
     Without ``known`` each study is retrieved singly, ``concurrency`` at a time. With
@@ -466,10 +473,12 @@ def _retrieve_each(
         errors="raise" if unread is None else "collect", fatal=(AuthenticationError,),
     )
     for outcome in outcomes:
-        if outcome.error is not None:
-            if unread is None or not isinstance(outcome.error, ApiError):
-                raise outcome.error
-            unread[str(outcome.key)] = outcome.error
+        error = outcome.error
+        if error is not None:
+            refused = isinstance(error, ApiStatusError) and error.status_code == 403  # the key may not read
+            if unread is None or refused or not isinstance(error, ApiError):
+                raise error
+            unread[str(outcome.key)] = error
     found = [outcome.result for outcome in outcomes if outcome.result is not None]
     if not found:
         return empty_studies(metadata)

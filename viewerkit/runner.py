@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
+from viewerkit.errors import Reason, ValidationError
+
 __all__ = ["Runner", "Outcome", "Progress", "Stopped", "run_all", "pause", "stop_requested", "report_waiting", "progress_bar"]
 
 T = TypeVar("T")
@@ -288,13 +290,16 @@ def progress_bar(progress: Progress, **kwargs: Any) -> Any:
     """The tqdm bar a ``progress`` argument asks for, made with tqdm's keyword ``kwargs``:
     a ``tqdm.auto`` bar (True), a disabled one (False), or ``progress(**kwargs)``.
 
-    >>> progress_bar(False, total=3).disable
-    True
+    >>> progress_bar(False, total=3).disable, progress_bar(None, total=3).disable
+    (True, True)
     """
-    if isinstance(progress, bool):
+    if progress is None or isinstance(progress, (bool, int)):  # None, 0 and 1 as before: a flag
         from tqdm.auto import tqdm
 
         return tqdm(disable=not progress, **kwargs)
+    if not callable(progress):
+        raise ValidationError.one("progress", "progress", progress, Reason.WRONG_TYPE,
+                                  detail="True, False, or a tqdm class")
     return progress(**kwargs)
 
 

@@ -29,16 +29,20 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from viewerkit.errors import Reason, ValidationError
 
 __all__ = ["Journal", "JournalRow", "RunInfo", "new_run_id", "now_text", "os_user"]
+
+#: An unfinished run that has written nothing to its journal for this long (seconds) was
+#: interrupted (Ctrl-C, a killed process): its studies are no longer held from other runs.
+ALIVE_SECONDS: Final = 300.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -242,8 +246,10 @@ class Journal:
         """Record a new run and all its rows (status ``pending`` or already final), in one
         transaction. With ``read_at`` (when the run's before-images were read, as
         :func:`now_text`), a pending row whose study another run of this journal is changing
-        (a pending or sending row of an unfinished run) or changed after ``read_at`` (an
-        applied row settled since) becomes a ``conflict`` in the same transaction: two
+        (a pending or sending row of an unfinished run that wrote to the journal in the last
+        :data:`ALIVE_SECONDS`: a run silent longer was interrupted, and its rows are left to
+        ``resume``) or changed after ``read_at`` (an applied row settled since) becomes a
+        ``conflict`` in the same transaction: two
         analysts (two boards, two scripts) sharing a journal never overwrite each other's
         change unseen, which the API alone cannot promise (it has no conditional write)."""
         at = now_text()
@@ -261,17 +267,20 @@ class Journal:
                  _dumps(row.after) if row.after is not None else None, row.status, int(row.sent), row.error, at),
             ))
         if read_at is not None:
+            alive_since = (datetime.now(timezone.utc) - timedelta(seconds=ALIVE_SECONDS)).strftime(
+                "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
             others = (
                 "FROM rows o JOIN runs r ON r.run_id = o.run_id WHERE o.run_id != ? AND o.study_id = rows.study_id"
-                " AND ((o.status IN ('pending', 'sending') AND r.finished_at IS NULL)"
+                " AND ((o.status IN ('pending', 'sending') AND r.finished_at IS NULL"
+                "       AND (SELECT max(x.updated_at) FROM rows x WHERE x.run_id = r.run_id) >= ?)"
                 " OR (o.status = 'applied' AND o.updated_at >= ?))"
             )
             statements.append((
                 "UPDATE rows SET status = 'conflict', error = 'another run of this journal (' || "
                 f"(SELECT o.run_id {others} ORDER BY o.updated_at DESC LIMIT 1) || ') is changing this study or"
-                " changed it after this run read it: preview again', updated_at = ?"
+                " changed it after this run read it: preview again once that run is done', updated_at = ?"
                 f" WHERE run_id = ? AND status = 'pending' AND study_id IS NOT NULL AND EXISTS (SELECT 1 {others})",
-                (run_id, read_at, at, run_id, run_id, read_at),
+                (run_id, alive_since, read_at, at, run_id, run_id, alive_since, read_at),
             ))
         self._write(statements)
 

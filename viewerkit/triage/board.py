@@ -112,8 +112,9 @@ class TriageBoard:
         # bumped by every change of the selection, filters, action or its value: a preview
         # taken at another version is stale and cannot be confirmed
         self._version = 0
-        self._pending_version = -1
+        self._pending_state: tuple[int, int] = (-1, -1)
         self._error_shown = False
+        self._said = ""
         self._action_thread: threading.Thread | None = None
         self._link_timer: threading.Timer | None = None
         from viewerkit.triage.availability import AVAILABILITY_FILE, Availability
@@ -166,9 +167,9 @@ class TriageBoard:
                                    progress=self._bar if progress else False)
             studies = self._read_studies()
             with self._lock:
-                before = set(self.queue.selected_ids())
+                before = self.queue.selection_version
                 self.queue.refresh(studies)
-                if set(self.queue.selected_ids()) != before:
+                if self.queue.selection_version != before:
                     self._forget_preview()
             self._update_choices()
             self._update_assignable()
@@ -179,17 +180,19 @@ class TriageBoard:
         was picked stays picked."""
         pickers: tuple[tuple[Any, Literal["assignee", "customer"]], ...] = (
             (self.assignee, "assignee"), (self.customer, "customer"))
+        dropped = False
         for picker, field in pickers:
             options = [(label, value or "") for label, value in self.queue.choices(field)]
             if options == list(picker.options):
                 continue
-            picked = tuple(v for v in picker.value if v in {value for _, value in options})
-            picker.unobserve(self._on_filter, names="value")
-            try:
+            before = tuple(picker.value)
+            picked = tuple(v for v in before if v in {value for _, value in options})
+            with self._quiet_widgets(picker, handler=self._on_filter):
                 picker.options = options
                 picker.value = picked
-            finally:
-                picker.observe(self._on_filter, names="value")
+            dropped |= picked != before
+        if dropped:  # a picked assignee or customer has no study left: the filter follows the picker
+            self._apply_filters()
 
     def refresh_in_background(self, *, full: bool = False) -> None:
         """:meth:`refresh` in a thread, its progress in the board (the Refresh button)."""
@@ -207,8 +210,7 @@ class TriageBoard:
         def tick() -> None:
             if self._closed:
                 return
-            if self._busy is None:
-                self._in_background("refresh", self.refresh)
+            self._in_background("refresh", lambda: self.refresh(announce=False), quiet=True)
             self.auto_refresh(seconds)
 
         self._timer = threading.Timer(seconds, tick)
@@ -521,21 +523,23 @@ class TriageBoard:
         self.counts.value = f"{head}<b>{counts['selected']:,} selected</b>"
 
     def _on_filter(self, _: dict[str, Any]) -> None:
-        def apply() -> None:
-            with self._lock:
-                before = self.queue.counts()["selected"]
-                self.queue.set_filters(
-                    severity=list(self.severity.value), status=list(self.status.value),
-                    cancelled=self.cancelled.value,
-                    assignee=[v or None for v in self.assignee.value],
-                    sla=list(self.sla_state.value), search=self.search.value,
-                    customer=[v or None for v in self.customer.value],
-                    min_age_h=float(self.min_age.value) or None, max_age_h=float(self.max_age.value) or None,
-                )
-                self.queue.set_sort(self.sort.value)
-                if self.queue.counts()["selected"] != before:  # selected studies filtered out
-                    self._forget_preview()
-        self._guarded(apply)
+        self._guarded(self._apply_filters)
+
+    def _apply_filters(self) -> None:
+        """Give the model the filters and sort the widgets show."""
+        with self._lock:
+            before = self.queue.selection_version
+            self.queue.set_filters(
+                severity=list(self.severity.value), status=list(self.status.value),
+                cancelled=self.cancelled.value,
+                assignee=[v or None for v in self.assignee.value],
+                sla=list(self.sla_state.value), search=self.search.value,
+                customer=[v or None for v in self.customer.value],
+                min_age_h=float(self.min_age.value) or None, max_age_h=float(self.max_age.value) or None,
+            )
+            self.queue.set_sort(self.sort.value)
+            if self.queue.selection_version != before:  # selected studies filtered out
+                self._forget_preview()
 
     def _turn(self, by: int) -> None:
         with self._lock:
@@ -586,14 +590,16 @@ class TriageBoard:
         def run() -> None:
             self.confirm_button.disabled = True
             self.pending = None
-            version = self._version
-            plan = self.plan()
+            with self._lock:
+                state = self._selection_state()
+                plan = self.plan()
             preview = plan.preview(self.client, users=self.users, progress=self._bar, tz=self.queue.zone.key)
-            if version != self._version:
-                self.preview_area.value = ("<i>The selection or the action changed while the preview "
-                                           "was read: preview again.</i>")
-                return
-            self.pending, self._pending_version = preview, version
+            with self._lock:
+                if state != self._selection_state():
+                    self.preview_area.value = ("<i>The selection or the action changed while the preview "
+                                               "was read: preview again.</i>")
+                    return
+                self.pending, self._pending_state = preview, state
             counts = ", ".join(f"{k} {v:,}" for k, v in preview.counts().items())
             self.preview_area.value = f"<b>Preview</b>: {html.escape(counts)}" + _html_of(preview)
             self.confirm_button.disabled = False
@@ -603,24 +609,34 @@ class TriageBoard:
         """Apply the previewed action (in the background: the board stays usable, its
         progress shown), journaled; then show the result, say how it went, and enable Undo.
         A stale preview (see :meth:`preview_action`) is never applied."""
-        if self._busy is not None:
-            self._say(f"Busy: the {self._busy} is still running.", error=True)
-            return
-        preview, self.pending = self.pending, None
-        self.confirm_button.disabled = True
-        if preview is None or self._pending_version != self._version:
-            self._say("Preview the action first (the selection or the action changed since).", error=True)
-            return
+        taken: list[Any] = []
+
+        def take_preview() -> bool:  # under the board's lock, once no other job runs
+            preview, self.pending = self.pending, None
+            self.confirm_button.disabled = True
+            if preview is None or self._pending_state != self._selection_state():
+                self._say("Preview the action first (the selection or the action changed since).", error=True)
+                return False
+            taken.append(preview)
+            return True
 
         def run() -> None:
-            result = preview.apply(journal=self.journal, progress=self._bar)
+            result = taken[0].apply(journal=self.journal, progress=self._bar)
             self.last_result = result
             self.result_area.value = _result_html(result)
             self.preview_area.value = ""
             self.refresh(progress=False, announce=False)
             self._say_result("Run finished", result)
 
-        self._in_background("apply", lambda: self._guarded(run, render=False))
+        self._in_background("apply", lambda: self._guarded(run, render=False), prepare=take_preview)
+
+    def _selection_state(self) -> tuple[int, int]:
+        """What a preview was taken on: the board's version (filters, action, its value) and
+        the queue's selection version, after dropping the selected studies that stopped
+        matching now (time moves SLA states and ages)."""
+        if self.queue.prune():
+            self._forget_preview()
+        return self._version, self.queue.selection_version
 
     def undo(self) -> None:
         """Revert the last action through the bulk engine's undo (a new journaled run), in
@@ -645,7 +661,10 @@ class TriageBoard:
         """One line on how a run went: red when rows failed or met conflicts."""
         counts = result.counts()
         trouble = {k: counts.get(k, 0) for k in ("failed", "conflict") if counts.get(k, 0)}
-        if trouble:
+        if self._error_shown:  # the refresh after the run failed: say both
+            line = ", ".join(f"{v:,} {k}" for k, v in counts.items() if v)
+            self._say(f"{done}: {line}; then the refresh failed: {self._said}", error=True)
+        elif trouble:
             self._say(f"{done} with trouble: " + ", ".join(f"{v:,} {k}" for k, v in trouble.items())
                       + " (see the result)", error=True)
         else:
@@ -659,28 +678,40 @@ class TriageBoard:
             thread.join(timeout)
         return thread is None or not thread.is_alive()
 
-    def _in_background(self, name: str, call: Callable[[], None]) -> None:
-        """Run one board action in a thread, one at a time: while it runs the action
-        buttons are off and a click says what is running."""
+    def _in_background(
+        self, name: str, call: Callable[[], None], *, prepare: Callable[[], bool] | None = None,
+        quiet: bool = False,
+    ) -> None:
+        """Run one board job in a thread, one at a time: while it runs the action buttons are
+        off and a click says what is running. ``prepare`` runs under the board's lock once no
+        other job runs, and may call the job off (False); ``quiet``: no "running" and "done"
+        lines (the auto refresh). An error the job did not expect is shown as one line too."""
         with self._lock:
             if self._busy is not None:
-                self._say(f"Busy: the {self._busy} is still running.", error=True)
+                if not quiet:
+                    self._say(f"Busy: the {self._busy} is still running.", error=True)
+                return
+            if prepare is not None and not prepare():
                 return
             self._busy = name
         for button in (self.preview_button, self.undo_button, self.refresh_button):
             button.disabled = True
-        self._say(f"{name} running …")
+        if not quiet:
+            self._say(f"{name} running …")
 
         def run() -> None:
             try:
                 call()
+            except Exception as exc:  # noqa: BLE001 - the board's promise: one line, never a traceback
+                log.debug("%s failed", name, exc_info=True)
+                self._say(f"{name} failed: {type(exc).__name__}: {exc}", error=True)
             finally:
                 with self._lock:
                     self._busy = None
                 self.preview_button.disabled = self.refresh_button.disabled = False
                 # Undo once the action and its refresh are over, while there is one to undo
                 self.undo_button.disabled = self.last_result is None
-                if "running" in self.message.value:
+                if not quiet and "running" in self.message.value:
                     self._say(f"{name} done")
 
         thread = threading.Thread(target=run, name=f"viewerkit-board-{name}", daemon=True)
@@ -705,6 +736,8 @@ class TriageBoard:
                 self._say("Select exactly one study to open it in the viewer.")
                 return
             link = self.client.reroute_url(chosen[0])
+            if self._closed:  # closed while the link was asked for: never shown
+                return
             # the link goes into the widget only, never to a log, print or the journal
             self.link.value = f"<a href='{html.escape(link.reveal(), quote=True)}' target='_blank'>open {html.escape(chosen[0][:12])}…</a>"
             if self._link_timer is not None:
@@ -735,7 +768,11 @@ class TriageBoard:
         except OSError as exc:
             self._say(f"{type(exc).__name__}: {exc.strerror or exc}", error=True)
             return
-        if done:
+        except Exception as exc:  # noqa: BLE001 - e.g. a damaged journal (sqlite3): one line, never a traceback
+            log.debug("board action failed", exc_info=True)
+            self._say(f"{type(exc).__name__}: {exc}", error=True)
+            return
+        if done and not self._error_shown:  # a notice said during the action stays
             self._say(done)
         if render:
             self.render()
@@ -743,6 +780,7 @@ class TriageBoard:
     def _say(self, text: str, *, error: bool = False) -> None:
         colour = "#b02a37" if error else "#146c43"
         self._error_shown = error
+        self._said = text
         self.message.value = f"<span style='color:{colour}'>{html.escape(text)}</span>" if text else ""
 
     # -- display ---------------------------------------------------------------------------

@@ -183,6 +183,9 @@ class TriageQueue:
         self.descending = False
         self.page = 0
         self._selected: set[str] = set()
+        #: goes up whenever the selection changes (ticks, select all, clear, and studies
+        #: dropped because they no longer match): a preview taken at another version is stale
+        self.selection_version = 0
         self._load(studies, now)
 
     # -- the table ---------------------------------------------------------------------------
@@ -218,7 +221,10 @@ class TriageQueue:
         )
         self._search_cache: tuple[str, np.ndarray] | None = None
         # selection kept only for studies that are still there
-        self._selected &= set(self._ids.tolist())
+        kept = self._selected & set(self._ids.tolist())
+        if kept != self._selected:  # selected studies gone from the table
+            self._selected = kept
+            self.selection_version += 1
 
     def _codes(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         values = self.studies[column] if column in self.studies else pd.Series([None] * len(self.studies))
@@ -403,7 +409,9 @@ class TriageQueue:
         matching = set(self._ids[self._mask(now_ms(now))].tolist())
         before = len(self._selected)
         self._selected &= matching
-        return before - len(self._selected)
+        dropped = before - len(self._selected)
+        self.selection_version += bool(dropped)
+        return dropped
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -487,10 +495,12 @@ class TriageQueue:
         count selected."""
         ids = {study_ids} if isinstance(study_ids, str) else set(study_ids)
         ids &= set(self._ids.tolist())
+        before = set(self._selected)
         if on:
             self._selected |= ids
         else:
             self._selected -= ids
+        self.selection_version += self._selected != before
         return len(self._selected)
 
     def select_page(self, on: bool = True, *, now: Moment = None) -> int:
@@ -499,11 +509,11 @@ class TriageQueue:
 
     def select_all_matching(self, *, now: Moment = None) -> int:
         """Tick every study that matches the filters (every page)."""
-        self._selected |= set(self._ids[self._mask(now_ms(now))].tolist())
-        return len(self._selected)
+        return self.select(self._ids[self._mask(now_ms(now))].tolist())
 
     def clear_selection(self) -> None:
         """Untick everything."""
+        self.selection_version += bool(self._selected)
         self._selected.clear()
 
     def selected_ids(self, now: Moment = None) -> list[str]:
