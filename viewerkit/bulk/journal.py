@@ -272,7 +272,7 @@ class Journal:
             others = (
                 "FROM rows o JOIN runs r ON r.run_id = o.run_id WHERE o.run_id != ? AND o.study_id = rows.study_id"
                 " AND ((o.status IN ('pending', 'sending') AND r.finished_at IS NULL"
-                "       AND (SELECT max(x.updated_at) FROM rows x WHERE x.run_id = r.run_id) >= ?)"
+                "       AND r.run_id IN (SELECT DISTINCT x.run_id FROM rows x WHERE x.updated_at >= ?))"
                 " OR (o.status = 'applied' AND o.updated_at >= ?))"
             )
             statements.append((
