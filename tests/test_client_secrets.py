@@ -358,3 +358,14 @@ def test_a_key_echoed_in_another_encoding_never_shows_it(logs: pytest.LogCapture
     # no run of the echo long enough to hold a quarter of the key survives
     pieces = {spelled[i:i + len(ODD_KEY) // 2] for i in range(0, max(1, len(spelled) - len(ODD_KEY) // 2))}
     assert not [text for text in shown if ODD_KEY in text or any(piece in text for piece in pieces)], form
+
+
+def test_a_short_key_of_another_client_does_not_cut_a_long_key_out_of_the_log_scrubber(
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    with Client(api_key="k", base_url="http://avara.test") as other:  # alive while the echo is logged
+        error = raised_by(reason_phrase, list_one_page)
+        assert other.key_fingerprint  # still alive here
+    assert all(KEY not in r.getMessage() and KEY[3:] not in r.getMessage() for r in logs.records), [
+        r.getMessage() for r in logs.records if r.name == "httpx"]
+    assert isinstance(error, ServerError)

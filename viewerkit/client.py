@@ -1131,12 +1131,14 @@ class _LogScrubber(logging.Filter):
     def _scrub(self, value: object) -> object:
         if not isinstance(value, (str, bytes)):
             return value
-        for forms in list(self._keys.values()):
-            for form in forms:
-                if isinstance(value, bytes):
-                    value = value.replace(form.encode(), _REDACTED.encode())
-                else:
-                    value = value.replace(form, _REDACTED)
+        # longest first over every live client's keys: a short key's replacement must not
+        # cut into a longer key's spelling and leave the rest of it in the line
+        forms = sorted({form for spelled in list(self._keys.values()) for form in spelled}, key=len, reverse=True)
+        for form in forms:
+            if isinstance(value, bytes):
+                value = value.replace(form.encode(), _REDACTED.encode())
+            else:
+                value = value.replace(form, _REDACTED)
         return value
 
     def filter(self, record: logging.LogRecord) -> bool:
