@@ -398,3 +398,34 @@ def test_a_study_that_cannot_be_read_fails_its_row_alone_and_nothing_is_sent_for
     assert changed == {ids[0], ids[2], ids[4]}  # nothing sent for the two unread studies
     with Client(api_key="sk-wrong", base_url=sandbox.base_url) as refused, pytest.raises(AuthenticationError):
         plan.preview(refused, progress=False)  # a refused key is not an unread study: it raises
+
+
+def test_a_run_still_sending_cannot_be_resumed_beside_itself(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path,
+) -> None:
+    import threading
+    import time
+
+    from viewerkit.bulk import resume
+
+    sandbox = make_sandbox(studies=30, seed=23)
+    studies = [s["studyId"] for s in list(_state(sandbox).values())[:10]]
+    journal = tmp_path / "j.sqlite"
+    with _client(sandbox) as client:
+        preview = Plan({"study_id": studies, "study_description": "resumed?"}).preview(client, progress=False)
+        audit_start = len(sandbox.audit())
+        sandbox.set_faults(latency_ms=150)
+        done: dict[str, Any] = {}
+        sending = threading.Thread(target=lambda: done.setdefault(
+            "result", preview.apply(journal=journal, concurrency=1, progress=False)))
+        sending.start()
+        while not (journal.exists() and len(runs(journal))):
+            time.sleep(0.01)
+        with pytest.raises(ValidationError, match="still running"):
+            resume(client, journal, progress=False)
+        sending.join(60)
+        sandbox.set_faults(latency_ms=0)
+        assert done["result"].counts()["applied"] == len(studies)
+        assert set(resume(client, journal, progress=False).frame["status"]) == {"applied"}  # finished: a no-op
+    updates = [e for e in sandbox.audit()[audit_start:] if e["operation"] == "update" and e["outcome"] == "changed"]
+    assert len(updates) == len(studies)  # each sent once

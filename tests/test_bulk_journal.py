@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pandas as pd
+import pytest
 from raw_api import list_all_raw
 
 from viewerkit import Client
@@ -107,16 +108,13 @@ def test_a_row_sent_without_a_recorded_answer_is_read_back_on_resume_and_not_sen
         assert db.execute("SELECT count(*) FROM requests WHERE outcome IS NULL").fetchone()[0] == 0
 
 
-def test_a_run_holds_its_studies_from_other_runs_only_while_it_is_alive(
-    tmp_path: Path, monkeypatch: Any
-) -> None:
-    """Runs sharing a journal: a live unfinished run's studies are conflicts for a new run;
-    an interrupted one (silent past ALIVE_SECONDS) holds nothing, its rows left to resume;
-    an applied row counts only when settled after the new run read its studies."""
-    import time
-
-    from viewerkit.bulk import journal as journal_module
+def test_a_run_holds_its_studies_from_other_runs_only_while_it_is_alive(tmp_path: Path) -> None:
+    """Runs sharing a journal: a running run's studies are conflicts for a new run; an
+    interrupted one (its lock released when its process ended) holds nothing, its rows left
+    to resume; an applied row counts only when settled after the new run read its studies;
+    a run cannot be resumed while it is still running."""
     from viewerkit.bulk.journal import Journal, JournalRow, now_text
+    from viewerkit.errors import ValidationError
 
     def rows(*ids: str) -> list[JournalRow]:
         return [JournalRow(n, n, {}, study, {"severity": "stat"}, {}, None, None, "pending", False, None)
@@ -124,19 +122,28 @@ def test_a_run_holds_its_studies_from_other_runs_only_while_it_is_alive(
 
     def start(j: Journal, run: str, *ids: str, read_at: str) -> dict[str, str]:
         j.start_run(run, kind="apply", base_url="http://x", force=False, columns=[], reason=None,
-                    rows=rows(*ids), read_at=read_at)
+                    rows=rows(*ids), read_at=read_at, live=j.live_runs())
         return {r.study_id or "": r.status for r in j.rows(run)}
 
     with Journal(tmp_path / "j.sqlite") as j:
         read = now_text()
-        assert start(j, "run_a", "stu_1", "stu_2", read_at=read) == {"stu_1": "pending", "stu_2": "pending"}
-        held = start(j, "run_b", "stu_2", "stu_3", read_at=now_text())  # run_a is alive, unfinished
-        assert held == {"stu_2": "conflict", "stu_3": "pending"}
-        assert "run_a" in str(next(r.error for r in j.rows("run_b") if r.study_id == "stu_2"))
-        monkeypatch.setattr(journal_module, "ALIVE_SECONDS", 0.2)
-        time.sleep(0.3)  # run_a and run_b went silent: interrupted
+        with j.running("run_a"):  # run_a is sending
+            assert start(j, "run_a", "stu_1", "stu_2", read_at=read) == {"stu_1": "pending", "stu_2": "pending"}
+            assert j.live_runs() == {"run_a"}
+            held = start(j, "run_b", "stu_2", "stu_3", read_at=now_text())
+            assert held == {"stu_2": "conflict", "stu_3": "pending"}
+            assert "run_a" in str(next(r.error for r in j.rows("run_b") if r.study_id == "stu_2"))
+            with pytest.raises(ValidationError, match="still running"), j.running("run_a"):
+                pass  # a resume of run_a now would send beside it
+        # run_a stopped without finishing (its process was killed, Ctrl-C ...): it holds nothing
+        assert j.live_runs() == set()
         assert start(j, "run_c", "stu_1", "stu_3", read_at=now_text()) == {"stu_1": "pending", "stu_3": "pending"}
         j.settle("run_c", 0, "applied")  # run_c changed stu_1 ...
         j.finish_run("run_c")
         assert start(j, "run_d", "stu_1", read_at=read) == {"stu_1": "conflict"}  # ... after run_d read it
         assert start(j, "run_e", "stu_1", read_at=now_text()) == {"stu_1": "pending"}  # ... before run_e did
+        with j.running("run_e"):  # a resume of run_a while run_e changes stu_1: that row is a conflict
+            j.claim("run_a", read_at=now_text(), live=j.live_runs())
+        statuses = {r.study_id: r.status for r in j.rows("run_a")}
+        assert statuses == {"stu_1": "conflict", "stu_2": "pending"}
+    assert not list(tmp_path.glob("*.lock"))  # no lock file left by a run that ended

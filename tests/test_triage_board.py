@@ -295,12 +295,16 @@ def test_a_preview_goes_stale_when_the_selection_filters_or_action_change_and_is
             writes = len(server.audit())
             stale = [
                 lambda: setattr(board.severity, "value", ("high",)),  # the two leave the list
+                lambda: setattr(board.sort, "value", "oldest"),  # a filter or sort keeping them
+                lambda: setattr(board.max_age, "value", 10_000.0),
                 lambda: setattr(_checks(board)[0], "value", False),  # one unticked
                 lambda: setattr(board.action, "value", "complete"),  # another action
                 lambda: board.select_all.click(),  # more studies
             ]
             for change in stale:
                 board.severity.value = ("stat",)
+                board.sort.value = "deadline"
+                board.max_age.value = 0
                 board.action.value = "cancel"
                 board.queue.clear_selection()
                 board.queue.select(chosen)

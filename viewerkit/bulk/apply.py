@@ -53,7 +53,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from viewerkit.bulk.journal import FINAL_STATUSES, Journal, JournalRow, new_run_id, now_text
+from viewerkit.bulk.journal import (
+    FINAL_STATUSES,
+    Journal,
+    JournalRow,
+    RunInfo,
+    new_run_id,
+    now_text,
+)
 from viewerkit.bulk.plan import CLEAR, DELETE, EMPTY, UNASSIGN, Plan, cell_values
 from viewerkit.errors import (
     ApiError,
@@ -679,13 +686,14 @@ def _run(
     journal is changing, or changed after ``read_at``, is a conflict and is not sent (see
     :meth:`Journal.start_run`)."""
     run_id = new_run_id()
-    with Journal(journal_path) as journal:
+    with Journal(journal_path) as journal, journal.running(run_id):
         journal.start_run(
             run_id, kind=kind, undo_of=undo_of, base_url=client.base_url, force=force,
             columns=[str(c) for c in plan.frame.columns], reason=reason,
             rows=[JournalRow(r.position, r.label, r.cells, r.study_id, r.change, r.expected, r.live, None,
                              "pending", False, None) for r in rows],
             read_at=read_at,
+            live=journal.live_runs(),
         )
         claimed = {r.position for r in journal.rows(run_id) if r.status == "pending"}
         rows = [r for r in rows if r.position in claimed]
@@ -845,17 +853,25 @@ def resume(
     with Journal(journal) as j:
         info = j.run(run)
         _check_server(client, info.base_url, info.run_id)
-        todo = [r for r in j.rows(info.run_id) if r.status not in FINAL_STATUSES]
-        live = _read_studies(client, [r.study_id for r in todo if r.study_id], concurrency=concurrency,
-                             progress=progress)
-        rows = [
-            _Row(r.position, r.label, r.cells, r.study_id, r.change, r.expected,
-                 live.get(r.study_id) if r.study_id else None, sent=r.sent,
-                 error=None if r.study_id else "no such study", reread=True)
-            for r in todo
-        ]
-        _send_rows(client, j, info.run_id, rows, concurrency=concurrency, force=info.force, progress=progress)
-        return _result(j, info.run_id)
+        with j.running(info.run_id):  # never beside the run itself, still sending elsewhere
+            return _resume_rows(client, j, info, concurrency=concurrency, progress=progress)
+
+
+def _resume_rows(client: Client, j: Journal, info: RunInfo, *, concurrency: int, progress: Progress) -> BulkResult:
+    """:func:`resume` once the run's lock is held: rows another live run is changing are
+    conflicts, the others are read back and finished."""
+    j.claim(info.run_id, read_at=now_text(), live=j.live_runs())
+    todo = [r for r in j.rows(info.run_id) if r.status not in FINAL_STATUSES]
+    live = _read_studies(client, [r.study_id for r in todo if r.study_id], concurrency=concurrency,
+                         progress=progress)
+    rows = [
+        _Row(r.position, r.label, r.cells, r.study_id, r.change, r.expected,
+             live.get(r.study_id) if r.study_id else None, sent=r.sent,
+             error=None if r.study_id else "no such study", reread=True)
+        for r in todo
+    ]
+    _send_rows(client, j, info.run_id, rows, concurrency=concurrency, force=info.force, progress=progress)
+    return _result(j, info.run_id)
 
 
 def _inverse(row: JournalRow) -> tuple[dict[str, Any], dict[str, Any]] | None:

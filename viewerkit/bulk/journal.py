@@ -22,27 +22,25 @@ base URL.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
-from viewerkit.errors import Reason, ValidationError
+from viewerkit.errors import LockTimeout, Reason, ValidationError
+from viewerkit.files import file_lock
 
 __all__ = ["Journal", "JournalRow", "RunInfo", "new_run_id", "now_text", "os_user"]
-
-#: An unfinished run that has written nothing to its journal for this long (seconds) was
-#: interrupted (Ctrl-C, a killed process): its studies are no longer held from other runs.
-ALIVE_SECONDS: Final = 300.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -89,6 +87,10 @@ CREATE INDEX IF NOT EXISTS requests_row ON requests (run_id, position);
 
 #: Row statuses that are final (a resume leaves them as they are).
 FINAL_STATUSES = ("applied", "noop", "conflict", "failed")
+
+
+def _quietly(path: Path) -> None:
+    """A lock's wait that is not worth a log line (a liveness probe, a refused start)."""
 
 
 def now_text() -> str:
@@ -242,13 +244,13 @@ class Journal:
         rows: Sequence[JournalRow],
         undo_of: str | None = None,
         read_at: str | None = None,
+        live: Collection[str] = (),
     ) -> None:
         """Record a new run and all its rows (status ``pending`` or already final), in one
         transaction. With ``read_at`` (when the run's before-images were read, as
         :func:`now_text`), a pending row whose study another run of this journal is changing
-        (a pending or sending row of an unfinished run that wrote to the journal in the last
-        :data:`ALIVE_SECONDS`: a run silent longer was interrupted, and its rows are left to
-        ``resume``) or changed after ``read_at`` (an applied row settled since) becomes a
+        (a pending or sending row of a run in ``live``, the runs :meth:`live_runs` found
+        running) or changed after ``read_at`` (an applied row settled since) becomes a
         ``conflict`` in the same transaction: two
         analysts (two boards, two scripts) sharing a journal never overwrite each other's
         change unseen, which the API alone cannot promise (it has no conditional write)."""
@@ -267,22 +269,73 @@ class Journal:
                  _dumps(row.after) if row.after is not None else None, row.status, int(row.sent), row.error, at),
             ))
         if read_at is not None:
-            alive_since = (datetime.now(timezone.utc) - timedelta(seconds=ALIVE_SECONDS)).strftime(
-                "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-            others = (
-                "FROM rows o JOIN runs r ON r.run_id = o.run_id WHERE o.run_id != ? AND o.study_id = rows.study_id"
-                " AND ((o.status IN ('pending', 'sending') AND r.finished_at IS NULL"
-                "       AND r.run_id IN (SELECT DISTINCT x.run_id FROM rows x WHERE x.updated_at >= ?))"
-                " OR (o.status = 'applied' AND o.updated_at >= ?))"
-            )
-            statements.append((
-                "UPDATE rows SET status = 'conflict', error = 'another run of this journal (' || "
-                f"(SELECT o.run_id {others} ORDER BY o.updated_at DESC LIMIT 1) || ') is changing this study or"
-                " changed it after this run read it: preview again once that run is done', updated_at = ?"
-                f" WHERE run_id = ? AND status = 'pending' AND study_id IS NOT NULL AND EXISTS (SELECT 1 {others})",
-                (run_id, alive_since, read_at, at, run_id, run_id, alive_since, read_at),
-            ))
+            statements.append(self._claim_statement(run_id, read_at, live, at))
         self._write(statements)
+
+    def _claim_statement(
+        self, run_id: str, read_at: str, live: Collection[str], at: str
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The UPDATE that marks conflict the pending rows of ``run_id`` whose study a
+        ``live`` run is changing, or any run changed after ``read_at`` (see :meth:`start_run`)."""
+        running = sorted(set(live) - {run_id})
+        marks = ", ".join("?" * len(running)) or "NULL"
+        others = (
+            "FROM rows o WHERE o.run_id != ? AND o.study_id = rows.study_id"
+            f" AND ((o.status IN ('pending', 'sending') AND o.run_id IN ({marks}))"
+            " OR (o.status = 'applied' AND o.updated_at >= ?))"
+        )
+        sql = (
+            "UPDATE rows SET status = 'conflict', error = 'another run of this journal (' || "
+            f"(SELECT o.run_id {others} ORDER BY o.updated_at DESC LIMIT 1) || ') is changing this study or"
+            " changed it after this run read it: preview again once that run is done', updated_at = ?"
+            f" WHERE run_id = ? AND status = 'pending' AND study_id IS NOT NULL AND EXISTS (SELECT 1 {others})"
+        )
+        probe = (run_id, *running, read_at)
+        return sql, (*probe, at, run_id, *probe)
+
+    def claim(self, run_id: str, *, read_at: str, live: Collection[str]) -> None:
+        """For a resumed run: mark conflict its pending rows whose study another live run is
+        changing or any run changed after ``read_at`` (as :meth:`start_run` does for a new run)."""
+        self._write([self._claim_statement(run_id, read_at, live, now_text())])
+
+    # -- which runs are running -----------------------------------------------------------------
+
+    def _lock_path(self, run_id: str) -> Path:
+        return self.path.with_name(f"{self.path.name}.{run_id}.lock")
+
+    @contextlib.contextmanager
+    def running(self, run_id: str) -> Iterator[None]:
+        """Hold the run's lock while it sends (a lock file beside the journal, ``flock``: the
+        system releases it when the process ends however it ends, so a killed or Ctrl-C'd run
+        is never taken as running). ``ValidationError`` (field ``run``) when the run is running
+        already, in this process or another."""
+        path = self._lock_path(run_id)
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(file_lock(path, timeout=0, on_wait=_quietly, holder="a run of this journal"))
+            except LockTimeout:
+                raise ValidationError.one(
+                    "bulk journal", "run", run_id, Reason.CONFLICT,
+                    detail="the run is still running (in this process or another): wait for it to end",
+                ) from None
+            yield
+            path.unlink(missing_ok=True)  # still held: a checker opening it now finds it gone or free
+
+    def live_runs(self) -> set[str]:
+        """The unfinished runs whose lock is held now: running, in this process or another."""
+        with self._lock:
+            unfinished = [r[0] for r in self._db.execute("SELECT run_id FROM runs WHERE finished_at IS NULL")]
+        alive = set()
+        for run_id in unfinished:
+            path = self._lock_path(run_id)
+            if not path.exists():
+                continue
+            try:
+                with file_lock(path, timeout=0, on_wait=_quietly):
+                    pass
+            except LockTimeout:
+                alive.add(run_id)
+        return alive
 
     def finish_run(self, run_id: str) -> None:
         """Record that the run's rows all have a final status (or it was interrupted)."""

@@ -538,7 +538,8 @@ class TriageBoard:
                 min_age_h=float(self.min_age.value) or None, max_age_h=float(self.max_age.value) or None,
             )
             self.queue.set_sort(self.sort.value)
-            if self.queue.selection_version != before:  # selected studies filtered out
+            if self.queue.selection_version != before or self.pending is not None:
+                # selected studies filtered out, or a preview taken under other filters
                 self._forget_preview()
 
     def _turn(self, by: int) -> None:
@@ -650,6 +651,7 @@ class TriageBoard:
             from viewerkit import bulk
 
             undone = bulk.undo(self.client, self.journal, run=result.run_id, progress=self._bar)
+            self._forget_preview()  # a preview taken before the undo no longer says what Confirm does
             self.last_result = None
             self.result_area.value = "<b>Undone</b>: " + _result_html(undone)
             self.refresh(progress=False, announce=False)
