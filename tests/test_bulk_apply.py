@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import pandas as pd
 import pytest
-from raw_api import list_all_raw
+from raw_api import changed_entries, list_all_raw
 
 from viewerkit import Client, fetch_users
 from viewerkit.bulk import DELETE, EMPTY, UNASSIGN, Plan, runs, undo
@@ -20,18 +20,6 @@ from viewerkit.errors import AuthenticationError, ValidationError
 from viewerkit.sandbox.server import Sandbox
 
 WRITES = ("PATCH", "POST")
-
-
-def changed_entries(sandbox: Sandbox, since: int = 0) -> Counter[tuple[str, str]]:
-    """How many audit entries that changed something each (study, operation) has, after
-    the first ``since`` entries. Works with the audit of every write request (entries with
-    ``outcome`` changed / noop / refused) and with the older audit of changes only (entries
-    without ``outcome`` are changes)."""
-    counted: Counter[tuple[str, str]] = Counter()
-    for entry in sandbox.audit()[since:]:
-        if entry.get("outcome", "changed") == "changed" and entry["operation"] != "create":
-            counted[(entry["study_id"], entry["operation"])] += 1
-    return counted
 
 
 def _state(sandbox: Sandbox) -> dict[str, dict[str, Any]]:

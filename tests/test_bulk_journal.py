@@ -14,22 +14,12 @@ from typing import Any
 import orjson
 import pandas as pd
 import pytest
-from raw_api import list_all_raw
+from raw_api import changed_entries, list_all_raw
 
 from viewerkit import Client
 from viewerkit.bulk import Plan, resume, runs, undo
 from viewerkit.bulk.apply import preview_plan
 from viewerkit.sandbox.server import Sandbox
-
-
-def changed_entries(sandbox: Sandbox, since: int = 0) -> Counter[tuple[str, str]]:
-    """Audit entries that changed something, per (study, operation), after the first
-    ``since``; entries without ``outcome`` (the audit of changes only) are changes."""
-    counted: Counter[tuple[str, str]] = Counter()
-    for entry in sandbox.audit()[since:]:
-        if entry.get("outcome", "changed") == "changed" and entry["operation"] != "create":
-            counted[(entry["study_id"], entry["operation"])] += 1
-    return counted
 
 
 def _client(sandbox: Sandbox, **options: Any) -> Client:

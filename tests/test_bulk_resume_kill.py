@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from raw_api import list_all_raw
+from raw_api import changed_entries, list_all_raw
 
 from viewerkit import Client
 from viewerkit.bulk import resume
@@ -44,16 +44,6 @@ with Client(max_concurrency=8) as client:
         result = Plan.from_csv(plan_csv).apply(client, journal=journal, concurrency=8, progress=False)
 print(result.counts(), flush=True)
 """
-
-
-def changed_entries(sandbox: Sandbox, since: int = 0) -> Counter[tuple[str, str]]:
-    """Audit entries that changed something, per (study, operation), after the first
-    ``since``; entries without ``outcome`` (the audit of changes only) are changes."""
-    counted: Counter[tuple[str, str]] = Counter()
-    for entry in sandbox.audit()[since:]:
-        if entry.get("outcome", "changed") == "changed" and entry["operation"] != "create":
-            counted[(entry["study_id"], entry["operation"])] += 1
-    return counted
 
 
 def _requests_sent(journal: Path) -> int:
@@ -94,18 +84,27 @@ def _holds(study: dict[str, Any], row: dict[str, Any]) -> bool:
     return all(checks[k](v) for k, v in row.items() if k != "study_id" and isinstance(v, str))
 
 
-def test_resume_after_repeated_sigkill_applies_each_change_once(
-    make_sandbox: Callable[..., Sandbox], tmp_path: Path,
-) -> None:
-    sandbox = make_sandbox(studies=320, seed=41, latency_ms=20)
+def _apply_script(
+    sandbox: Sandbox, tmp_path: Path, studies: int
+) -> tuple[dict[str, Any], list[dict[str, Any]], Path, Path, Path, dict[str, str]]:
+    """The sandbox's studies, a plan of changes to the first ``studies`` written as CSV, the
+    journal path, the apply-or-resume script and its environment (key and URL from it)."""
     before = {s["studyId"]: s for s in list_all_raw(sandbox)}
-    rows = _plan_rows(list(before.values())[:300])
+    rows = _plan_rows(list(before.values())[:studies])
     plan_csv, journal = tmp_path / "plan.csv", tmp_path / "j.sqlite"
     pd.DataFrame(rows).to_csv(plan_csv, index=False)
     script = tmp_path / "apply_or_resume.py"
     script.write_text(APPLY_OR_RESUME)
     env = dict(os.environ, AVARA_API_KEY=sandbox.api_key, AVARA_BASE_URL=sandbox.base_url,
                PYTHONPATH=str(ROOT))
+    return before, rows, plan_csv, journal, script, env
+
+
+def test_resume_after_repeated_sigkill_applies_each_change_once(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path,
+) -> None:
+    sandbox = make_sandbox(studies=320, seed=41, latency_ms=20)
+    before, rows, plan_csv, journal, script, env = _apply_script(sandbox, tmp_path, 300)
     audit_start = len(sandbox.audit())
     rng = random.Random(9)
     kills = 0
@@ -148,14 +147,7 @@ def test_ctrl_c_lets_the_requests_in_flight_finish_and_resume_completes_the_run(
     make_sandbox: Callable[..., Sandbox], tmp_path: Path,
 ) -> None:
     sandbox = make_sandbox(studies=130, seed=42, latency_ms=30)
-    before = {s["studyId"]: s for s in list_all_raw(sandbox)}
-    rows = _plan_rows(list(before.values())[:120])
-    plan_csv, journal = tmp_path / "plan.csv", tmp_path / "j.sqlite"
-    pd.DataFrame(rows).to_csv(plan_csv, index=False)
-    script = tmp_path / "apply_or_resume.py"
-    script.write_text(APPLY_OR_RESUME)
-    env = dict(os.environ, AVARA_API_KEY=sandbox.api_key, AVARA_BASE_URL=sandbox.base_url,
-               PYTHONPATH=str(ROOT))
+    before, rows, plan_csv, journal, script, env = _apply_script(sandbox, tmp_path, 120)
     audit_start = len(sandbox.audit())
     process = subprocess.Popen([sys.executable, str(script), str(plan_csv), str(journal)], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
